@@ -1,0 +1,182 @@
+"""big_vision-style configs: `configs/x.py:arg` plus `--config.some.key=value` overrides.
+
+A config file defines `get_config(arg=None) -> ConfigDict`; its docstring shows the command
+that runs it. `arg` is a comma-separated `key=value` string parsed by `parse_arg` into typed
+defaults (`runlocal=True,variant=B/16`). Overrides may only touch keys that exist, with a
+value of the key's type; anything else is a `ConfigError` naming the key and the closest
+valid ones. Config errors are user errors: the CLI prints them on one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import difflib
+import importlib.util
+import os
+from typing import Any, Iterable, Sequence
+
+import ml_collections
+
+from rew_jax.errors import ConfigError
+
+ConfigDict = ml_collections.ConfigDict
+
+
+def _suggest(key: str, valid: Iterable[str]) -> str:
+  valid = sorted(valid)
+  close = difflib.get_close_matches(key, valid, n=3, cutoff=0.5)
+  if close:
+    return f"closest valid keys: {', '.join(close)}"
+  return f"valid keys: {', '.join(valid[:30])}{' ...' if len(valid) > 30 else ''}"
+
+
+def _parse_bool(text: str) -> bool:
+  low = text.strip().lower()
+  if low in ("1", "true", "yes", "on"):
+    return True
+  if low in ("0", "false", "no", "off"):
+    return False
+  raise ValueError(f"{text!r} is not a boolean (use true/false)")
+
+
+def coerce(text: str, like: Any) -> Any:
+  """Parses the string `text` into a value of the type of `like` (the default)."""
+  if isinstance(like, bool):
+    return _parse_bool(text)
+  if isinstance(like, int):
+    return int(text)
+  if isinstance(like, float):
+    return float(text)
+  if isinstance(like, str):
+    return text
+  if isinstance(like, (tuple, list)):
+    value = ast.literal_eval(text) if text.strip()[:1] in "([" else tuple(
+        p for p in text.split(",") if p)
+    if not isinstance(value, (tuple, list)):
+      value = (value,)
+    if like:  # Coerce elements to the type of the default's first element.
+      value = [coerce(v, like[0]) if isinstance(v, str) else v for v in value]
+    return type(like)(value)
+  # None or another type: a Python literal when it parses as one, else the string.
+  try:
+    return ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    return text
+
+
+def parse_arg(arg: str | None, **defaults: Any) -> ConfigDict:
+  """Parses `k1=v1,k2=v2` into a ConfigDict typed like `defaults`.
+
+  A bare key means `key=True` (so `:runlocal` works). Unknown keys are an error.
+  """
+  result = ConfigDict(dict(defaults))
+  if not arg:
+    return result
+  for item in arg.split(","):
+    if not item:
+      continue
+    key, sep, text = item.partition("=")
+    key = key.strip()
+    if key not in defaults:
+      raise ConfigError(f"unknown config argument {key!r} in {arg!r}; {_suggest(key, defaults)}")
+    if not sep:
+      text = "true"
+    try:
+      result[key] = coerce(text, defaults[key])
+    except (ValueError, SyntaxError) as e:
+      raise ConfigError(f"config argument {key}={text!r}: {e}") from None
+  return result
+
+
+def load_config(spec: str) -> ConfigDict:
+  """Loads `path/to/config.py[:arg]` by calling its `get_config(arg)`."""
+  path, _, arg = spec.partition(":")
+  if not os.path.isfile(path):
+    raise ConfigError(f"config file {path!r} does not exist")
+  name = "rew_jax_config_" + os.path.splitext(os.path.basename(path))[0]
+  module_spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  if not hasattr(module, "get_config"):
+    raise ConfigError(f"config file {path!r} defines no get_config(arg=None)")
+  config = module.get_config(arg or None) if arg else module.get_config()
+  if not isinstance(config, ConfigDict):
+    raise ConfigError(f"{path}: get_config returned {type(config).__name__}, not a ConfigDict")
+  return config
+
+
+def flat_keys(config: ConfigDict, prefix: str = "") -> list[str]:
+  """All dotted leaf and branch keys of `config`."""
+  keys = []
+  for key, value in config.items():
+    full = f"{prefix}{key}"
+    keys.append(full)
+    if isinstance(value, ConfigDict):
+      keys.extend(flat_keys(value, full + "."))
+  return keys
+
+
+def override(config: ConfigDict, dotted: str, text: str) -> None:
+  """Sets `config.<dotted>` from the string `text`, type-checked against the default."""
+  parts = dotted.split(".")
+  node = config
+  for i, part in enumerate(parts):
+    if not isinstance(node, ConfigDict) or part not in node:
+      raise ConfigError(f"unknown config key {dotted!r}; {_suggest(dotted, flat_keys(config))}")
+    if i < len(parts) - 1:
+      node = node[part]
+  leaf, default = parts[-1], node[parts[-1]]
+  if isinstance(default, ConfigDict):
+    raise ConfigError(f"config key {dotted!r} is a group; set one of its fields: "
+                      f"{', '.join(dotted + '.' + k for k in default.keys())}")
+  try:
+    value = coerce(text, default)
+  except (ValueError, SyntaxError) as e:
+    raise ConfigError(f"--config.{dotted}={text!r}: {e}") from None
+  with node.ignore_type():
+    node[leaf] = value
+
+
+def apply_overrides(config: ConfigDict, overrides: Sequence[tuple[str, str]]) -> ConfigDict:
+  for dotted, text in overrides:
+    override(config, dotted, text)
+  return config
+
+
+def split_overrides(argv: Sequence[str]) -> tuple[list[tuple[str, str]], list[str]]:
+  """Separates `--config.k=v` / `--config.k v` from the other arguments."""
+  overrides, rest = [], []
+  i = 0
+  while i < len(argv):
+    arg = argv[i]
+    if arg.startswith("--config."):
+      key, sep, value = arg[len("--config."):].partition("=")
+      if not sep:
+        if i + 1 >= len(argv):
+          raise ConfigError(f"{arg} needs a value")
+        i += 1
+        value = argv[i]
+      overrides.append((key, value))
+    else:
+      rest.append(arg)
+    i += 1
+  return overrides, rest
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, default: str | None = None) -> None:
+  """Adds `--config` and `--workdir` to a stage's parser."""
+  parser.add_argument(
+      "--config", default=default, required=default is None,
+      help="config file and optional arg, e.g. configs/demo.py:runlocal=True; "
+      "override any key with --config.some.key=value")
+  parser.add_argument("--workdir", required=True, help="directory for all outputs of the run")
+
+
+def parse_stage_args(parser: argparse.ArgumentParser, argv: Sequence[str]):
+  """Parses a stage's argv: returns (namespace, config with overrides applied)."""
+  overrides, rest = split_overrides(argv)
+  args = parser.parse_args(rest)
+  config = load_config(args.config)
+  apply_overrides(config, overrides)
+  return args, config

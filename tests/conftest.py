@@ -1,0 +1,36 @@
+"""Test set-up shared by the whole suite.
+
+8 fake CPU devices so that sharding is exercised as on a pod slice; this must happen before
+jax is imported anywhere, hence at the top of conftest.
+"""
+
+import os
+
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                           " --xla_force_host_platform_device_count=8").strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ["HF_HUB_OFFLINE"] = "1"  # Never reach for a hub: models come from local paths.
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+# grain 0.2.18 reads an absl flag when it starts workers; outside absl.app (pytest) the flags
+# are unparsed and that raises UnparsedFlagAccessError (upstream grain issue 1355).
+from absl import flags  # noqa: E402
+
+flags.FLAGS.mark_as_parsed()
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def workdir(tmp_path):
+  """A fresh, empty working directory for one test."""
+  path = tmp_path / "workdir"
+  path.mkdir()
+  return path
+
+
+@pytest.fixture(scope="module")
+def module_workdir(tmp_path_factory):
+  """A working directory shared by the tests of one module (for compile-once fixtures)."""
+  return tmp_path_factory.mktemp("module_workdir")
