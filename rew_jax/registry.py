@@ -79,7 +79,7 @@ class Registry:
 
 # The project's registries. Each lists the modules that register into it; a stage adds its
 # module here when it lands.
-MODELS = Registry("model", modules=[])
-PP_OPS = Registry("pp op", modules=[])
+MODELS = Registry("model", modules=["rew_jax.models.git"])
+PP_OPS = Registry("pp op", modules=["rew_jax.data.ops"])
 EVALUATORS = Registry("evaluator", modules=[])
 CURATION_BACKENDS = Registry("curation backend", modules=[])

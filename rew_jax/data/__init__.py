@@ -1,0 +1,1 @@
+"""Data: tokenizers, preprocessing ops, the task mixture, Grain pipelines, TFDS sources."""

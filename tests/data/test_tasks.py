@@ -1,0 +1,107 @@
+"""Task mixture: eligibility, examples per task, and the mixture's proportions."""
+
+import json
+import pickle
+
+import numpy as np
+import pytest
+
+from rew_jax.data import tasks
+from rew_jax.errors import ConfigError
+from rew_jax.records import RewRecord
+
+
+def record(**kw):
+  fields = dict(image_id="web_1", image=b"\xff\xd8jpeg", caption="my trip to paris",
+                entity_id="Q243", entity_name="Eiffel Tower", curation_status="kept",
+                rationale="a wrought-iron lattice tower", split="",
+                qa=[{"question": "what is it made of?", "answer": "iron"},
+                    {"question": "how tall is it?", "answer": "330 m"}])
+  fields.update(kw)
+  return RewRecord(**fields)
+
+
+ALL = dict(entity=1.0, rationale=1.0, qa=1.0, caption=1.0)
+
+
+def test_examples_per_task():
+  mix = tasks.TaskMixture({"weights": ALL, "prefixes": {"qa": "question: "},
+                           "generic_questions": ("what is this?",)})
+  rng = np.random.default_rng(0)
+  r = record()
+  ex = mix.example(r, "entity", rng)
+  assert (ex["prompt"], ex["target"], ex["task_id"]) == ("what is this?", "Eiffel Tower", 0)
+  assert ex["image"] == r.image and ex["image_id"] == "web_1" and ex["entity_id"] == "Q243"
+  ex = mix.example(record(question="which tower is this?"), "entity", rng)
+  assert ex["prompt"] == "which tower is this?"
+  ex = mix.example(r, "rationale", rng)
+  assert (ex["prompt"], ex["target"]) == ("why is this the entity?", "a wrought-iron lattice tower")
+  qas = {(e["prompt"], e["target"]) for e in (mix.example(r, "qa", rng) for _ in range(50))}
+  assert qas == {("question: what is it made of?", "iron"), ("question: how tall is it?", "330 m")}
+  ex = mix.example(r, "caption", rng)
+  assert (ex["prompt"], ex["target"], ex["task_id"]) == ("", "my trip to paris", 3)
+
+
+def test_eligibility():
+  mix = tasks.TaskMixture({"weights": ALL})
+  assert mix.eligible(record()).tolist() == [True, True, True, True]
+  assert mix.eligible(record(rationale="", qa=(), caption="")).tolist() == [True, False, False, False]
+  # Abstained / unresolved records never teach an entity; un-curated candidates do by default.
+  assert not mix.eligible(record(curation_status="abstained"))[0]
+  assert not mix.eligible(record(curation_status="unresolved"))[0]
+  assert mix.eligible(record(curation_status="candidate"))[0]
+  assert not mix.eligible(record(entity_id=""))[0]
+  entity_only = tasks.TaskMixture()
+  rng = np.random.default_rng(0)
+  assert entity_only(record(curation_status="abstained"), rng) is None
+  assert entity_only(record(), rng)["task"] == "entity"
+
+
+def test_mixture_proportions():
+  weights = dict(entity=4.0, rationale=2.0, qa=1.0, caption=1.0)
+  mix = tasks.TaskMixture({"weights": weights})
+  rng = np.random.default_rng(1)
+  n = 8000
+  counts = {t: 0 for t in tasks.TASKS}
+  for _ in range(n):
+    counts[mix(record(), rng)["task"]] += 1
+  expected = {t: w / 8 for t, w in weights.items()}
+  for t in tasks.TASKS:
+    assert abs(counts[t] / n - expected[t]) < 0.02, (t, counts)
+  # A record without a rationale renormalises over what it supports: 4:1:1.
+  counts = {t: 0 for t in tasks.TASKS}
+  for _ in range(6000):
+    counts[mix(record(rationale=""), rng)["task"]] += 1
+  assert counts["rationale"] == 0
+  assert abs(counts["entity"] / 6000 - 4 / 6) < 0.02
+
+
+def test_codes_eval_placeholder(tmp_path):
+  path = tmp_path / "codes.json"
+  path.write_text(json.dumps({"Q243": [3000, 4000, 102]}))
+  mix = tasks.TaskMixture({"codes_path": str(path)})
+  rng = np.random.default_rng(0)
+  ex = mix(record(), rng)
+  assert ex["target_ids"] == [3000, 4000, 102] and ex["target"] == "Eiffel Tower"
+  with pytest.raises(tasks.TaskError, match="record 'web_1': entity 'Q9' has no ALD code"):
+    mix(record(entity_id="Q9"), rng)
+  ev = mix.eval_example(record(entity_id="Q9", curation_status="unresolved",
+                               split="entity_val_unseen"), rng)
+  assert ev["target_ids"] == [] and ev["split"] == "entity_val_unseen" and ev["task"] == "entity"
+  assert set(mix.placeholder()) == set(ex)
+  assert set(tasks.TaskMixture().placeholder()) == set(tasks.TaskMixture()(record(), rng))
+  assert pickle.loads(pickle.dumps(mix)).codes == mix.codes
+
+
+def test_config_errors():
+  with pytest.raises(ConfigError, match="unknown tasks \\['vqa'\\]"):
+    tasks.TaskMixture({"weights": {"vqa": 1.0}})
+  with pytest.raises(ConfigError, match="positive sum"):
+    tasks.TaskMixture({"weights": {"entity": 0.0}})
+  with pytest.raises(ConfigError, match="unknown tasks config key 'weight'"):
+    tasks.TaskMixture({"weight": {"entity": 1.0}})
+  with pytest.raises(ConfigError, match="ALD codes file"):
+    tasks.TaskMixture({"codes_path": "/nonexistent/codes.json"})
+  cfg = tasks.default_config()
+  cfg.weights.qa = 0.5
+  assert tasks.TaskMixture(cfg).weights.tolist() == [1.0, 0.0, 0.5, 0.0]
