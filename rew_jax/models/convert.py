@@ -1,0 +1,253 @@
+"""Checkpoint converters: HF transformers GIT / CLIP vision weights → rew_jax GiT params,
+and the unrolled ↔ scanned layer layouts.
+
+Weights come from a local directory (`model.safetensors`, sharded safetensors with an index,
+or a torch `pytorch_model.bin`); nothing is ever downloaded. All arrays are numpy float32.
+
+Layout map (HF torch Linear stores weight [out, in]; flax Dense kernels are [in, out]):
+  vision_model.embeddings.patch_embedding.weight [D,3,P,P] → encoder/patch_embed/kernel [P,P,3,D]
+  ...self_attn.{q,k,v}_proj / attention.self.{query,key,value} → attn/{query,key,value}
+        kernel [D,H,K], bias [H,K];  out_proj / attention.output.dense → attn/out [H,K,D]
+  CLIP layer_norm1/2 → ln_1/ln_2 (pre-LN); BERT attention.output.LayerNorm → ln_1,
+  output.LayerNorm → ln_2 (post-LN); mlp.fc1/fc2 and intermediate.dense/output.dense → mlp.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+
+from rew_jax.errors import UserError
+from rew_jax.models import git as git_lib
+from rew_jax.models import vit as vit_lib
+
+
+class CheckpointError(UserError):
+  """A checkpoint directory or state dict that does not have the expected contents."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading a local HF directory.
+
+
+def read_state_dict(path: str) -> dict[str, np.ndarray]:
+  """name → float32 numpy array from a local HF model directory (or a single file)."""
+  if os.path.isdir(path):
+    files = sorted(os.listdir(path))
+    shards = [f for f in files if f.endswith(".safetensors")]
+    if shards:
+      paths = [os.path.join(path, f) for f in shards]
+    elif "pytorch_model.bin" in files:
+      paths = [os.path.join(path, "pytorch_model.bin")]
+    else:
+      raise CheckpointError(f"{path}: no *.safetensors or pytorch_model.bin inside")
+  else:
+    paths = [path]
+  out = {}
+  for p in paths:
+    if p.endswith(".safetensors"):
+      from safetensors.numpy import load_file
+      out.update(load_file(p))
+    else:
+      import torch  # Only needed for torch pickles.
+      sd = torch.load(p, map_location="cpu", weights_only=True)
+      out.update({k: v.float().numpy() for k, v in sd.items()})
+  return {k: np.asarray(v, np.float32) for k, v in out.items()}
+
+
+def read_hf_config(path: str) -> dict[str, Any]:
+  file = os.path.join(path, "config.json")
+  if not os.path.exists(file):
+    raise CheckpointError(f"{path}: config.json is missing")
+  with open(file) as f:
+    return json.load(f)
+
+
+def model_config_from_hf(hf: Mapping[str, Any], *, max_prompt_len: int = 20,
+                         max_target_len: int | None = None) -> dict[str, Any]:
+  """A config.model dict equivalent to an HF GitConfig (as a dict, e.g. config.json)."""
+  vis = dict(hf.get("vision_config") or {})
+  width = vis.get("hidden_size", 768)
+  patch = vis.get("patch_size", 16)
+  max_pos = hf.get("max_position_embeddings", 1024)
+  if max_target_len is None:
+    max_target_len = min(max_pos - max_prompt_len, 64)
+  return dict(
+      variant=f"B/{patch}", image_size=vis.get("image_size", 224),
+      vit=dict(width=width, depth=vis.get("num_hidden_layers", 12),
+               num_heads=vis.get("num_attention_heads", 12),
+               mlp_dim=vis.get("intermediate_size", 3072),
+               activation=vis.get("hidden_act", "quick_gelu"),
+               ln_eps=vis.get("layer_norm_eps", 1e-5)),
+      decoder=dict(num_layers=hf.get("num_hidden_layers", 6),
+                   hidden_size=hf.get("hidden_size", 768),
+                   num_heads=hf.get("num_attention_heads", 12),
+                   mlp_dim=hf.get("intermediate_size", 3072),
+                   dropout=hf.get("hidden_dropout_prob", 0.1),
+                   attention_dropout=0.0,
+                   activation=hf.get("hidden_act", "gelu"),
+                   ln_eps=hf.get("layer_norm_eps", 1e-12)),
+      vocab_size=hf.get("vocab_size", 30522),
+      max_prompt_len=max_prompt_len, max_target_len=max_target_len)
+
+
+# ---------------------------------------------------------------------------------------------
+# Torch layouts → flax layouts.
+
+
+class _Reader:
+  """Pops names from a state dict so that leftovers can be reported."""
+
+  def __init__(self, sd: Mapping[str, np.ndarray], source: str):
+    self.sd, self.source, self.used = sd, source, set()
+
+  def __call__(self, name: str) -> np.ndarray:
+    if name not in self.sd:
+      raise CheckpointError(f"{self.source}: tensor {name!r} is missing")
+    self.used.add(name)
+    return self.sd[name]
+
+  def dense(self, name: str):
+    return {"kernel": self(name + ".weight").T, "bias": self(name + ".bias")}
+
+  def heads_in(self, name: str, heads: int):
+    w, b = self(name + ".weight"), self(name + ".bias")  # [H·K, D]
+    return {"kernel": w.T.reshape(w.shape[1], heads, -1), "bias": b.reshape(heads, -1)}
+
+  def heads_out(self, name: str, heads: int):
+    w, b = self(name + ".weight"), self(name + ".bias")  # [D, H·K]
+    return {"kernel": w.T.reshape(heads, -1, w.shape[0]), "bias": b}
+
+  def norm(self, name: str):
+    return {"scale": self(name + ".weight"), "bias": self(name + ".bias")}
+
+
+def _vision(r: _Reader, prefix: str, spec: vit_lib.ViTSpec) -> dict:
+  heads = spec.num_heads
+  out = {
+      "patch_embed": {"kernel": r(prefix + "embeddings.patch_embedding.weight")
+                                .transpose(2, 3, 1, 0)},
+      "class_embedding": r(prefix + "embeddings.class_embedding"),
+      "pos_embedding": np.asarray(vit_lib.resize_posemb(
+          r(prefix + "embeddings.position_embedding.weight"), spec.grid)),
+      "ln_pre": r.norm(prefix + "pre_layrnorm"),
+      "ln_post": r.norm(prefix + "post_layernorm"),
+  }
+  for i in range(spec.depth):
+    p = f"{prefix}encoder.layers.{i}."
+    out[f"blocks_{i}"] = {
+        "ln_1": r.norm(p + "layer_norm1"),
+        "attn": {"query": r.heads_in(p + "self_attn.q_proj", heads),
+                 "key": r.heads_in(p + "self_attn.k_proj", heads),
+                 "value": r.heads_in(p + "self_attn.v_proj", heads),
+                 "out": r.heads_out(p + "self_attn.out_proj", heads)},
+        "ln_2": r.norm(p + "layer_norm2"),
+        "mlp": {"fc1": r.dense(p + "mlp.fc1"), "fc2": r.dense(p + "mlp.fc2")},
+    }
+  return out
+
+
+def _fit_rows(table: np.ndarray, rows: int) -> np.ndarray:
+  """Keeps the first `rows` rows (or pads with zeros): position tables of other lengths."""
+  if table.shape[0] >= rows:
+    return table[:rows]
+  return np.concatenate([table, np.zeros((rows - table.shape[0],) + table.shape[1:],
+                                         table.dtype)])
+
+
+def clip_vision_to_params(state_dict: Mapping[str, np.ndarray], model_config,
+                          source: str = "state dict") -> dict:
+  """HF CLIPVisionModel weights → the `encoder` subtree of GiT params (unrolled)."""
+  spec = git_lib.parse_config(model_config)
+  sd = {k: np.asarray(v, np.float32) for k, v in state_dict.items()}
+  return _vision(_Reader(sd, source), "vision_model.", spec.vit)
+
+
+def git_to_params(state_dict: Mapping[str, np.ndarray], model_config,
+                  source: str = "state dict") -> dict:
+  """HF GitForCausalLM weights → GiT params {'params': ...} (unrolled or scanned per config)."""
+  spec = git_lib.parse_config(model_config)
+  sd = {k: np.asarray(v, np.float32) for k, v in state_dict.items()}
+  r = _Reader(sd, source)
+  dec = spec.decoder
+  params = {
+      "encoder": _vision(r, "git.image_encoder.vision_model.", spec.vit),
+      "visual_dense": r.dense("git.visual_projection.visual_projection.0"),
+      "visual_ln": r.norm("git.visual_projection.visual_projection.1"),
+      "embed": {
+          "word_embeddings": {"embedding": r("git.embeddings.word_embeddings.weight")},
+          "position_embeddings": {"embedding": _fit_rows(
+              r("git.embeddings.position_embeddings.weight"), dec.max_positions)},
+          "ln": r.norm("git.embeddings.LayerNorm"),
+      },
+      "decoder": {},
+      "head": r.dense("output"),
+  }
+  for i in range(dec.num_layers):
+    p = f"git.encoder.layer.{i}."
+    params["decoder"][f"layers_{i}"] = {
+        "attn": {"query": r.heads_in(p + "attention.self.query", dec.num_heads),
+                 "key": r.heads_in(p + "attention.self.key", dec.num_heads),
+                 "value": r.heads_in(p + "attention.self.value", dec.num_heads),
+                 "out": r.heads_out(p + "attention.output.dense", dec.num_heads)},
+        "ln_1": r.norm(p + "attention.output.LayerNorm"),
+        "mlp": {"fc1": r.dense(p + "intermediate.dense"), "fc2": r.dense(p + "output.dense")},
+        "ln_2": r.norm(p + "output.LayerNorm"),
+    }
+  leftover = sorted(k for k in sd if k not in r.used and "position_ids" not in k and
+                    "img_temporal_embedding" not in k)
+  if leftover:
+    raise CheckpointError(f"{source}: tensors not understood: {leftover[:5]}"
+                          f"{' ...' if len(leftover) > 5 else ''}")
+  if spec.scan_layers:
+    params = scan_params(params)
+  return {"params": params}
+
+
+def load_hf_git(path: str, **config_kw) -> tuple[dict, dict]:
+  """A local HF GIT directory → (config.model dict, params)."""
+  model_config = model_config_from_hf(read_hf_config(path), **config_kw)
+  return model_config, git_to_params(read_state_dict(path), model_config, source=path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Unrolled (layers_0, layers_1, ...) ↔ scanned (layers with a leading axis) layouts.
+
+_INDEXED = re.compile(r"^(blocks|layers)_(\d+)$")
+
+
+def scan_params(tree: dict) -> dict:
+  """Stacks `blocks_i` / `layers_i` subtrees into `blocks` / `layers` (nn.scan layout)."""
+  if not isinstance(tree, dict):
+    return tree
+  out, groups = {}, {}
+  for key, value in tree.items():
+    m = _INDEXED.match(key)
+    if m:
+      groups.setdefault(m.group(1), {})[int(m.group(2))] = value
+    else:
+      out[key] = scan_params(value)
+  for name, items in groups.items():
+    ordered = [items[i] for i in range(len(items))]
+    out[name] = jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *ordered)
+  return out
+
+
+def unscan_params(tree: dict) -> dict:
+  """Inverse of `scan_params`."""
+  if not isinstance(tree, dict):
+    return tree
+  out = {}
+  for key, value in tree.items():
+    if key in ("blocks", "layers") and isinstance(value, dict):
+      n = jax.tree.leaves(value)[0].shape[0]
+      for i in range(n):
+        out[f"{key}_{i}"] = jax.tree.map(lambda x, i=i: x[i], value)
+    else:
+      out[key] = unscan_params(value)
+  return out

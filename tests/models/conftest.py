@@ -1,0 +1,17 @@
+"""Module-scoped tiny GiT shared by the model tests."""
+
+import flax.linen as nn
+import jax
+import pytest
+
+from gitcase import tiny_config, tiny_inputs
+
+
+@pytest.fixture(scope="module")
+def tiny():
+  """(model, params, (images, prompts, targets)) of a tiny GiT, initialised once."""
+  from rew_jax.models import git
+  model = git.GiT(tiny_config())
+  images, prompts, targets = tiny_inputs()
+  params = nn.unbox(jax.jit(model.init)(jax.random.key(0), images, prompts, targets))
+  return model, params, (images, prompts, targets)
