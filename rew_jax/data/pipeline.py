@@ -1,0 +1,319 @@
+"""Grain input pipelines over REW records, and global batch assembly.
+
+Train (endless unless `num_epochs` is set; each host reads 1/process_count of every epoch):
+
+    MapDataset.source(records) → shuffle(seed) → repeat(num_epochs)
+      → slice(process_index::process_count) → random_map(decode record, task mixture, pp ops)
+      → to_iter_dataset(threads) → batch(local batch, drop remainder) → mp_prefetch(workers)
+
+  The shuffle is a global permutation with the same seed on every host, re-drawn each epoch;
+  the slice then gives hosts disjoint examples. Random ops draw from Grain's per-element
+  generator, so the stream is a pure function of (seed, position): the iterator's
+  `get_state()`/`set_state()` restore the exact next batch, with or without workers.
+  Records supporting no configured task (e.g. abstained, in an entity-only recipe) are
+  filtered by design; the batch is filled from the following records.
+
+Eval (deterministic; keeps every example): host p reads records p, p+P, p+2P, ...; every host
+yields the same number of batches, the last ones padded with placeholder examples whose
+`mask` is 0. String fields (image_id, entity_id, split) stay in the batch as numpy arrays.
+
+Bad records (undecodable bytes, mistyped fields, corrupt images, entities without codes)
+raise a `UserError` naming shard and record, or with `on_error="skip"` become masked
+placeholders with `skipped=1`: the batch keeps its shape, the loss ignores them (`mask`), and
+`SkipReport` sums `skipped` over an epoch and reports it. Nothing is dropped silently.
+
+Every batch holds: `image` float32 [B, H, W, 3], the pp outputs (e.g. `prompt`, `target`
+int32 [B, L]), `task_id` int32 [B], `mask` int32 [B] (1 = real example), `skipped` int32 [B].
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any, Mapping, Sequence
+
+import grain
+import numpy as np
+
+from rew_jax.config import ConfigDict
+from rew_jax.data import ops as ops_lib
+from rew_jax.data import tasks as tasks_lib
+from rew_jax.errors import ConfigError, UserError
+from rew_jax.records import RecordError, RecordSource, decode
+
+DEFAULT_TRAIN_PP = (
+    "decode|inception_crop(224)|normalize('clip')|"
+    "tokenize(key='prompt', bos=True)|pad(20, key='prompt')|"
+    "tokenize(key='target', eos=True)|pad(32, key='target', keep_eos=102)")
+DEFAULT_EVAL_PP = (
+    "decode|resize_crop(224)|normalize('clip')|"
+    "tokenize(key='prompt', bos=True)|pad(20, key='prompt')|"
+    "tokenize(key='target', eos=True)|pad(32, key='target', keep_eos=102)")
+STRING_FIELDS = ("image_id", "entity_id", "split", "task")
+
+
+def default_config() -> ConfigDict:
+  """The `config.input` block of a training config."""
+  return ConfigDict(dict(
+      data_dir="",             # A REW records directory (manifest.json + shards).
+      batch_size=64,           # Global batch; each host gets batch_size / process_count.
+      seed=0,
+      pp=DEFAULT_TRAIN_PP,
+      tasks=tasks_lib.default_config(),
+      on_error="raise",        # "raise" | "skip" (masked, counted, reported).
+      num_epochs=0,            # 0: repeat forever.
+      num_threads=8,           # Threads reading/preprocessing in each process.
+      num_workers=0,           # Grain worker processes (mp_prefetch); 0: none.
+      worker_buffer_size=2,    # Batches buffered per worker.
+      verify=True,             # Check shard sizes and counts against the manifest at start.
+  ))
+
+
+# --------------------------------------------------------------------------------------------
+# Sources (top-level classes: Grain workers receive them by pickle).
+# --------------------------------------------------------------------------------------------
+
+
+class _Located:
+  """Record i → ("shard S record j", bytes), so that errors can name where they come from."""
+
+  def __init__(self, source: RecordSource):
+    self.source = source
+
+  def __len__(self) -> int:
+    return len(self.source)
+
+  def __getitem__(self, index: int):
+    return self.source.where(index), self.source[index]
+
+
+class _EvalHostSource:
+  """Host p's share of the records, p, p+P, ..., then padding up to `length`.
+
+  Padding is (None, None), not None: Grain treats a None element as filtered out.
+  """
+
+  def __init__(self, source: RecordSource, process_index: int, process_count: int, length: int):
+    self.source, self.p, self.n_proc, self.length = source, process_index, process_count, length
+
+  def __len__(self) -> int:
+    return self.length
+
+  def __getitem__(self, k: int):
+    i = self.p + k * self.n_proc
+    if i >= len(self.source):
+      return None, None
+    return self.source.where(i), self.source[i]
+
+
+class RecordToExample(grain.transforms.RandomMap):
+  """Record bytes → one preprocessed example dict (None: no task for this record)."""
+
+  def __init__(self, mixture: tasks_lib.TaskMixture, pp: str, *, on_error: str = "raise",
+               eval_mode: bool = False):
+    if on_error not in ("raise", "skip"):
+      raise ConfigError(f"input.on_error must be 'raise' or 'skip', not {on_error!r}")
+    self.mixture = mixture
+    self.pp = ops_lib.get_preprocess(pp)
+    self.on_error = on_error
+    self.eval_mode = eval_mode
+
+  def random_map(self, item, rng: np.random.Generator):
+    if item[1] is None:  # Eval padding.
+      example = self.mixture.placeholder()
+      example["_placeholder"] = 1
+    else:
+      where, data = item
+      try:
+        record = decode(data, where=where)
+        if self.eval_mode:
+          example = self.mixture.eval_example(record, rng)
+        else:
+          example = self.mixture(record, rng)
+          if example is None:
+            return None
+      except (RecordError, tasks_lib.TaskError) as e:
+        if self.on_error != "skip":
+          raise type(e)(f"{where}: {e}" if not str(e).startswith(where) else str(e)) from None
+        logging.warning("skipped record: %s", e)
+        example = self.mixture.placeholder()
+        example["_skipped"] = 1
+      example["_where"] = where
+    example["_on_error"] = self.on_error
+    example = self.pp(example, rng)
+    return self._finalize(example)
+
+  def _finalize(self, example: dict[str, Any]) -> dict[str, Any]:
+    skipped = int(bool(example.get("_skipped")))
+    masked = skipped or bool(example.get("_placeholder"))
+    out = {"mask": np.int32(not masked), "skipped": np.int32(skipped)}
+    for key, value in example.items():
+      if key.startswith("_"):
+        continue
+      if isinstance(value, (str, bytes)):
+        if self.eval_mode and key in STRING_FIELDS:
+          out[key] = np.str_(value)
+        continue
+      out[key] = np.asarray(value)
+    if "image" in example and isinstance(example["image"], bytes):
+      raise ConfigError(f"pp spec {self.pp.spec!r} never decodes 'image': add 'decode'")
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Pipelines.
+# --------------------------------------------------------------------------------------------
+
+
+def _processes(process_index: int | None, process_count: int | None) -> tuple[int, int]:
+  if process_index is None or process_count is None:
+    import jax  # pylint: disable=g-import-not-at-top
+    process_index = jax.process_index() if process_index is None else process_index
+    process_count = jax.process_count() if process_count is None else process_count
+  if not 0 <= process_index < process_count:
+    raise ValueError(f"process_index {process_index} not in [0, {process_count})")
+  return process_index, process_count
+
+
+def _local_batch(batch_size: int, process_count: int) -> int:
+  if batch_size % process_count:
+    raise ConfigError(f"input.batch_size {batch_size} is not divisible by the "
+                      f"{process_count} processes")
+  return batch_size // process_count
+
+
+def _mixture(tasks: Any) -> tasks_lib.TaskMixture:
+  return tasks if isinstance(tasks, tasks_lib.TaskMixture) else tasks_lib.TaskMixture(tasks)
+
+
+def _maybe_prefetch(ds: grain.IterDataset, num_workers: int, buffer_size: int):
+  if num_workers <= 0:
+    return ds
+  return ds.mp_prefetch(grain.MultiprocessingOptions(
+      num_workers=num_workers, per_worker_buffer_size=buffer_size))
+
+
+def train_dataset(data_dir: str, *, batch_size: int, pp: str = DEFAULT_TRAIN_PP,
+                  tasks: Any = None, seed: int = 0, on_error: str = "raise",
+                  num_epochs: int = 0, num_threads: int = 8, num_workers: int = 0,
+                  worker_buffer_size: int = 2, verify: bool = True,
+                  process_index: int | None = None, process_count: int | None = None,
+                  source: RecordSource | None = None) -> grain.IterDataset:
+  """The training pipeline of this host; `iter()` it for batches of `batch_size/processes`."""
+  p, n_proc = _processes(process_index, process_count)
+  local = _local_batch(batch_size, n_proc)
+  source = source or RecordSource(data_dir, verify=verify)
+  ds = grain.MapDataset.source(_Located(source)).shuffle(seed=seed)
+  ds = ds.repeat(num_epochs or None)
+  ds = ds.slice(slice(p, None, n_proc))
+  ds = ds.random_map(RecordToExample(_mixture(tasks), pp, on_error=on_error), seed=seed + 1)
+  it = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
+                                            prefetch_buffer_size=max(2 * local, 16)))
+  it = it.batch(local, drop_remainder=True)
+  return _maybe_prefetch(it, num_workers, worker_buffer_size)
+
+
+def eval_num_batches(num_records: int, batch_size: int, process_count: int) -> int:
+  """Batches every host yields so that all records are seen once."""
+  local = _local_batch(batch_size, process_count)
+  return max(1, math.ceil(math.ceil(num_records / process_count) / local))
+
+
+def eval_dataset(data_dir: str, *, batch_size: int, pp: str = DEFAULT_EVAL_PP,
+                 tasks: Any = None, seed: int = 0, on_error: str = "raise",
+                 num_threads: int = 8, num_workers: int = 0, verify: bool = True,
+                 process_index: int | None = None, process_count: int | None = None,
+                 source: RecordSource | None = None) -> grain.IterDataset:
+  """The evaluation pipeline of this host: every record once, last batch padded (mask 0)."""
+  p, n_proc = _processes(process_index, process_count)
+  local = _local_batch(batch_size, n_proc)
+  source = source or RecordSource(data_dir, verify=verify)
+  length = eval_num_batches(len(source), batch_size, n_proc) * local
+  ds = grain.MapDataset.source(_EvalHostSource(source, p, n_proc, length))
+  ds = ds.random_map(RecordToExample(_mixture(tasks), pp, on_error=on_error, eval_mode=True),
+                     seed=seed)
+  ds = ds.batch(local, drop_remainder=False)
+  it = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=2))
+  return _maybe_prefetch(it, num_workers, 1)
+
+
+def from_config(config: Mapping[str, Any], *, train: bool = True, **overrides) -> grain.IterDataset:
+  """`train_dataset`/`eval_dataset` from a `config.input` block (see default_config)."""
+  cfg = dict(default_config())
+  unknown = set(config) - set(cfg) - {"eval_pp"}
+  if unknown:
+    raise ConfigError(f"unknown input config keys {sorted(unknown)}; known: {sorted(cfg)}")
+  cfg.update(dict(config))
+  if not cfg["data_dir"]:
+    raise ConfigError("input.data_dir is empty: name a REW records directory")
+  common = dict(batch_size=cfg["batch_size"], tasks=cfg["tasks"], seed=cfg["seed"],
+                on_error=cfg["on_error"], num_threads=cfg["num_threads"],
+                num_workers=cfg["num_workers"], verify=cfg["verify"])
+  common.update(overrides)
+  if train:
+    return train_dataset(cfg["data_dir"], pp=cfg["pp"], num_epochs=cfg["num_epochs"],
+                         worker_buffer_size=cfg["worker_buffer_size"], **common)
+  return eval_dataset(cfg["data_dir"], pp=cfg.get("eval_pp", DEFAULT_EVAL_PP), **common)
+
+
+# --------------------------------------------------------------------------------------------
+# Reporting skips.
+# --------------------------------------------------------------------------------------------
+
+
+class SkipReport:
+  """Sums `skipped`/`mask` over the batches of an epoch; says what was skipped at the end."""
+
+  def __init__(self):
+    self.examples = 0
+    self.skipped = 0
+    self.padding = 0
+
+  def update(self, batch: Mapping[str, Any]) -> None:
+    mask = np.asarray(batch["mask"])
+    skipped = np.asarray(batch["skipped"])
+    self.examples += int(mask.sum())
+    self.skipped += int(skipped.sum())
+    self.padding += int(mask.size - mask.sum() - skipped.sum())
+
+  def summary(self) -> str:
+    text = f"{self.examples} examples"
+    if self.skipped:
+      text += f", {self.skipped} bad records skipped (masked; see the warnings for which)"
+    return text
+
+
+# --------------------------------------------------------------------------------------------
+# Global arrays.
+# --------------------------------------------------------------------------------------------
+
+
+def batch_sharding(mesh, batch_axes: Sequence[str] = ("data", "fsdp")):
+  """NamedSharding splitting the leading (batch) dim over the mesh's batch axes present."""
+  import jax  # pylint: disable=g-import-not-at-top
+  axes = tuple(a for a in batch_axes if a in mesh.axis_names)
+  spec = jax.sharding.PartitionSpec(axes if axes else None)
+  return jax.sharding.NamedSharding(mesh, spec)
+
+
+def make_global_batch(batch: Mapping[str, Any], mesh,
+                      batch_axes: Sequence[str] = ("data", "fsdp")) -> dict[str, Any]:
+  """Per-host numpy batch → global jax.Arrays sharded along the batch axes.
+
+  Numeric arrays become global arrays whose leading dimension is the global batch
+  (process_count × local batch); string arrays stay host-local numpy.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  sharding = batch_sharding(mesh, batch_axes)
+  out = {}
+  for key, value in batch.items():
+    value = np.asarray(value)
+    if value.dtype.kind in "USO":
+      out[key] = value
+      continue
+    try:
+      out[key] = jax.make_array_from_process_local_data(sharding, value)
+    except ValueError as e:
+      raise UserError(f"batch field {key!r} of shape {value.shape} cannot be sharded over "
+                      f"{dict(mesh.shape)} along {batch_axes}: {e}") from None
+  return out

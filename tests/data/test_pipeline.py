@@ -1,0 +1,225 @@
+"""Grain pipelines: batches, exact resume, per-process slicing, eval padding, skips, global arrays."""
+
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from rew_jax import records
+from rew_jax.data import ops, pipeline
+from rew_jax.errors import ConfigError
+from rew_jax.records import RewRecord
+
+N = 40
+# Images are flat colours: pixel value = 5 * record index identifies the record in a batch.
+PP = ("decode|resize(2)|tokenize(key='prompt', bos=True)|pad(8, key='prompt')|"
+      "tokenize(key='target', eos=True)|pad(6, key='target')")
+
+
+def png(value: int) -> bytes:
+  buf = io.BytesIO()
+  Image.new("RGB", (6, 4), (value, value, value)).save(buf, format="PNG")
+  return buf.getvalue()
+
+
+def rec(i, **kw):
+  fields = dict(image_id=f"web_{i:03d}", image=png(5 * i), caption=f"caption {i}",
+                entity_id=f"Q{i}", entity_name=f"entity {i}", curation_status="kept",
+                rationale="", qa=(), split="entity_val_seen")
+  fields.update(kw)
+  return RewRecord(**fields)
+
+
+@pytest.fixture(scope="module")
+def data_dir(module_workdir):
+  path = str(module_workdir / "records")
+  records.write_records(path, [rec(i) for i in range(N)], records_per_shard=15)
+  return path
+
+
+def ids(batch):
+  """Record index of each example of a batch (from its flat colour)."""
+  return [int(v) // 5 for v in batch["image"][:, 0, 0, 0]]
+
+
+def train(data_dir, **kw):
+  kw.setdefault("batch_size", 4)
+  kw.setdefault("pp", PP)
+  kw.setdefault("num_threads", 2)
+  return pipeline.train_dataset(data_dir, process_index=kw.pop("p", 0),
+                                process_count=kw.pop("n", 1), **kw)
+
+
+def take(it, n):
+  return [next(it) for _ in range(n)]
+
+
+def assert_same(batches_a, batches_b):
+  assert len(batches_a) == len(batches_b)
+  for a, b in zip(batches_a, batches_b):
+    assert a.keys() == b.keys()
+    for k in a:
+      np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_train_batch_contents(data_dir):
+  batch = next(iter(train(data_dir)))
+  assert set(batch) == {"image", "prompt", "target", "task_id", "mask", "skipped"}
+  assert batch["image"].shape == (4, 2, 2, 3) and batch["image"].dtype == np.uint8
+  assert batch["prompt"].shape == (4, 8) and batch["prompt"].dtype == np.int32
+  assert (batch["prompt"][:, 0] == 101).all() and (batch["mask"] == 1).all()
+  assert not batch["skipped"].any() and (batch["task_id"] == 0).all()
+  # Target = "entity {i}" + [SEP], i read back from the pixels.
+  from rew_jax.data.tokenizers import load_tokenizer
+  tok = load_tokenizer("bert")
+  for i, target in zip(ids(batch), batch["target"]):
+    assert tok.decode(target) == f"entity {i}"
+    assert 102 in target
+
+
+def test_epochs_are_permutations_and_deterministic(data_dir):
+  batches = take(iter(train(data_dir, num_epochs=2)), 2 * N // 4)
+  seen = [i for b in batches for i in ids(b)]
+  first, second = seen[:N], seen[N:]
+  assert sorted(first) == sorted(second) == list(range(N))
+  assert first != second and first != list(range(N))  # Shuffled, re-drawn per epoch.
+  with pytest.raises(StopIteration):
+    it = iter(train(data_dir, num_epochs=1))
+    take(it, N // 4 + 1)
+  assert_same(take(iter(train(data_dir)), 3), batches[:3])
+  other_seed = take(iter(train(data_dir, seed=5)), 3)
+  assert [ids(b) for b in other_seed] != [ids(b) for b in batches[:3]]
+
+
+def test_exact_resume(data_dir):
+  pp = "decode|inception_crop(2)|" + PP.split("|", 2)[2]  # Random crops too.
+  it = iter(train(data_dir, pp=pp))
+  take(it, 7)  # Crosses the epoch boundary (10 batches per epoch) on the next ones.
+  state = it.get_state()
+  json.dumps(state)  # Checkpointable as JSON (orbax stores it so).
+  expected = take(it, 5)
+  again = iter(train(data_dir, pp=pp))
+  again.set_state(state)
+  assert_same(take(again, 5), expected)
+
+
+def test_per_process_slicing(data_dir):
+  hosts = [take(iter(train(data_dir, batch_size=4, num_epochs=1, p=p, n=2)), N // 4)
+           for p in range(2)]
+  per_host = [[i for b in batches for i in ids(b)] for batches in hosts]
+  assert all(len(h) == N // 2 for h in per_host)
+  assert not set(per_host[0]) & set(per_host[1])
+  assert sorted(per_host[0] + per_host[1]) == list(range(N))
+  assert hosts[0][0]["image"].shape[0] == 2  # Local batch = global / processes.
+  with pytest.raises(ConfigError, match="not divisible by the 3 processes"):
+    train(data_dir, batch_size=4, p=0, n=3)
+
+
+def test_eval_keeps_every_example_and_pads(module_workdir):
+  path = str(module_workdir / "eval11")
+  records.write_records(path, [rec(i, curation_status="unresolved") for i in range(11)],
+                        records_per_shard=4)
+  assert pipeline.eval_num_batches(11, 4, 2) == 3
+  seen, masks = [], []
+  for p in range(2):
+    batches = list(pipeline.eval_dataset(path, batch_size=4, pp=PP, process_index=p,
+                                         process_count=2, num_threads=1))
+    assert len(batches) == 3 and all(b["image"].shape[0] == 2 for b in batches)
+    for b in batches:
+      seen += [str(s) for s, m in zip(b["image_id"], b["mask"]) if m]
+      masks += b["mask"].tolist()
+    assert batches[0]["split"][0] == "entity_val_seen"
+  assert sorted(seen) == [f"web_{i:03d}" for i in range(11)]  # Unresolved records kept too.
+  assert masks.count(0) == 1
+  again = list(pipeline.eval_dataset(path, batch_size=4, pp=PP, process_index=1, process_count=2))
+  assert [b["image_id"].tolist() for b in again] == [b["image_id"].tolist() for b in batches]
+
+
+@pytest.fixture(scope="module")
+def bad_dir(module_workdir):
+  """12 records: #3 has a corrupt JPEG, #7 a mistyped field, #9 is abstained."""
+  from array_record.python import array_record_module
+  import msgpack
+  path = module_workdir / "bad"
+  path.mkdir()
+  shard = str(path / "rew-00000.array_record")
+  writer = array_record_module.ArrayRecordWriter(shard, records.WRITER_OPTIONS)
+  for i in range(12):
+    if i == 3:
+      data = records.encode(rec(i, image=b"\xff\xd8\xff\xe0 not really a jpeg"))
+    elif i == 7:
+      data = msgpack.packb({"schema_version": 1, "image_id": "web_007", "image": png(35),
+                            "caption": ["not", "text"]}, use_bin_type=True)
+    else:
+      data = records.encode(rec(i, curation_status="abstained" if i == 9 else "kept"))
+    writer.write(data)
+  writer.close()
+  import os
+  info = records.ShardInfo("rew-00000.array_record", 12, records._sha256(shard),
+                           os.path.getsize(shard), {})
+  records.Manifest(shards=(info,)).save(str(path))
+  return str(path)
+
+
+def test_bad_records_raise_naming_shard_and_record(bad_dir):
+  with pytest.raises((ops.ImageDecodeError, records.RecordError),
+                     match=r"rew-00000.array_record record (3: cannot decode image|7: field 'caption')"):
+    list(train(bad_dir, num_epochs=1, num_threads=1))
+
+
+def test_bad_records_skipped_are_counted(bad_dir):
+  report = pipeline.SkipReport()
+  seen = []
+  for batch in train(bad_dir, num_epochs=1, batch_size=1, on_error="skip", num_threads=1):
+    report.update(batch)
+    seen += [i for i, m in zip(ids(batch), batch["mask"]) if m]
+  # 12 records: 1 abstained (filtered, no task), 2 bad (masked and counted), 9 examples.
+  assert report.skipped == 2 and report.examples == 9
+  assert sorted(seen) == [0, 1, 2, 4, 5, 6, 8, 10, 11]
+  assert "2 bad records skipped" in report.summary()
+
+
+def test_multiprocess_workers_resume(data_dir):
+  it = iter(train(data_dir, num_workers=1))
+  first = take(it, 3)
+  state = it.get_state()
+  expected = take(it, 2)
+  assert_same(first + expected, take(iter(train(data_dir)), 5))  # Same stream as in-process.
+  again = iter(train(data_dir, num_workers=1))
+  again.set_state(state)
+  assert_same(take(again, 2), expected)
+
+
+def test_global_batch_on_8_devices(data_dir):
+  import jax
+  from jax.sharding import Mesh, PartitionSpec
+  assert jax.device_count() == 8
+  mesh = Mesh(np.array(jax.devices()).reshape(4, 2), ("data", "fsdp"))
+  batch = next(iter(train(data_dir, batch_size=8)))
+  batch["image_id"] = np.array([f"x{i}" for i in range(8)])
+  out = pipeline.make_global_batch(batch, mesh)
+  assert out["image"].shape == (8, 2, 2, 3)
+  assert out["image"].sharding.spec == PartitionSpec(("data", "fsdp"))
+  assert len(out["image"].addressable_shards) == 8
+  assert out["image"].addressable_shards[0].data.shape == (1, 2, 2, 3)
+  np.testing.assert_array_equal(np.asarray(out["target"]), batch["target"])
+  assert isinstance(out["image_id"], np.ndarray)
+  # A mesh without an fsdp axis shards over data only.
+  mesh2 = Mesh(np.array(jax.devices()).reshape(8, 1), ("data", "tensor"))
+  out2 = pipeline.make_global_batch(batch, mesh2)
+  assert out2["mask"].sharding.spec == PartitionSpec(("data",))
+
+
+def test_from_config(data_dir):
+  cfg = pipeline.default_config()
+  cfg.data_dir = data_dir
+  cfg.batch_size = 4
+  cfg.pp = PP
+  batch = next(iter(pipeline.from_config(cfg, process_index=0, process_count=1)))
+  assert batch["image"].shape[0] == 4
+  with pytest.raises(ConfigError, match="unknown input config keys \\['batchsize'\\]"):
+    pipeline.from_config({"batchsize": 3})
+  with pytest.raises(ConfigError, match="on_error must be"):
+    train(data_dir, on_error="ignore")
