@@ -136,6 +136,17 @@ def _resize(img: np.ndarray, hw: tuple[int, int], method: str, box=None) -> np.n
   return np.asarray(out)
 
 
+def _to_rgb(array: np.ndarray) -> np.ndarray:
+  array = np.asarray(array, np.uint8)
+  if array.ndim == 2:
+    array = array[..., None]
+  if array.shape[-1] == 1:
+    array = np.repeat(array, 3, axis=-1)
+  elif array.shape[-1] == 4:
+    array = array[..., :3]
+  return array
+
+
 def _is_placeholder(example: Example) -> bool:
   return bool(example.get("_skipped") or example.get("_placeholder"))
 
@@ -143,6 +154,8 @@ def _is_placeholder(example: Example) -> bool:
 @PP_OPS.register("decode")
 def get_decode(key: str = "image", on_error: str | None = None) -> Op:
   """Encoded bytes → uint8 [H, W, 3] RGB. Undecodable bytes raise or are a counted skip.
+
+  An already decoded uint8 array (grey, RGB or RGBA) passes through as RGB.
 
   `on_error` None defers to the pipeline's `example["_on_error"]` (default "raise").
   """
@@ -153,6 +166,9 @@ def get_decode(key: str = "image", on_error: str | None = None) -> Op:
       example[key] = np.zeros((1, 1, 3), np.uint8)
       return example
     data = example[key]
+    if isinstance(data, np.ndarray):  # Already decoded (e.g. by tfds.data_source).
+      example[key] = _to_rgb(data)
+      return example
     try:
       with Image.open(io.BytesIO(data)) as img:
         img.load()

@@ -87,13 +87,14 @@ class _Located:
     return self.source.where(index), self.source[index]
 
 
-class _EvalHostSource:
-  """Host p's share of the records, p, p+P, ..., then padding up to `length`.
+class PaddedHostSource:
+  """Host p's share of `source` for evaluation: items p, p+P, ..., then padding to `length`.
 
-  Padding is (None, None), not None: Grain treats a None element as filtered out.
+  Yields (where, item); padding is (None, None), not None, because Grain treats a None
+  element as filtered out. `where` comes from `source.where(i)` when the source has it.
   """
 
-  def __init__(self, source: RecordSource, process_index: int, process_count: int, length: int):
+  def __init__(self, source, process_index: int, process_count: int, length: int):
     self.source, self.p, self.n_proc, self.length = source, process_index, process_count, length
 
   def __len__(self) -> int:
@@ -103,7 +104,8 @@ class _EvalHostSource:
     i = self.p + k * self.n_proc
     if i >= len(self.source):
       return None, None
-    return self.source.where(i), self.source[i]
+    where = self.source.where(i) if hasattr(self.source, "where") else f"example {i}"
+    return where, self.source[i]
 
 
 class RecordToExample(grain.transforms.RandomMap):
@@ -165,7 +167,7 @@ class RecordToExample(grain.transforms.RandomMap):
 # --------------------------------------------------------------------------------------------
 
 
-def _processes(process_index: int | None, process_count: int | None) -> tuple[int, int]:
+def resolve_processes(process_index: int | None, process_count: int | None) -> tuple[int, int]:
   if process_index is None or process_count is None:
     import jax  # pylint: disable=g-import-not-at-top
     process_index = jax.process_index() if process_index is None else process_index
@@ -175,7 +177,7 @@ def _processes(process_index: int | None, process_count: int | None) -> tuple[in
   return process_index, process_count
 
 
-def _local_batch(batch_size: int, process_count: int) -> int:
+def local_batch_size(batch_size: int, process_count: int) -> int:
   if batch_size % process_count:
     raise ConfigError(f"input.batch_size {batch_size} is not divisible by the "
                       f"{process_count} processes")
@@ -200,8 +202,8 @@ def train_dataset(data_dir: str, *, batch_size: int, pp: str = DEFAULT_TRAIN_PP,
                   process_index: int | None = None, process_count: int | None = None,
                   source: RecordSource | None = None) -> grain.IterDataset:
   """The training pipeline of this host; `iter()` it for batches of `batch_size/processes`."""
-  p, n_proc = _processes(process_index, process_count)
-  local = _local_batch(batch_size, n_proc)
+  p, n_proc = resolve_processes(process_index, process_count)
+  local = local_batch_size(batch_size, n_proc)
   source = source or RecordSource(data_dir, verify=verify)
   ds = grain.MapDataset.source(_Located(source)).shuffle(seed=seed)
   ds = ds.repeat(num_epochs or None)
@@ -215,7 +217,7 @@ def train_dataset(data_dir: str, *, batch_size: int, pp: str = DEFAULT_TRAIN_PP,
 
 def eval_num_batches(num_records: int, batch_size: int, process_count: int) -> int:
   """Batches every host yields so that all records are seen once."""
-  local = _local_batch(batch_size, process_count)
+  local = local_batch_size(batch_size, process_count)
   return max(1, math.ceil(math.ceil(num_records / process_count) / local))
 
 
@@ -225,11 +227,11 @@ def eval_dataset(data_dir: str, *, batch_size: int, pp: str = DEFAULT_EVAL_PP,
                  process_index: int | None = None, process_count: int | None = None,
                  source: RecordSource | None = None) -> grain.IterDataset:
   """The evaluation pipeline of this host: every record once, last batch padded (mask 0)."""
-  p, n_proc = _processes(process_index, process_count)
-  local = _local_batch(batch_size, n_proc)
+  p, n_proc = resolve_processes(process_index, process_count)
+  local = local_batch_size(batch_size, n_proc)
   source = source or RecordSource(data_dir, verify=verify)
   length = eval_num_batches(len(source), batch_size, n_proc) * local
-  ds = grain.MapDataset.source(_EvalHostSource(source, p, n_proc, length))
+  ds = grain.MapDataset.source(PaddedHostSource(source, p, n_proc, length))
   ds = ds.random_map(RecordToExample(_mixture(tasks), pp, on_error=on_error, eval_mode=True),
                      seed=seed)
   ds = ds.batch(local, drop_remainder=False)
