@@ -1,0 +1,28 @@
+"""Candidate retrieval (Entity-WebLI step) on the embedded world, or on your own data.
+
+Generate the world, then retrieve the top-10 KB entities for every web caption:
+
+  python -m rew_jax world --config configs/demo.py:small --workdir runs/cand
+  python -m rew_jax candidates --config configs/candidates_demo.py --workdir runs/cand
+
+Variants (`--config configs/candidates_demo.py:method=bm25,k=20`):
+  method   embedding (all-MiniLM-L6-v2 cosine, the default) or bm25 (lexical, over titles)
+  k        candidates kept per image
+
+Real data: point the KB and the captions at your files, e.g.
+  --config.kb.path=/data/Wiki6M_ver_1_0.jsonl.gz --config.kb.index_dir=/data/wiki6m_index
+  --config.data.format=webdataset --config.data.path=/data/laion/shards
+"""
+
+from rew_jax import config as config_lib
+from rew_jax.kb import candidates
+
+
+def get_config(arg=None):
+  arg = config_lib.parse_arg(arg, method="embedding", k=10)
+  config = candidates.default_config()
+  config.retrieval.method = arg.method
+  config.retrieval.k = arg.k
+  config.data.format = "world"
+  config.data.records_per_shard = 1000
+  return config

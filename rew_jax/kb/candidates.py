@@ -1,0 +1,235 @@
+"""The candidates step (Entity-WebLI): top-k KB entities for every web image's caption.
+
+    python -m rew_jax candidates --config configs/candidates_demo.py --workdir W
+
+Output (the contract with the curation step, see docs/kb_and_retrieval.md):
+  W/candidates/candidates-00000-of-0000N.jsonl   one line per image:
+      {"image_id", "caption", "image_path", "candidates": [{"entity_id", "name", "score"}...]}
+      best first; image_path is absolute or a tar:// / parquet:// reference
+      (`rew_jax.kb.sources.read_image_bytes` opens either)
+  W/candidates/manifest.json                      counts per shard and in total
+Each shard is written to a temporary name and renamed when complete; a rerun skips the
+shards already there, so an interrupted run resumes. With several hosts, host i writes the
+shards i, i + H, ...; the manifest appears once every shard exists.
+
+The KB index, entity embeddings, BM25 index, ALD codes and name trie are built on first use
+next to the index (`kb.index_dir`, default W/kb) and reused afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from typing import Sequence
+
+import jax
+import numpy as np
+
+from rew_jax import config as config_lib
+from rew_jax.errors import ConfigError
+from rew_jax.kb import bm25 as bm25_lib
+from rew_jax.kb import codes as codes_lib
+from rew_jax.kb import embeddings as embeddings_lib
+from rew_jax.kb import retrieval, sources, text_encoder, wiki6m
+
+METHODS = ("embedding", "bm25")
+
+
+def default_config() -> config_lib.ConfigDict:
+  c = config_lib.ConfigDict()
+  # Wiki6M file; empty with data.format=world → <world>/kb/Wiki6M_ver_1_0.jsonl.gz.
+  c.kb = config_lib.ConfigDict(dict(path="", index_dir="", skip_bad_lines=False,
+                                    max_summary_chars=2000))
+  c.encoder = config_lib.ConfigDict(dict(model_dir="", max_length=64, batch_size=128))
+  c.embeddings = config_lib.ConfigDict(dict(dir="", text="title", summary_chars=300,
+                                            dtype="float16", shard_rows=65536))
+  c.retrieval = config_lib.ConfigDict(dict(method="embedding", k=10, mode="exact",
+                                           chunk_rows=65536, query_block=1024,
+                                           recall_target=0.95, query_batch=4096))
+  # path empty with format=world → W/world (where `python -m rew_jax world` writes).
+  c.data = config_lib.ConfigDict(dict(format="world", path="", caption_key="caption",
+                                      image_key="image_path", id_key="image_id",
+                                      skip_bad_records=False, records_per_shard=10000))
+  c.artifacts = config_lib.ConfigDict(dict(codes=True, code_length=3, seed=0))
+  return c
+
+
+class _Paths:
+  def __init__(self, config, workdir: str):
+    self.data = config.data.path or (os.path.join(workdir, "world")
+                                     if config.data.format == "world" else "")
+    fmt = config.data.format
+    if fmt == "auto" and self.data:
+      fmt = sources.detect_format(self.data)
+    self.format = fmt
+    self.kb = config.kb.path
+    if not self.kb and fmt == "world":
+      self.kb = os.path.join(self.data, "kb", "Wiki6M_ver_1_0.jsonl.gz")
+    if not self.kb:
+      raise ConfigError("kb.path is empty: point it at Wiki6M_ver_1_0.jsonl(.gz)")
+    self.index = config.kb.index_dir or os.path.join(workdir, "kb")
+    self.embeddings = config.embeddings.dir or os.path.join(
+        self.index, f"embeddings-{config.embeddings.text}-{config.embeddings.dtype}")
+    self.out = os.path.join(workdir, "candidates")
+
+
+def _shard_name(i: int, n: int) -> str:
+  return f"candidates-{i:05d}-of-{n:05d}.jsonl"
+
+
+class CandidateRetriever:
+  """Captions → top-k (entity_id, name, score), by embedding similarity or BM25."""
+
+  def __init__(self, config, kb: wiki6m.EntityKB, embeddings_dir: str):
+    self.kb, self.k = kb, config.retrieval.k
+    self.method = config.retrieval.method
+    if self.method not in METHODS:
+      raise ConfigError(f"retrieval.method {self.method!r} is not one of {METHODS}")
+    self.query_batch = config.retrieval.query_batch
+    if self.method == "bm25":
+      self.bm25 = bm25_lib.TitleBM25.open_or_build(kb)
+      return
+    self.encoder = text_encoder.TextEncoder(config.encoder.model_dir or None,
+                                            max_length=config.encoder.max_length,
+                                            batch_size=config.encoder.batch_size)
+    store = embeddings_lib.build_embeddings(
+        kb, self.encoder, embeddings_dir, text=config.embeddings.text,
+        summary_chars=config.embeddings.summary_chars, shard_rows=config.embeddings.shard_rows,
+        dtype=config.embeddings.dtype)
+    self.searcher = retrieval.TopKSearcher(
+        store, chunk_rows=config.retrieval.chunk_rows, query_block=config.retrieval.query_block,
+        mode=config.retrieval.mode, recall_target=config.retrieval.recall_target)
+
+  def search(self, captions: Sequence[str]) -> list[list[dict]]:
+    out = []
+    for start in range(0, len(captions), self.query_batch):
+      batch = captions[start:start + self.query_batch]
+      if self.method == "bm25":
+        scores, rows = self.bm25.search(batch, self.k)
+      else:
+        scores, rows = self.searcher.search(self.encoder.encode(batch), self.k)
+      for s_row, r_row in zip(scores, rows):
+        out.append([{"entity_id": self.kb.ids[int(r)], "name": self.kb.titles[int(r)],
+                     "score": round(float(s), 6)} for s, r in zip(s_row, r_row) if r >= 0])
+    return out
+
+
+def _write_shard(path: str, records: list[dict], candidates: list[list[dict]],
+                 stats: dict) -> None:
+  tmp = path + ".tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    for record, cands in zip(records, candidates):
+      f.write(json.dumps(dict(record, candidates=cands), ensure_ascii=False) + "\n")
+  with open(path + ".stats.tmp", "w") as f:
+    json.dump(stats, f)
+  os.replace(path + ".stats.tmp", os.path.splitext(path)[0] + ".stats.json")
+  os.replace(tmp, path)  # Last: the shard's presence means the shard is complete.
+
+
+def _manifest(out_dir: str, names: list[str], config, paths: _Paths, kb_count: int) -> dict:
+  shards = []
+  for name in names:
+    with open(os.path.join(out_dir, name), "rb") as f:
+      records = sum(1 for _ in f)
+    stats_path = os.path.join(out_dir, os.path.splitext(name)[0] + ".stats.json")
+    skipped = 0
+    if os.path.isfile(stats_path):
+      with open(stats_path) as f:
+        skipped = json.load(f).get("skipped", 0)
+    shards.append({"path": name, "records": records, "skipped": skipped})
+  manifest = {
+      "format": "rew_jax.candidates/1",
+      "num_shards": len(names),
+      "records": sum(s["records"] for s in shards),
+      "skipped": sum(s["skipped"] for s in shards),
+      "k": config.retrieval.k, "method": config.retrieval.method,
+      "source": {"format": paths.format, "path": os.path.abspath(paths.data)},
+      "kb": {"path": os.path.abspath(paths.kb), "index_dir": os.path.abspath(paths.index),
+             "entities": kb_count},
+      "shards": shards,
+  }
+  tmp = os.path.join(out_dir, "manifest.json.tmp")
+  with open(tmp, "w") as f:
+    json.dump(manifest, f, indent=1)
+  os.replace(tmp, os.path.join(out_dir, "manifest.json"))
+  return manifest
+
+
+def prepare_kb(config, paths: _Paths) -> wiki6m.EntityKB:
+  """Opens (building on first use) the KB index and, if configured, its codes and trie."""
+  kb = wiki6m.EntityKB.open_or_build(paths.kb, paths.index,
+                                     skip_bad=config.kb.skip_bad_lines,
+                                     max_summary_chars=config.kb.max_summary_chars)
+  if config.artifacts.codes and not os.path.isfile(kb.path("code_trie.npz")):
+    import tokenizers  # pylint: disable=g-import-not-at-top
+    model_dir = config.encoder.model_dir or text_encoder.default_model_dir()
+    tok = tokenizers.Tokenizer.from_file(os.path.join(model_dir, "tokenizer.json"))
+    tok.no_padding()
+    codes_lib.build_name_artifacts(kb, tok, length=config.artifacts.code_length,
+                                   seed=config.artifacts.seed)
+  return kb
+
+
+def run_candidates(config, workdir: str, *, host_index: int | None = None,
+                   host_count: int | None = None, log=print) -> str:
+  """Runs the step; returns W/candidates. `config` is `default_config()`-shaped."""
+  if "candidates" in config:
+    config = config.candidates
+  paths = _Paths(config, workdir)
+  host_index = jax.process_index() if host_index is None else host_index
+  host_count = jax.process_count() if host_count is None else host_count
+  units = sources.plan_units(paths.format, paths.data, config.data.records_per_shard)
+  os.makedirs(paths.out, exist_ok=True)
+  names = [_shard_name(i, len(units)) for i in range(len(units))]
+  todo = [i for i in range(len(units)) if i % host_count == host_index
+          and not os.path.isfile(os.path.join(paths.out, names[i]))]
+  kb = prepare_kb(config, paths)
+  log(f"candidates: {len(units)} shards, {len(units) - len(todo)} already done; "
+      f"KB {len(kb)} entities")
+  if todo:
+    retriever = CandidateRetriever(config, kb, paths.embeddings)
+    keys = sources.Keys(config.data.caption_key, config.data.image_key, config.data.id_key)
+    for i in todo:
+      start = time.time()
+      stats = {"skipped": 0}
+      records = list(sources.read_unit(units[i], keys, skip_bad=config.data.skip_bad_records,
+                                       stats=stats))
+      cands = retriever.search([r["caption"] for r in records])
+      _write_shard(os.path.join(paths.out, names[i]), records, cands, stats)
+      log(f"  {names[i]}: {len(records)} images, {stats['skipped']} skipped, "
+          f"{time.time() - start:.1f} s")
+  if all(os.path.isfile(os.path.join(paths.out, n)) for n in names):
+    m = _manifest(paths.out, names, config, paths, len(kb))
+    log(f"candidates: {m['records']} images in {m['num_shards']} shards → {paths.out}")
+  return paths.out
+
+
+def read_candidates(out_dir: str):
+  """Yields the records of all candidate shards listed in the manifest, in order."""
+  with open(os.path.join(out_dir, "manifest.json")) as f:
+    manifest = json.load(f)
+  for shard in manifest["shards"]:
+    with open(os.path.join(out_dir, shard["path"]), encoding="utf-8") as f:
+      for line in f:
+        yield json.loads(line)
+
+
+def main(argv: Sequence[str]) -> int:
+  parser = argparse.ArgumentParser(
+      prog="python -m rew_jax candidates", description=__doc__,
+      formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--config", default=None,
+                      help="config file (its .candidates section if it has one); default: "
+                      "rew_jax.kb.candidates.default_config() on W/world")
+  parser.add_argument("--workdir", required=True, help="output: WORKDIR/candidates")
+  overrides, rest = config_lib.split_overrides(argv)
+  args = parser.parse_args(rest)
+  config = default_config()
+  if args.config:
+    loaded = config_lib.load_config(args.config)
+    config = loaded.candidates if "candidates" in loaded else loaded
+  config_lib.apply_overrides(config, overrides)
+  run_candidates(config, args.workdir)
+  return 0
