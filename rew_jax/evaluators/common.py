@@ -1,0 +1,156 @@
+"""The evaluator contract, shared by the train loop and `python -m rew_jax eval`.
+
+An evaluator is built from its config block with an injected, pure prediction function and
+its data, and `run(params)` yields `(metric_name, value)` pairs:
+
+    evaluator = EVALUATORS.get("oven")(predict_fn, references=[...], image_dir=..., ...)
+    for name, value in evaluator.run(params, step=1000):
+      writer.scalar(name, value, step)
+
+`predict_fn(params, batch, **kw) -> outputs` is a pure function of the parameters and a
+batch of numpy arrays (`mask` int32 [B] marks real examples; padding examples repeat a real
+one so that every batch has the same shape and a jitted function compiles once). Outputs
+are a dict of arrays with batch-leading dimension; which keys an evaluator reads is part of
+its own docstring. Each evaluator writes its predictions and a per-example table under
+`<workdir>/eval/<name>/[step_<step>/]` so that errors can be inspected.
+
+A training config holds its evaluators as a dict of blocks:
+
+    config.evals.oven_val = dict(type="oven", pred="decode_rows", every=500, ...)
+
+`from_config(config.evals, predict_fns, workdir=...)` builds them; `pred` names an entry of
+`predict_fns`; `type` names a registered evaluator; `every` (steps) is for the train loop and
+is not passed on; every other key is a keyword argument of the evaluator's constructor, so
+an unknown key fails there, loudly.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from rew_jax.errors import ConfigError
+from rew_jax.registry import EVALUATORS
+
+PredictFn = Callable[..., Mapping[str, Any]]
+# Keys of a config block consumed here or by the train loop, not by the evaluator itself.
+LOOP_KEYS = ("type", "pred", "every")
+
+
+class Evaluator:
+  """Base class: subclasses implement `run`. `name` prefixes metric names and file paths."""
+
+  name: str = "eval"
+  workdir: str | None = None
+
+  def run(self, params, *, step: int | None = None) -> Iterator[tuple[str, float]]:
+    raise NotImplementedError
+
+  def output_dir(self, step: int | None = None) -> str | None:
+    """Where this run's files go (created), or None when the evaluator has no workdir."""
+    if not self.workdir:
+      return None
+    parts = [self.workdir, "eval", self.name] + ([f"step_{step}"] if step is not None else [])
+    path = os.path.join(*parts)
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
+def from_config(evals: Mapping[str, Any], predict_fns: Mapping[str, PredictFn], *,
+                workdir: str | None = None, **shared) -> dict[str, Evaluator]:
+  """name → evaluator for every block of `evals` (see the module docstring).
+
+  `shared` keyword arguments (e.g. a tokenizer) go to every evaluator that accepts them.
+  """
+  out = {}
+  for name, block in evals.items():
+    block = dict(block)
+    if "type" not in block:
+      raise ConfigError(f"evals.{name}: missing 'type' (one of {', '.join(EVALUATORS.names())})")
+    cls = EVALUATORS.get(block["type"])
+    pred = block.get("pred", "predict")
+    if pred not in predict_fns:
+      raise ConfigError(f"evals.{name}.pred={pred!r} is not a prediction function of this "
+                        f"model; known: {', '.join(sorted(predict_fns)) or '(none)'}")
+    kwargs = {k: v for k, v in block.items() if k not in LOOP_KEYS}
+    accepted = getattr(cls, "SHARED_KWARGS", ())
+    kwargs.update({k: v for k, v in shared.items() if k in accepted and k not in kwargs})
+    try:
+      out[name] = cls(predict_fns[pred], name=name, workdir=workdir, **kwargs)
+    except TypeError as e:
+      raise ConfigError(f"evals.{name} ({block['type']}): {e}") from None
+  return out
+
+
+# --------------------------------------------------------------------------------------------
+# Batching: fixed-shape batches of preprocessed examples, padding marked by `mask`.
+# --------------------------------------------------------------------------------------------
+
+
+def batches(examples: Sequence[Any], batch_size: int,
+            load: Callable[[Any], dict[str, Any]]) -> Iterator[tuple[list[Any], dict[str, np.ndarray]]]:
+  """Yields (the batch's source items, stacked arrays) with every batch `batch_size` long.
+
+  `load(item)` returns one preprocessed example; its array-valued keys are stacked, the
+  rest (strings) dropped. The last batch is padded with copies of its first example and
+  `mask` 0, so the prediction function sees one shape only.
+  """
+  if batch_size < 1:
+    raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+  for start in range(0, len(examples), batch_size):
+    items = list(examples[start:start + batch_size])
+    loaded = [load(item) for item in items]
+    keys = [k for k, v in loaded[0].items()
+            if isinstance(v, (np.ndarray, np.generic, int, float)) and not k.startswith("_")]
+    pad = batch_size - len(loaded)
+    loaded += [loaded[0]] * pad
+    batch = {k: np.stack([np.asarray(ex[k]) for ex in loaded]) for k in keys}
+    batch["mask"] = np.array([1] * len(items) + [0] * pad, np.int32)
+    yield items, batch
+
+
+def to_numpy(outputs: Mapping[str, Any], n: int) -> dict[str, np.ndarray]:
+  """Device outputs → host numpy, cut to the `n` real (leading) examples of the batch."""
+  return {k: np.asarray(v)[:n] for k, v in outputs.items()}
+
+
+# --------------------------------------------------------------------------------------------
+# Files.
+# --------------------------------------------------------------------------------------------
+
+
+def write_jsonl(path: str, rows: Iterable[Mapping[str, Any]]) -> str:
+  """Writes rows atomically (temp file + rename), one JSON object per line."""
+  tmp = path + ".tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    for row in rows:
+      f.write(json.dumps(row, ensure_ascii=False) + "\n")
+  os.replace(tmp, path)
+  return path
+
+
+def write_table(path: str, rows: Sequence[Mapping[str, Any]],
+                columns: Sequence[str] | None = None) -> str:
+  """A tab-separated per-example table (opens in any spreadsheet or `column -t`)."""
+  if columns is None:
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+  tmp = path + ".tmp"
+  with open(tmp, "w", encoding="utf-8", newline="") as f:
+    writer = csv.writer(f, delimiter="\t", lineterminator="\n")
+    writer.writerow(columns)
+    for row in rows:
+      writer.writerow(["" if row.get(c) is None else row.get(c) for c in columns])
+  os.replace(tmp, path)
+  return path
+
+
+def write_metrics(path: str, metrics: Mapping[str, Any]) -> str:
+  tmp = path + ".tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    json.dump(dict(metrics), f, indent=1, sort_keys=True)
+  os.replace(tmp, path)
+  return path
