@@ -1,0 +1,136 @@
+"""The OVEN evaluator: predict an entity for every reference, write the official prediction
+files, score them with the official conventions (`oven_metric`).
+
+    evaluator = Evaluator(predict_fn, references=[".../oven_entity_val.jsonl",
+                                                  ".../oven_query_val.jsonl"],
+                          image_dir=".../images", mapping=dict(mode="rows", kb_dir=...))
+    dict(evaluator.run(params))  # {"oven/entity_seen": .., ..., "oven/final_score": ..}
+
+Batches hold `image` float32 [B, H, W, 3], `prompt` int32 [B, P] (the question, BOS first,
+0-padded) and `mask` int32 [B], as produced by the `pp` spec from {"image": bytes,
+"prompt": question}. `predict_fn(params, batch, **predict_kwargs)` returns the keys that
+the mapping mode reads (see `mapping`). Images are found in the OVEN layout
+`<image_dir>/<id.split('_')[-1][:2]>/<id>.<ext>` (or flat `<image_dir>/<id>.<ext>`), or
+through an explicit `image_paths` {image_id: path} map.
+
+Files under `<workdir>/eval/<name>/[step_<step>/]`: `predictions_<task>.jsonl` (official
+format, one per task present), `table.tsv` (one row per reference: ids, split, question,
+truth, prediction, correct, mapping details) and `metrics.json` (the full `score` result).
+This runs in one process; a multi-host train loop must gather before scoring.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+from rew_jax.data import ops as ops_lib
+from rew_jax.evaluators import common
+from rew_jax.evaluators import mapping as mapping_lib
+from rew_jax.evaluators import oven_metric
+from rew_jax.evaluators.oven_metric import OvenFormatError
+from rew_jax.registry import EVALUATORS
+
+DEFAULT_PP = ("decode|resize_crop(224)|normalize('clip')|"
+              "tokenize(key='prompt', bos=True, max_len=20)|pad(20, key='prompt')")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".JPEG", ".JPG", ".webp")
+
+
+def image_path(image_dir: str, image_id: str) -> str:
+  """The file of `image_id` in the OVEN layout (or flat); OvenFormatError if absent."""
+  tried = []
+  for folder in (os.path.join(image_dir, image_id.split("_")[-1][:2]), image_dir):
+    for ext in IMAGE_EXTENSIONS:
+      path = os.path.join(folder, image_id + ext)
+      if os.path.isfile(path):
+        return path
+      tried.append(path)
+  raise OvenFormatError(f"image {image_id!r} not found under {image_dir!r} (looked for "
+                        f"{tried[0]} and other extensions/flat layout)")
+
+
+@EVALUATORS.register("oven")
+class Evaluator(common.Evaluator):
+  """OVEN top-1 accuracy (seen/unseen), split HMs and the final HM; see the module docstring."""
+
+  SHARED_KWARGS = ("mapper", "tokenizer", "kb")
+
+  def __init__(self, predict_fn: Callable[..., Mapping[str, Any]], *,
+               references: str | Sequence[str], image_dir: str = "",
+               image_paths: Mapping[str, str] | None = None,
+               mapping: Mapping[str, Any] | None = None, mapper=None, kb=None, tokenizer=None,
+               pp: str = DEFAULT_PP, batch_size: int = 32, max_examples: int = 0,
+               predict_kwargs: Mapping[str, Any] | None = None,
+               name: str = "oven", workdir: str | None = None):
+    self.predict_fn, self.name, self.workdir = predict_fn, name, workdir
+    self.references = oven_metric.read_references(references, required=oven_metric.REFERENCE_KEYS)
+    if max_examples:
+      self.references = self.references[:max_examples]
+    if not self.references:
+      raise OvenFormatError(f"no references in {references}")
+    if not image_dir and image_paths is None:
+      raise OvenFormatError("the OVEN evaluator needs image_dir or image_paths")
+    self.image_dir, self.image_paths = image_dir, image_paths
+    if mapper is None:
+      mapping = dict(mapping or {"mode": "rows"})
+      mapper = mapping_lib.from_config(mapping.pop("mode"), kb=kb, tokenizer=tokenizer, **mapping)
+    self.mapper = mapper
+    self.pp = ops_lib.get_preprocess(pp)
+    self.batch_size = batch_size
+    self.predict_kwargs = dict(predict_kwargs or {})
+
+  def _path(self, image_id: str) -> str:
+    if self.image_paths is not None:
+      if image_id not in self.image_paths:
+        raise OvenFormatError(f"image {image_id!r} is not in the image_paths map")
+      return self.image_paths[image_id]
+    return image_path(self.image_dir, image_id)
+
+  def _load(self, ref: Mapping[str, Any]) -> dict[str, Any]:
+    with open(self._path(ref["image_id"]), "rb") as f:
+      image = f.read()
+    example = {"image": image, "prompt": ref["question"], "image_id": ref["image_id"],
+               "_where": f"OVEN {ref['data_id']} (image {ref['image_id']})"}
+    return self.pp(example)
+
+  def predict(self, params) -> list[tuple[dict, mapping_lib.Mapped]]:
+    """(reference, mapped prediction) for every reference, in reference order."""
+    out = []
+    for refs, batch in common.batches(self.references, self.batch_size, self._load):
+      outputs = common.to_numpy(self.predict_fn(params, batch, **self.predict_kwargs), len(refs))
+      mapped = self.mapper(outputs)
+      if len(mapped) != len(refs):
+        raise ValueError(f"mapper returned {len(mapped)} entities for {len(refs)} examples")
+      out.extend(zip(refs, mapped))
+    return out
+
+  def run(self, params, *, step: int | None = None) -> Iterator[tuple[str, float]]:
+    pairs = self.predict(params)
+    predictions = [{"data_id": r["data_id"], "pred_entity_id": m.entity_id} for r, m in pairs]
+    result = oven_metric.score(self.references, predictions)
+    directory = self.output_dir(step)
+    if directory:
+      self._write(directory, pairs, predictions, result)
+    metrics = oven_metric.flat_metrics({k: v for k, v in result.items() if k != "strict"})
+    # Every reference gets a prediction here, so the strict figures equal the official ones;
+    # what can differ is how often the mapping produced no entity at all.
+    metrics["no_entity_frac"] = sum(m.entity_id is None for _, m in pairs) / len(pairs)
+    for key, value in metrics.items():
+      yield f"{self.name}/{key}", value
+
+  def _write(self, directory, pairs, predictions, result) -> None:
+    by_task = collections.defaultdict(list)
+    for (ref, _), pred in zip(pairs, predictions):
+      by_task[oven_metric.task_of(ref["data_split"])].append(pred)
+    for task, preds in by_task.items():
+      oven_metric.write_predictions(os.path.join(directory, f"predictions_{task}.jsonl"), preds)
+    rows = []
+    for ref, m in pairs:
+      rows.append({"data_id": ref["data_id"], "image_id": ref["image_id"],
+                   "data_split": ref["data_split"], "question": ref["question"],
+                   "entity_id": ref["entity_id"], "entity_text": ref.get("entity_text", ""),
+                   "pred_entity_id": m.entity_id,
+                   "correct": int(m.entity_id == ref["entity_id"]), **m.info})
+    common.write_table(os.path.join(directory, "table.tsv"), rows)
+    common.write_metrics(os.path.join(directory, "metrics.json"), result)
