@@ -172,7 +172,7 @@ def get_decode(key: str = "image", on_error: str | None = None) -> Op:
     try:
       with Image.open(io.BytesIO(data)) as img:
         img.load()
-        array = np.asarray(img.convert("RGB"))
+        array = np.asarray(img if img.mode == "RGB" else img.convert("RGB"))
     except Exception as e:  # PIL raises many types (OSError, SyntaxError, ValueError...).
       where = example.get("_where") or f"image {example.get('image_id', '?')!r}"
       message = f"{where}: cannot decode image ({len(data)} bytes; {type(e).__name__}: {e})"
@@ -297,13 +297,15 @@ def get_normalize(mean="clip", std=None, key: str = "image") -> Op:
     if mean not in _STATS:
       raise PreprocessError(f"unknown normalize preset {mean!r}; known: {sorted(_STATS)}")
     mean, std = _STATS[mean]
-  mean = np.asarray(mean, np.float32)
-  inv_std = 1.0 / np.asarray(std, np.float32)
+  # (x/255 - mean)/std folded into one multiply-add: two passes over the image, not four.
+  scale = (1 / (255 * np.asarray(std, np.float64))).astype(np.float32)
+  offset = (-np.asarray(mean, np.float64) / np.asarray(std, np.float64)).astype(np.float32)
 
   def normalize(example, rng):
     del rng
-    x = np.asarray(example[key], np.float32) * np.float32(1 / 255)
-    example[key] = (x - mean) * inv_std
+    x = np.multiply(example[key], scale, dtype=np.float32)
+    x += offset
+    example[key] = x
     return example
 
   return normalize
