@@ -82,4 +82,4 @@ class Registry:
 MODELS = Registry("model", modules=["rew_jax.models.git"])
 PP_OPS = Registry("pp op", modules=["rew_jax.data.ops"])
 EVALUATORS = Registry("evaluator", modules=["rew_jax.evaluators.oven"])
-CURATION_BACKENDS = Registry("curation backend", modules=[])
+CURATION_BACKENDS = Registry("curation backend", modules=["rew_jax.curation.backends"])

@@ -1,0 +1,39 @@
+"""LLM curation on the embedded world with the `simulated` backend (no network, no weights).
+
+  python -m rew_jax curate --config configs/curate_demo.py --workdir runs/curate_demo
+
+Generates the world (when missing), the candidates, then REW records in W/records and the
+report in W/curation/report.md (entity-label accuracy next to the top-1 candidates').
+Variants (`:arg`): `small` (60 entities, 300 images), `backend=top1_candidate` (the
+Entity-WebLI baseline, no LLM), `mode=multi_call` or `mode=direct` (the ablation).
+The simulator's error modes: `--config.curation.simulated.wrong_pick=0.1` etc.
+"""
+
+from rew_jax import config as config_lib
+from rew_jax.curation import run
+from rew_jax.data import synthetic
+
+
+def get_config(arg=None):
+  arg = config_lib.parse_arg(arg, small=False, seed=0, backend="simulated", mode="one_call")
+  config = config_lib.ConfigDict()
+  config.world = synthetic.default_config()
+  config.world.seed = arg.seed
+  if arg.small:
+    config.world.num_entities = 60
+    config.world.num_web_images = 300
+    config.world.oven = config_lib.ConfigDict(dict(
+        entity_train=20, entity_val=20, entity_test=20, query_train=10, query_val=10,
+        query_test=10))
+    config.world.contact_sheet = False
+  config.candidates = config_lib.ConfigDict(dict(method="embedding", k=10, shard_size=1000,
+                                                 captions=""))
+  config.curation = run.default_config()
+  config.curation.backend = arg.backend
+  config.curation.mode = arg.mode
+  config.curation.concurrency = 4
+  config.curation.backoff_initial_s = 0.01
+  config.curation.simulated = config_lib.ConfigDict(dict(
+      world_dir="", seed=arg.seed, wrong_pick=0.05, hallucinate=0.02, generic=0.02,
+      malformed=0.04, refusal=0.01, outside_recall=0.7, latency_s=0.0))
+  return config

@@ -1,0 +1,32 @@
+"""LLM curation with Gemini (google-genai; `pip install 'rew_jax[gcp]'`).
+
+  export GEMINI_API_KEY=...        # read from the environment only; never written anywhere
+  python -m rew_jax curate --config configs/curate_gemini.py --workdir W \
+      --config.curation.candidates_dir=W/candidates --config.curation.kb_source=/data/Wiki6M_ver_1_0.jsonl.gz
+
+W/candidates holds the candidates step's shards (`python -m rew_jax candidates ...`); images
+are found under `curation.image_root` (or the root named in the candidates manifest).
+Rate limits: set `curation.rate_limit_per_s` to the project's quota; 429s are retried with
+backoff honouring Retry-After. Prices (USD per million tokens) feed the report's cost estimate.
+"""
+
+from rew_jax import config as config_lib
+from rew_jax.curation import run
+
+
+def get_config(arg=None):
+  arg = config_lib.parse_arg(arg, model="gemini-2.5-flash", mode="one_call")
+  config = config_lib.ConfigDict()
+  config.candidates = config_lib.ConfigDict(dict(method="embedding", k=10, shard_size=1000,
+                                                 captions=""))
+  config.curation = run.default_config()
+  config.curation.backend = "gemini"
+  config.curation.mode = arg.mode
+  config.curation.concurrency = 32
+  config.curation.rate_limit_per_s = 20.0
+  config.curation.price_per_mtok_in = 0.30
+  config.curation.price_per_mtok_out = 2.50
+  config.curation.gemini = config_lib.ConfigDict(dict(
+      model=arg.model, api_key_env="GEMINI_API_KEY", base_url="", api_version="",
+      temperature=0.0, max_output_tokens=1024, structured_output=True))
+  return config

@@ -1,0 +1,29 @@
+"""LLM curation with a local Gemma 3 in JAX (`pip install 'rew_jax[gemma]'`; weights local).
+
+  python -m rew_jax curate --config configs/curate_gemma.py:ckpt=/models/gemma3-4b-it,tokenizer=/models/tokenizer.model \
+      --workdir W --config.curation.candidates_dir=W/candidates \
+      --config.curation.kb_source=/data/Wiki6M_ver_1_0.jsonl.gz
+
+`curation.concurrency` should be at least `gemma.batch_size`: concurrent records are sampled
+together in batches. The sampler has no constrained decoding; replies are parsed tolerantly.
+"""
+
+from rew_jax import config as config_lib
+from rew_jax.curation import run
+
+
+def get_config(arg=None):
+  arg = config_lib.parse_arg(arg, ckpt="", tokenizer="", model="Gemma3_4B", mode="one_call")
+  config = config_lib.ConfigDict()
+  config.candidates = config_lib.ConfigDict(dict(method="embedding", k=10, shard_size=1000,
+                                                 captions=""))
+  config.curation = run.default_config()
+  config.curation.backend = "gemma"
+  config.curation.mode = arg.mode
+  config.curation.concurrency = 16
+  config.curation.timeout_s = 600.0
+  config.curation.gemma = config_lib.ConfigDict(dict(
+      model=arg.model, checkpoint_dir=arg.ckpt, tokenizer_path=arg.tokenizer,
+      cache_length=1536, max_new_tokens=512, batch_size=8, batch_wait_s=0.05,
+      image_size=896, seed=0))
+  return config

@@ -1,0 +1,104 @@
+"""`gemini`: Gemini through the google-genai client (the `gcp` extra), with structured output.
+
+    client.models.generate_content(model=..., contents=[image part, prompt text],
+        config=GenerateContentConfig(response_mime_type="application/json",
+                                     response_schema=<the prompt's pydantic model>))
+
+The key comes only from the environment variable named by `api_key_env` (default
+GEMINI_API_KEY) and is handed to the client, never logged or written. The client's own retry
+loop is switched off (one attempt): the runner retries, identically for every backend.
+`base_url` points the client elsewhere (a proxy, or the stub server of the tests).
+"""
+
+from __future__ import annotations
+
+from rew_jax import registry
+from rew_jax.curation.backends import base
+from rew_jax.curation.prompts import Prompt
+
+DEFAULTS = dict(model="gemini-2.5-flash", api_key_env="GEMINI_API_KEY", base_url="",
+                api_version="", temperature=0.0, max_output_tokens=1024,
+                structured_output=True)
+
+
+def _classify_exception(e: Exception, timeout_s: float) -> None:
+  """Maps transport exceptions (httpx/httpx2/requests, by class name) to our kinds."""
+  names = {c.__name__ for c in type(e).__mro__}
+  if any("Timeout" in n for n in names):
+    raise base.TransientError("timeout", f"no reply within {timeout_s} s") from e
+  if names & {"ConnectError", "ConnectionError", "RemoteProtocolError", "ReadError"}:
+    raise base.TransientError("connection", type(e).__name__) from e
+
+
+@registry.CURATION_BACKENDS.register("gemini")
+class Gemini(base.Backend):
+  name = "gemini"
+
+  def __init__(self, **kwargs):
+    unknown = sorted(set(kwargs) - set(DEFAULTS))
+    if unknown:
+      raise base.BackendError(f"curation backend 'gemini': unknown options {unknown}; "
+                              f"known: {sorted(DEFAULTS)}")
+    self.cfg = {**DEFAULTS, **kwargs}
+    try:
+      from google import genai  # pylint: disable=g-import-not-at-top
+      from google.genai import errors, types  # pylint: disable=g-import-not-at-top
+    except ImportError:
+      raise base.BackendError("curation backend 'gemini' needs google-genai: "
+                              "pip install 'rew_jax[gcp]'") from None
+    self._types, self._errors = types, errors
+    http = {"retry_options": types.HttpRetryOptions(attempts=1)}
+    if self.cfg["base_url"]:
+      http["base_url"] = self.cfg["base_url"]
+    if self.cfg["api_version"]:
+      http["api_version"] = self.cfg["api_version"]
+    self.client = genai.Client(api_key=base.api_key(self.cfg["api_key_env"], self.name),
+                               http_options=types.HttpOptions(**http))
+
+  def generate(self, prompt: Prompt, timeout_s: float) -> base.Reply:
+    types, errors = self._types, self._errors
+    config = dict(temperature=self.cfg["temperature"],
+                  max_output_tokens=self.cfg["max_output_tokens"],
+                  http_options=types.HttpOptions(timeout=int(timeout_s * 1000),
+                                                 retry_options=types.HttpRetryOptions(
+                                                     attempts=1)))
+    if self.cfg["structured_output"]:
+      config.update(response_mime_type="application/json", response_schema=prompt.schema)
+    contents = [types.Part.from_bytes(data=prompt.image, mime_type=prompt.image_mime),
+                prompt.text]
+    try:
+      response = self.client.models.generate_content(
+          model=self.cfg["model"], contents=contents,
+          config=types.GenerateContentConfig(**config))
+    except errors.APIError as e:
+      retry_after = None
+      headers = getattr(getattr(e, "response", None), "headers", None)
+      if headers is not None:
+        retry_after = base.parse_retry_after(headers.get("Retry-After"))
+      base.classify_status(int(e.code or 500), str(e.message or e.status or ""), retry_after,
+                           self.name)
+      raise  # classify_status raises for every non-2xx code.
+    except Exception as e:  # Transport errors come from whichever HTTP library is in use.
+      _classify_exception(e, timeout_s)
+      raise
+    try:
+      text = response.text or ""
+    except (ValueError, AttributeError):
+      text = ""
+    if not text:
+      candidates = response.candidates or []
+      finish = str(candidates[0].finish_reason) if candidates else "no candidates"
+      block = getattr(response.prompt_feedback, "block_reason", None)
+      if block:
+        raise base.RequestRejected("blocked", f"prompt blocked: {block}")
+      text = "" if "STOP" in finish else f"(no text; finish reason {finish})"
+    usage = response.usage_metadata
+    return base.Reply(text,
+                      input_tokens=int(getattr(usage, "prompt_token_count", 0) or 0),
+                      output_tokens=int(getattr(usage, "candidates_token_count", 0) or 0))
+
+  def close(self) -> None:
+    try:
+      self.client.close()
+    except Exception:  # Older clients have no close(); nothing to release then.
+      pass

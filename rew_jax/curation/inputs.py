@@ -1,0 +1,131 @@
+"""What curation reads: candidate shards, images, and the KB (titles, summaries, resolver).
+
+Candidate shards are the candidates step's output (jsonl, one line per image):
+
+    W/candidates/candidates-00000-of-0000N.jsonl
+      {"image_id", "caption", "image_path", "candidates": [{"entity_id", "name", "score"}]}
+
+`image_path` is absolute or relative to the image root (the world directory for the
+embedded world). A malformed line is a `UserError` naming file and line, or a counted skip
+when `skip_bad_inputs` is set.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import threading
+
+from rew_jax.curation.core import Item
+from rew_jax.errors import UserError
+from rew_jax.records import Candidate, SkipCounter
+
+SHARD_GLOB = "candidates-*.jsonl"
+
+
+class InputError(UserError):
+  """A candidates shard or image that cannot be read."""
+
+
+def candidate_shards(directory: str) -> list[str]:
+  paths = sorted(glob.glob(os.path.join(directory, SHARD_GLOB)))
+  if not paths:
+    raise InputError(f"{directory}: no candidate shards ({SHARD_GLOB}); run the candidates "
+                     "step first")
+  return paths
+
+
+def _item(row, shard: str, index: int) -> Item:
+  if not isinstance(row, dict):
+    raise ValueError(f"expected a JSON object, got {type(row).__name__}")
+  for key in ("image_id", "image_path"):
+    if not isinstance(row.get(key), str) or not row[key]:
+      raise ValueError(f"field {key!r} is missing or not a non-empty string")
+  caption = row.get("caption", "")
+  if not isinstance(caption, str):
+    raise ValueError("field 'caption' is not a string")
+  cands = row.get("candidates", [])
+  if not isinstance(cands, list):
+    raise ValueError("field 'candidates' is not a list")
+  out = []
+  for j, c in enumerate(cands):
+    if (not isinstance(c, dict) or not isinstance(c.get("entity_id"), str)
+        or not isinstance(c.get("name"), str)
+        or not isinstance(c.get("score"), (int, float)) or isinstance(c.get("score"), bool)):
+      raise ValueError(f"candidates[{j}] needs entity_id (str), name (str), score (number)")
+    out.append(Candidate(c["entity_id"], c["name"], float(c["score"])))
+  return Item(shard=shard, index=index, image_id=row["image_id"], caption=caption,
+              image_path=row["image_path"], candidates=tuple(out))
+
+
+def read_items(path: str, skipped: SkipCounter | None = None) -> list[Item]:
+  """All items of one shard, in line order; `skipped` given → bad lines are counted skips."""
+  shard = os.path.basename(path)
+  items = []
+  with open(path, encoding="utf-8") as f:
+    for lineno, line in enumerate(f):
+      if not line.strip():
+        continue
+      try:
+        items.append(_item(json.loads(line), shard, lineno))
+      except ValueError as e:  # json.JSONDecodeError is a ValueError.
+        message = f"{path}:{lineno + 1}: {e}"
+        if skipped is None:
+          raise InputError(message) from None
+        skipped.add(message, "bad candidates line")
+  return items
+
+
+def load_image(item: Item, image_root: str) -> tuple[bytes, str]:
+  """(encoded bytes, MIME type) of the item's image."""
+  path = item.image_path if os.path.isabs(item.image_path) else os.path.join(
+      image_root, item.image_path)
+  try:
+    with open(path, "rb") as f:
+      data = f.read()
+  except OSError as e:
+    raise InputError(f"{item.shard}:{item.index + 1} ({item.image_id}): cannot read image "
+                     f"{path} ({e.strerror})") from None
+  if not data:
+    raise InputError(f"{item.shard}:{item.index + 1} ({item.image_id}): image {path} is empty")
+  mime = ("image/png" if data[:8] == b"\x89PNG\r\n\x1a\n" else
+          "image/webp" if data[8:12] == b"WEBP" else "image/jpeg")
+  return data, mime
+
+
+class KBLookup:
+  """Titles, summaries and name resolution over an `EntityKB` (rew_jax.kb)."""
+
+  def __init__(self, kb, resolver):
+    self.kb, self.resolver = kb, resolver
+    self._lock = threading.Lock()  # bm25s and the memmapped tables are shared by threads.
+
+  @classmethod
+  def open(cls, kb_source: str, index_dir: str) -> "KBLookup":
+    from rew_jax.kb.bm25 import TitleBM25  # pylint: disable=g-import-not-at-top
+    from rew_jax.kb.resolver import NameResolver  # pylint: disable=g-import-not-at-top
+    from rew_jax.kb.wiki6m import EntityKB  # pylint: disable=g-import-not-at-top
+    if not os.path.isfile(kb_source):
+      raise InputError(f"KB file {kb_source!r} does not exist (set curation.kb_source)")
+    kb = EntityKB.open_or_build(kb_source, index_dir, progress=False)
+    return cls(kb, NameResolver(kb, bm25=TitleBM25.open_or_build(kb)))
+
+  def _row(self, entity_id: str) -> int | None:
+    try:
+      return self.kb.row_of(entity_id)
+    except KeyError:
+      return None
+
+  def title(self, entity_id: str) -> str:
+    row = self._row(entity_id)
+    return "" if row is None else self.kb.titles[row]
+
+  def summary(self, entity_id: str) -> str:
+    row = self._row(entity_id)
+    return "" if row is None else self.kb.summaries[row]
+
+  def resolve(self, name: str, candidate_ids=()) -> tuple[str | None, str]:
+    with self._lock:
+      r = self.resolver.resolve(name, candidate_ids)
+    return r.entity_id, r.method

@@ -1,0 +1,337 @@
+"""`python -m rew_jax curate`: candidates → LLM curation → REW record shards + report.
+
+    python -m rew_jax curate --config configs/curate_demo.py --workdir W [--restart]
+
+Layout under W (directories configurable in `config.curation`):
+
+    world/                       the embedded world (generated when the config has `world`)
+    candidates/                  candidate shards (the candidates step; run when missing)
+    records/rew-0000i.array_record + manifest.json     the output (one shard per input shard)
+    curation/journal/<input shard>.jsonl               per-record journal
+    curation/state.json, report.json, report.md, thumbs/
+
+Exactly once, resumable. Input shard i becomes output shard i. Each curated record is
+appended to the shard's journal (one JSON line, flushed) as soon as its LLM calls finish;
+when every line of the shard has a journal entry, the shard is written under a temporary
+name and renamed (`records.write_shard`): the rename is the commit. After `kill -9` at any
+moment a rerun of the same command skips committed shards, reuses journaled outcomes
+(ignoring a torn last line) and calls the LLM only for records without one; so every input
+line appears exactly once in the output and no finished LLM call is paid twice. The
+manifest is written once all shards are committed. A workdir curated under a different
+config is refused (state.json holds the config hash) unless `--restart` is given.
+
+Records whose calls still fail transiently after all retries are not written: the run
+finishes the other records, then exits with an error; rerunning retries just those.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import glob
+import json
+import logging
+import os
+import shutil
+import time
+from typing import Sequence
+
+from rew_jax import config as config_lib
+from rew_jax import records as records_lib
+from rew_jax import registry
+from rew_jax.curation import core
+from rew_jax.curation import inputs
+from rew_jax.curation import report as report_lib
+from rew_jax.curation.backends.base import TransientError
+from rew_jax.errors import ConfigError, UserError
+
+JOURNAL_DIR = "journal"
+STATE_NAME = "state.json"
+
+
+class IncompleteRunError(UserError):
+  """Some records could not be curated this time (transient failures); rerun to finish."""
+
+
+def default_config() -> config_lib.ConfigDict:
+  """The `curation` section with every key a config may set."""
+  c = config_lib.ConfigDict()
+  c.backend = "simulated"
+  c.mode = "one_call"            # one_call | multi_call | direct (the ablation)
+  c.num_qa = 3
+  c.concurrency = 8              # Records in flight at once.
+  c.rate_limit_per_s = 0.0       # Calls per second over all threads; 0: unlimited.
+  c.timeout_s = 60.0             # Per call.
+  c.max_attempts = 6             # Per call, on 429/5xx/timeouts.
+  c.backoff_initial_s = 1.0
+  c.backoff_max_s = 60.0
+  c.parse_retries = 1            # Re-asks after an unparsable reply.
+  c.summary_chars = 400          # Wikipedia text per candidate in the prompt.
+  c.prompts = config_lib.ConfigDict(dict(verify="", rationale="", qa="", one_call="",
+                                         direct=""))  # "" keeps the default template.
+  c.candidates_dir = ""          # Default: W/candidates.
+  c.out_dir = ""                 # Default: W/records.
+  c.kb_source = ""               # Default: W/world/kb/Wiki6M_ver_1_0.jsonl.gz.
+  c.kb_index_dir = ""            # Default: W/kb_index.
+  c.image_root = ""              # Default: the candidates manifest's, else W/world.
+  c.truth_path = ""              # Default: W/world/truth/web_truth.jsonl when present.
+  c.skip_bad_inputs = False
+  c.price_per_mtok_in = 0.0      # USD per million tokens, for the report's cost estimate.
+  c.price_per_mtok_out = 0.0
+  c.report_examples = 6
+  c.source = "webli"             # Written into the manifest.
+  return c
+
+
+def _paths(c, workdir: str) -> dict[str, str]:
+  world = os.path.join(workdir, "world")
+  return {
+      "world": world,
+      "candidates": c.candidates_dir or os.path.join(workdir, "candidates"),
+      "out": c.out_dir or os.path.join(workdir, "records"),
+      "curation": os.path.join(workdir, "curation"),
+      "kb_source": c.kb_source or os.path.join(world, "kb", "Wiki6M_ver_1_0.jsonl.gz"),
+      "kb_index": c.kb_index_dir or os.path.join(workdir, "kb_index"),
+      "truth": c.truth_path or os.path.join(world, "truth", "web_truth.jsonl"),
+  }
+
+
+def backend_options(config, workdir: str) -> dict:
+  """The options of the configured backend (`config.curation.<backend>`), with defaults."""
+  c = config.curation
+  section = c.get(c.backend, None)
+  opts = dict(section.to_dict() if hasattr(section, "to_dict") else section or {})
+  if c.backend == "simulated" and not opts.get("world_dir"):
+    opts["world_dir"] = os.path.join(workdir, "world")
+  return opts
+
+
+def make_backend(config, workdir: str):
+  return registry.CURATION_BACKENDS.get(config.curation.backend)(
+      **backend_options(config, workdir))
+
+
+def curation_hash(config) -> str:
+  """Hash of what decides the records (not concurrency, rate limits or paths)."""
+  c = config.curation.to_dict()
+  for k in ("concurrency", "rate_limit_per_s", "report_examples", "timeout_s", "max_attempts",
+            "backoff_initial_s", "backoff_max_s"):
+    c.pop(k, None)
+  return records_lib.config_hash(c)
+
+
+# ------------------------------------------------------------------------------ journal
+
+
+def read_journal(path: str) -> dict[int, core.Outcome]:
+  """Outcomes by line index; a torn last line (killed mid-write) is cut off the file."""
+  if not os.path.exists(path):
+    return {}
+  with open(path, "rb") as f:
+    data = f.read()
+  end = data.rfind(b"\n") + 1
+  if end < len(data):
+    with open(path, "r+b") as f:
+      f.truncate(end)
+  done = {}
+  for line in data[:end].splitlines():
+    if line.strip():
+      out = core.Outcome.from_json(json.loads(line))
+      done.setdefault(out.index, out)
+  return done
+
+
+class Journal:
+  """Append-only outcome log of one shard; one writer (the runner's main thread)."""
+
+  def __init__(self, path: str):
+    self.path = path
+    self._f = open(path, "a", encoding="utf-8")
+
+  def append(self, out: core.Outcome) -> None:
+    self._f.write(json.dumps(out.to_json(), ensure_ascii=False) + "\n")
+    self._f.flush()  # Reaches the OS: survives kill -9 (fsync would add power loss).
+
+  def close(self) -> None:
+    self._f.close()
+
+
+# ------------------------------------------------------------------------------ the runner
+
+
+def _check_state(path: str, state: dict, restart: bool, out_dir: str, journal_dir: str):
+  if os.path.exists(path) and not restart:
+    with open(path) as f:
+      old = json.load(f)
+    if old.get("config_hash") != state["config_hash"]:
+      raise ConfigError(
+          f"{os.path.dirname(path)} holds records curated with another config "
+          f"(hash {old.get('config_hash')}, now {state['config_hash']}); use a new --workdir "
+          "or pass --restart to discard them")
+  if restart:
+    for d in (out_dir, journal_dir):
+      shutil.rmtree(d, ignore_errors=True)
+  os.makedirs(out_dir, exist_ok=True)
+  os.makedirs(journal_dir, exist_ok=True)
+  with open(path + ".tmp", "w") as f:
+    json.dump(state, f, indent=1)
+  os.replace(path + ".tmp", path)
+  # Temporary shards of a killed writer.
+  for tmp in glob.glob(os.path.join(out_dir, f".*{records_lib.SHARD_SUFFIX}.tmp-*")):
+    os.remove(tmp)
+
+
+def curate_shard(items: Sequence[core.Item], curator: core.Curator, image_root: str,
+                 journal_path: str, concurrency: int,
+                 progress=None) -> tuple[dict[int, core.Outcome], list[str]]:
+  """Curates the items that have no journal entry yet; → (all outcomes, failures)."""
+  done = read_journal(journal_path)
+  todo = [it for it in items if it.index not in done]
+  failures = []
+  if not todo:
+    return done, failures
+  journal = Journal(journal_path)
+
+  def work(item):
+    image, mime = inputs.load_image(item, image_root)
+    return curator.curate(item, image, mime)
+
+  try:
+    with concurrent.futures.ThreadPoolExecutor(max(1, concurrency)) as pool:
+      futures = {pool.submit(work, it): it for it in todo}
+      for fut in concurrent.futures.as_completed(futures):
+        item = futures[fut]
+        try:
+          out = fut.result()
+        except TransientError as e:
+          failures.append(f"{item.shard}:{item.index + 1} ({item.image_id}): {e}")
+          continue
+        except BaseException:
+          for f in futures:
+            f.cancel()
+          raise
+        journal.append(out)
+        done[out.index] = out
+        if progress is not None:
+          progress.update(1)
+  finally:
+    journal.close()
+  return done, failures
+
+
+def commit_shard(path: str, items: Sequence[core.Item], outcomes: dict[int, core.Outcome],
+                 image_root: str, backend: str) -> None:
+  """Writes the output shard (atomically) in input order from the journaled outcomes."""
+  def records():
+    for item in items:
+      image, _ = inputs.load_image(item, image_root)
+      yield core.to_record(item, image, outcomes[item.index], backend)
+  records_lib.write_shard(path, records())
+
+
+def image_root_for(c, paths: dict[str, str]) -> str:
+  if c.image_root:
+    return c.image_root
+  manifest = os.path.join(paths["candidates"], "manifest.json")
+  if os.path.exists(manifest):
+    with open(manifest) as f:
+      root = json.load(f).get("image_root", "")
+    if root:
+      return root
+  return paths["world"]
+
+
+def curate(config, workdir: str, *, restart: bool = False, backend=None,
+           verbose: bool = True) -> dict:
+  """Runs (or resumes) curation of W/candidates into REW records; returns the report."""
+  c = config.curation
+  settings = core.Settings.from_config(c)
+  paths = _paths(c, workdir)
+  journal_dir = os.path.join(paths["curation"], JOURNAL_DIR)
+  os.makedirs(paths["curation"], exist_ok=True)
+  shards = inputs.candidate_shards(paths["candidates"])
+  state = {"config_hash": curation_hash(config), "backend": c.backend,
+           "inputs": [os.path.basename(p) for p in shards]}
+  _check_state(os.path.join(paths["curation"], STATE_NAME), state, restart, paths["out"],
+               journal_dir)
+  backend = backend or make_backend(config, workdir)
+  kb = inputs.KBLookup.open(paths["kb_source"], paths["kb_index"])
+  curator = core.Curator(backend, kb, settings, core.RateLimiter(c.rate_limit_per_s))
+  image_root = image_root_for(c, paths)
+  skipped = records_lib.SkipCounter() if c.skip_bad_inputs else None
+
+  start = time.time()
+  all_items, all_outcomes, failures, names = [], {}, [], []
+  progress = None
+  try:
+    if verbose:
+      import tqdm  # pylint: disable=g-import-not-at-top
+      progress = tqdm.tqdm(desc=f"curate ({c.backend})", unit=" records", mininterval=2)
+    for i, shard in enumerate(shards):
+      items = inputs.read_items(shard, skipped)
+      name = records_lib.shard_name(i)
+      names.append(name)
+      out_path = os.path.join(paths["out"], name)
+      journal_path = os.path.join(journal_dir, os.path.basename(shard))
+      if os.path.exists(out_path):
+        outcomes = read_journal(journal_path)
+      else:
+        outcomes, shard_failures = curate_shard(items, curator, image_root, journal_path,
+                                                c.concurrency, progress)
+        failures += shard_failures
+        if not shard_failures:
+          commit_shard(out_path, items, outcomes, image_root, backend.name)
+      all_items += items
+      all_outcomes.update({(it.shard, it.index): outcomes[it.index] for it in items
+                           if it.index in outcomes})
+  finally:
+    if progress is not None:
+      progress.close()
+    backend.close()
+  if failures:
+    raise IncompleteRunError(
+        f"{len(failures)} records still failed after {c.max_attempts} attempts (first: "
+        f"{failures[0]}); the others are saved: rerun the same command to retry them")
+
+  manifest = records_lib.describe_shards(paths["out"], names, source=c.source,
+                                         curation_config_hash=state["config_hash"])
+  manifest.save(paths["out"])
+  report = report_lib.build(
+      all_items, all_outcomes, backend=c.backend, mode=settings.mode, manifest=manifest,
+      truth_path=paths["truth"], price_in=c.price_per_mtok_in, price_out=c.price_per_mtok_out,
+      skipped=skipped, seconds=time.time() - start)
+  report_lib.write(report, paths["curation"], all_items, all_outcomes, image_root,
+                   num_examples=c.report_examples)
+  return report
+
+
+# ------------------------------------------------------------------------------ CLI
+
+
+def prepare_world(config, workdir: str) -> None:
+  """Generates the embedded world when the config describes one (the demo configs do)."""
+  if "world" in config:
+    from rew_jax import demo  # pylint: disable=g-import-not-at-top
+    demo.ensure_world(config.world, workdir)
+
+
+def main(argv: Sequence[str]) -> int:
+  parser = argparse.ArgumentParser(prog="python -m rew_jax curate", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  config_lib.add_config_arguments(parser)
+  parser.add_argument("--restart", action="store_true",
+                      help="discard records and journals of an earlier run in this workdir")
+  parser.add_argument("--quiet", action="store_true", help="no progress bar")
+  args, config = config_lib.parse_stage_args(parser, argv)
+  logging.basicConfig(level=logging.WARNING)
+  logging.getLogger("bm25s").setLevel(logging.WARNING)
+  if "curation" not in config:
+    raise ConfigError(f"{args.config}: the config has no `curation` section")
+  prepare_world(config, args.workdir)
+  from rew_jax.curation import candidates_step  # pylint: disable=g-import-not-at-top
+  candidates_step.ensure(config, args.workdir, argv)
+  report = curate(config, args.workdir, restart=args.restart, verbose=not args.quiet)
+  print(report_lib.summary_line(report))
+  print(f"records: {_paths(config.curation, args.workdir)['out']}; report: "
+        f"{os.path.join(args.workdir, 'curation', 'report.md')}")
+  return 0
