@@ -1,0 +1,224 @@
+"""Visual-matching kNN: how good are an image memory's labels, seen through any image encoder.
+
+The paper's comparison (CLIP-L/14 and DINOv2-L/14 features): embed a memory of web images,
+label each with either its *candidate* entity (the caption's text-retrieval top-1, as in
+Entity-WebLI) or its *curated* entity (after LLM verification/correction), classify OVEN
+queries by a k-nearest-neighbour vote in that memory, and report top-1 for both labellings
+and the gain. Same images, same encoder: only the labels differ.
+
+Dimensions: Q queries, M memory images, D embedding width, K neighbours, C label classes.
+
+Vote: cosine similarity (embeddings are L2-normalised here), the K most similar memory
+images vote for their label, one vote each (`weighting="uniform"`) or their similarity
+(`"similarity"`); ties go to the class of the nearest neighbour among the tied classes.
+Memory images without a label in a labelling (an abstained curation) are left out of it.
+
+`predict_fn(params, batch) -> {"embedding": [B, D]}` (or the array itself): any image
+encoder, e.g. our ViT's pooled output or converted CLIP weights, on batches of
+`image` float32 [B, H, W, 3] made by the `pp` spec from {"image": encoded bytes}.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rew_jax.data import ops as ops_lib
+from rew_jax.errors import ConfigError, UserError
+from rew_jax.evaluators import common
+from rew_jax.registry import EVALUATORS
+
+DEFAULT_PP = "decode|resize_crop(224)|normalize('clip')"
+LABELLINGS = ("candidate", "curated")
+
+
+# --------------------------------------------------------------------------------------------
+# The pure core.
+# --------------------------------------------------------------------------------------------
+
+
+def normalize(x: jax.Array) -> jax.Array:
+  x = jnp.asarray(x, jnp.float32)
+  return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+@functools.partial(jax.jit, static_argnames=("k", "chunk"))
+def top_k_neighbours(queries: jax.Array, memory: jax.Array, *, k: int,
+                     chunk: int = 8192) -> tuple[jax.Array, jax.Array]:
+  """(similarities float32 [Q, K], memory indices int32 [Q, K]), most similar first.
+
+  The memory is scanned in chunks of `chunk` rows with a running top-k, so the [Q, M]
+  similarity matrix is never materialised whole.
+  """
+  num, dim = memory.shape
+  pad = (-num) % chunk
+  mem = jnp.pad(memory, ((0, pad), (0, 0))).reshape(-1, chunk, dim)
+  valid = (jnp.arange(num + pad) < num).reshape(-1, chunk)
+  init = (jnp.full((queries.shape[0], k), -jnp.inf, jnp.float32),
+          jnp.full((queries.shape[0], k), -1, jnp.int32))
+
+  def step(carry, xs):
+    best_s, best_i = carry
+    block, ok, offset = xs
+    sims = jnp.where(ok[None], queries @ block.T, -jnp.inf)
+    s, i = jax.lax.top_k(sims, min(k, chunk))
+    # Earlier chunks first in the concatenation: on equal similarity the lower index wins.
+    all_s = jnp.concatenate([best_s, s], axis=1)
+    all_i = jnp.concatenate([best_i, (i + offset).astype(jnp.int32)], axis=1)
+    s, pos = jax.lax.top_k(all_s, k)
+    return (s, jnp.take_along_axis(all_i, pos, axis=1)), None
+
+  offsets = jnp.arange(mem.shape[0], dtype=jnp.int32) * chunk
+  (sims, idx), _ = jax.lax.scan(step, init, (mem, valid, offsets))
+  return sims, idx
+
+
+@functools.partial(jax.jit, static_argnames=("num_classes", "weighting"))
+def vote(sims: jax.Array, labels: jax.Array, *, num_classes: int,
+         weighting: str = "uniform") -> jax.Array:
+  """int32 [Q]: the winning class of each query's neighbours (labels int [Q, K], -1 = none)."""
+  ok = (labels >= 0) & jnp.isfinite(sims)
+  weight = jnp.where(ok, 1.0 if weighting == "uniform" else sims, 0.0)
+  onehot = jax.nn.one_hot(jnp.where(ok, labels, num_classes), num_classes + 1)[..., :num_classes]
+  votes = jnp.einsum("qk,qkc->qc", weight, onehot)
+  k = labels.shape[1]
+  rank = jnp.where(onehot > 0, jnp.arange(k)[None, :, None], k).min(axis=1)  # [Q, C]
+  tied = (votes == votes.max(axis=1, keepdims=True)) & (rank < k)
+  pred = jnp.argmin(jnp.where(tied, rank, k + 1), axis=1)
+  return jnp.where(ok.any(axis=1), pred, -1).astype(jnp.int32)
+
+
+def knn_classify(queries: np.ndarray, memory: np.ndarray, labels: np.ndarray, *, k: int,
+                 num_classes: int, weighting: str = "uniform", chunk: int = 8192) -> np.ndarray:
+  """int [Q]: kNN class of each query embedding; memory rows with label -1 are ignored."""
+  if weighting not in ("uniform", "similarity"):
+    raise ConfigError(f"weighting {weighting!r}: expected 'uniform' or 'similarity'")
+  labels = np.asarray(labels)
+  keep = labels >= 0
+  if not keep.any():
+    return np.full(len(queries), -1, np.int32)
+  mem, lab = np.asarray(memory)[keep], labels[keep]
+  k = min(k, len(mem))
+  chunk = min(chunk, len(mem))
+  sims, idx = top_k_neighbours(normalize(queries), normalize(mem), k=k, chunk=chunk)
+  return np.asarray(vote(sims, jnp.asarray(lab)[idx], num_classes=num_classes,
+                         weighting=weighting))
+
+
+# --------------------------------------------------------------------------------------------
+# The evaluator.
+# --------------------------------------------------------------------------------------------
+
+
+def memory_from_records(directory: str, *, max_records: int = 0) -> list[dict[str, Any]]:
+  """Memory items from REW records: candidate = top retrieval candidate, curated = the
+  record's entity when its curation kept or corrected it (else no curated label)."""
+  from rew_jax import records as records_lib  # pylint: disable=g-import-not-at-top
+  items = []
+  for rec in records_lib.read_records(directory):
+    curated = rec.entity_id if rec.curation_status in ("kept", "corrected") else None
+    items.append({"image_id": rec.image_id, "image": rec.image,
+                  "candidate": rec.candidates[0].entity_id if rec.candidates else None,
+                  "curated": curated or None})
+    if max_records and len(items) >= max_records:
+      break
+  return items
+
+
+def queries_from_oven(references: str | Sequence[str], image_dir: str, *,
+                      max_examples: int = 0) -> list[dict[str, Any]]:
+  """Query items from OVEN reference files: the image and its true entity."""
+  from rew_jax.evaluators import oven  # pylint: disable=g-import-not-at-top
+  from rew_jax.evaluators import oven_metric  # pylint: disable=g-import-not-at-top
+  refs = oven_metric.read_references(references, required=("data_id", "image_id", "entity_id"))
+  if max_examples:
+    refs = refs[:max_examples]
+  return [{"query_id": r["data_id"], "image_id": r["image_id"], "entity_id": r["entity_id"],
+           "image_path": oven.image_path(image_dir, r["image_id"]),
+           "data_split": r.get("data_split", "")} for r in refs]
+
+
+@EVALUATORS.register("knn_matching")
+class Evaluator(common.Evaluator):
+  """Top-1 of kNN with candidate labels vs curated labels, and the gain (percent points)."""
+
+  def __init__(self, predict_fn: Callable[..., Any], *,
+               memory: Sequence[Mapping[str, Any]] | None = None, memory_records: str = "",
+               queries: Sequence[Mapping[str, Any]] | None = None,
+               query_references: str | Sequence[str] = (), image_dir: str = "",
+               k: int = 10, weighting: str = "uniform", pp: str = DEFAULT_PP,
+               batch_size: int = 64, max_examples: int = 0, chunk: int = 8192,
+               name: str = "knn", workdir: str | None = None):
+    self.predict_fn, self.name, self.workdir = predict_fn, name, workdir
+    if memory is None:
+      if not memory_records:
+        raise ConfigError("knn_matching needs memory items or memory_records (a records dir)")
+      memory = memory_from_records(memory_records)
+    if queries is None:
+      if not query_references or not image_dir:
+        raise ConfigError("knn_matching needs query items, or query_references and image_dir")
+      queries = queries_from_oven(query_references, image_dir, max_examples=max_examples)
+    if not memory or not queries:
+      raise UserError(f"knn_matching: {len(memory)} memory images and {len(queries)} queries; "
+                      "both must be non-empty")
+    if weighting not in ("uniform", "similarity"):
+      raise ConfigError(f"weighting {weighting!r}: expected 'uniform' or 'similarity'")
+    self.memory, self.queries = list(memory), list(queries)
+    self.k, self.weighting, self.chunk = k, weighting, chunk
+    self.pp = ops_lib.get_preprocess(pp)
+    self.batch_size = batch_size
+
+  def _load(self, item: Mapping[str, Any]) -> dict[str, Any]:
+    image = item.get("image")
+    if image is None:
+      with open(item["image_path"], "rb") as f:
+        image = f.read()
+    where = item.get("query_id") or item.get("image_id", "?")
+    return self.pp({"image": image, "_where": f"kNN item {where}"})
+
+  def embed(self, params, items: Sequence[Mapping[str, Any]]) -> np.ndarray:
+    out = []
+    for chunk, batch in common.batches(items, self.batch_size, self._load):
+      emb = self.predict_fn(params, batch)
+      emb = emb["embedding"] if isinstance(emb, Mapping) else emb
+      out.append(np.asarray(emb, np.float32)[:len(chunk)])
+    return np.concatenate(out)
+
+  def classify(self, query_emb: np.ndarray, memory_emb: np.ndarray) -> dict[str, list]:
+    """labelling → predicted entity id (or None) per query."""
+    out = {}
+    for labelling in LABELLINGS:
+      names = sorted({m[labelling] for m in self.memory if m.get(labelling)})
+      index = {n: i for i, n in enumerate(names)}
+      labels = np.array([index.get(m.get(labelling), -1) for m in self.memory], np.int32)
+      pred = knn_classify(query_emb, memory_emb, labels, k=self.k, num_classes=max(1, len(names)),
+                          weighting=self.weighting, chunk=self.chunk)
+      out[labelling] = [names[p] if p >= 0 else None for p in pred.tolist()]
+    return out
+
+  def run(self, params, *, step: int | None = None) -> Iterator[tuple[str, float]]:
+    memory_emb = self.embed(params, self.memory)
+    query_emb = self.embed(params, self.queries)
+    preds = self.classify(query_emb, memory_emb)
+    truth = [q["entity_id"] for q in self.queries]
+    metrics = {}
+    for labelling in LABELLINGS:
+      correct = sum(p == t for p, t in zip(preds[labelling], truth))
+      metrics[f"{labelling}_top1"] = 100.0 * correct / len(truth)
+      metrics[f"{labelling}_labelled"] = sum(bool(m.get(labelling)) for m in self.memory)
+    metrics["gain"] = metrics["curated_top1"] - metrics["candidate_top1"]
+    directory = self.output_dir(step)
+    if directory:
+      rows = [{"query_id": q.get("query_id", q.get("image_id")), "entity_id": t,
+               "pred_candidate": pc, "pred_curated": pu}
+              for q, t, pc, pu in zip(self.queries, truth, preds["candidate"], preds["curated"])]
+      common.write_table(os.path.join(directory, "table.tsv"), rows)
+      common.write_metrics(os.path.join(directory, "metrics.json"),
+                           dict(metrics, k=self.k, weighting=self.weighting))
+    for key, value in metrics.items():
+      yield f"{self.name}/{key}", value
