@@ -72,6 +72,36 @@ def fused_attention(q, k, v, mask):
   return jax.nn.dot_product_attention(q, k, v, mask=mask)
 
 
+class HeadsDense(nn.Module):
+  """x [..., D] → [..., H, K] (`to_heads`) or x [..., H, K] → [..., D].
+
+  Written out rather than nn.DenseGeneral, whose initialisers see a flattened 2-D kernel
+  and so cannot carry 3-D logical axis names.
+  """
+  heads: int
+  head_dim: int
+  width: int
+  to_heads: bool
+  dtype: Dtype = jnp.float32
+  use_bias: bool = True
+
+  @nn.compact
+  def __call__(self, x):
+    if self.to_heads:
+      shape, names = (self.width, self.heads, self.head_dim), ("embed", "heads", "kv")
+      bias_shape, bias_names, eq = (self.heads, self.head_dim), ("heads", "kv"), "...d,dhk->...hk"
+    else:
+      shape, names = (self.heads, self.head_dim, self.width), ("heads", "kv", "embed")
+      bias_shape, bias_names, eq = (self.width,), ("embed",), "...hk,hkd->...d"
+    kernel = self.param("kernel", partitioned(default_kernel_init, names), shape, jnp.float32)
+    y = jnp.einsum(eq, x.astype(self.dtype), kernel.astype(self.dtype))
+    if self.use_bias:
+      bias = self.param("bias", partitioned(nn.initializers.zeros, bias_names), bias_shape,
+                        jnp.float32)
+      y = y + bias.astype(self.dtype)
+    return y
+
+
 class MultiHeadAttention(nn.Module):
   """Self-attention with separate q/k/v projections to [H,K] (so heads can be sharded).
 
@@ -93,11 +123,8 @@ class MultiHeadAttention(nn.Module):
   def __call__(self, x, mask, cache=None, decode_index=None):
     width = x.shape[-1]
     head_dim = width // self.num_heads
-    dense = lambda name: nn.DenseGeneral(
-        (self.num_heads, head_dim), dtype=self.dtype, param_dtype=jnp.float32,
-        use_bias=self.use_bias, name=name,
-        kernel_init=partitioned(default_kernel_init, ("embed", "heads", "kv")),
-        bias_init=partitioned(nn.initializers.zeros, ("heads", "kv")))
+    dense = lambda name: HeadsDense(self.num_heads, head_dim, width, True, self.dtype,
+                                    self.use_bias, name=name)
     q, k, v = dense("query")(x), dense("key")(x), dense("value")(x)
     if cache is None:
       q = constrain(q, ("batch", "length", "act_heads", None))
@@ -111,11 +138,8 @@ class MultiHeadAttention(nn.Module):
     else:
       y, new_cache = self._decode(q, k, v, mask, cache, decode_index)
     y = constrain(y, ("batch", "length", "act_heads", None))
-    out = nn.DenseGeneral(
-        width, axis=(-2, -1), dtype=self.dtype, param_dtype=jnp.float32,
-        use_bias=self.use_bias, name="out",
-        kernel_init=partitioned(default_kernel_init, ("heads", "kv", "embed")),
-        bias_init=partitioned(nn.initializers.zeros, ("embed",)))
+    out = HeadsDense(self.num_heads, head_dim, width, False, self.dtype, self.use_bias,
+                     name="out")
     return out(y), new_cache
 
   def _decode(self, q, k, v, prefix_mask, cache, decode_index):

@@ -85,21 +85,21 @@ def test_fused_attention_equals_plain_formula():
   k = jax.random.normal(kk, (2, 7, 4, 8))
   v = jax.random.normal(kv, (2, 7, 4, 8))
   mask = text_decoder.git_mask(3, jnp.array([[5, 0], [5, 6]]), jnp.array([[1, 2], [1, 0]]))
-  np.testing.assert_allclose(layers.fused_attention(q, k, v, mask),
-                             layers.softmax_attention(q, k, v, mask), atol=1e-5)
+  np.testing.assert_allclose(jax.jit(layers.fused_attention)(q, k, v, mask),
+                             jax.jit(layers.softmax_attention)(q, k, v, mask), atol=1e-5)
 
 
 def test_mlp_and_layer_norm_values():
   x = jax.random.normal(jax.random.key(0), (2, 3, 8))
   mlp = layers.Mlp(16, "gelu")
-  p = nn.unbox(mlp.init(jax.random.key(1), x))["params"]
+  p = nn.unbox(jax.jit(mlp.init)(jax.random.key(1), x))["params"]
   h = np.asarray(x) @ p["fc1"]["kernel"] + p["fc1"]["bias"]
   from scipy.special import erf
   h = 0.5 * h * (1 + erf(h / np.sqrt(2)))
-  np.testing.assert_allclose(mlp.apply({"params": p}, x),
+  np.testing.assert_allclose(jax.jit(mlp.apply)({"params": p}, x),
                              h @ p["fc2"]["kernel"] + p["fc2"]["bias"], atol=1e-5)
   ln = layers.layer_norm(1e-12, jnp.float32)
-  y = np.asarray(ln.apply(nn.unbox(ln.init(jax.random.key(0), x)), x))
+  y = np.asarray(jax.jit(ln.apply)(nn.unbox(ln.init(jax.random.key(0), x)), x))
   xn = np.asarray(x)
   ref = (xn - xn.mean(-1, keepdims=True)) / np.sqrt(xn.var(-1, keepdims=True) + 1e-12)
   np.testing.assert_allclose(y, ref, atol=1e-5)
@@ -108,8 +108,8 @@ def test_mlp_and_layer_norm_values():
 def test_vit_posemb_resize_and_other_resolution():
   spec = vit.parse_variant("mu/8", 32, width=16, depth=1, num_heads=2, mlp_dim=32)
   model = vit.VisionTransformer(spec)
-  params = nn.unbox(model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))
-  out = model.apply(params, jnp.ones((2, 48, 48, 3)))  # 6×6 grid from a 4×4 table
+  params = nn.unbox(jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))
+  out = jax.jit(model.apply)(params, jnp.ones((2, 48, 48, 3)))  # 6×6 grid from a 4×4 table
   assert out.shape == (2, 37, 16)
   pos = params["params"]["pos_embedding"]
   same = vit.resize_posemb(pos, 4)
@@ -119,10 +119,9 @@ def test_vit_posemb_resize_and_other_resolution():
   np.testing.assert_allclose(vit.resize_posemb(flat, 7), jnp.ones((50, 16)), atol=1e-5)
 
 
-@pytest.mark.parametrize("remat", [False, True])
-def test_scan_equals_unrolled(tiny, forward, remat):
+def test_scan_and_remat_equal_unrolled(tiny, forward):
   model, params, inputs = tiny
-  scanned = git.GiT(tiny_config(scan_layers=True, remat=remat))
+  scanned = git.GiT(tiny_config(scan_layers=True, remat=True))
   sp = {"params": convert.scan_params(jax.tree.map(np.asarray, params["params"]))}
   abstract = nn.unbox(jax.eval_shape(scanned.init, jax.random.key(0), *inputs))
   assert jax.tree.map(lambda x: x.shape, abstract) == jax.tree.map(lambda x: x.shape, sp)
@@ -155,14 +154,14 @@ def test_cache_equals_no_cache(tiny, forward):
     np.testing.assert_allclose(np.asarray(logits)[rows, 0], full[rows, i], atol=2e-5)
 
 
-def test_dropout_is_active_only_in_training(tiny):
+def test_dropout_is_active_only_in_training(tiny, forward):
   _, params, inputs = tiny
   model = git.GiT(tiny_config(decoder=dict(dropout=0.5, attention_dropout=0.2),
                               vit=dict(drop_path=0.3)))
-  a = model.apply(params, *inputs, train=True, rngs={"dropout": jax.random.key(1)})
-  b = model.apply(params, *inputs, train=True, rngs={"dropout": jax.random.key(2)})
-  c = model.apply(params, *inputs, train=False)
-  d = git.GiT(tiny_config()).apply(params, *inputs)
+  train = jax.jit(lambda p, r: model.apply(p, *inputs, train=True, rngs={"dropout": r}))
+  a, b = train(params, jax.random.key(1)), train(params, jax.random.key(2))
+  c = jax.jit(lambda p: model.apply(p, *inputs, train=False))(params)
+  d = forward(params, *inputs)
   assert np.abs(np.asarray(a) - np.asarray(b)).max() > 1e-3
   np.testing.assert_allclose(c, d, atol=1e-6)
 

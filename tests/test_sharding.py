@@ -1,0 +1,127 @@
+"""Mesh, logical rules and placement on 8 fake CPU devices; sharded == single device."""
+
+import os
+import sys
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from rew_jax import sharding
+from rew_jax.errors import ConfigError, UserError
+from rew_jax.models import git
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "models"))
+from gitcase import tiny_config, tiny_inputs  # noqa: E402
+
+
+def test_mesh_auto_fill_and_errors():
+  assert jax.device_count() == 8
+  mesh = sharding.make_mesh({"data": -1, "fsdp": 2, "tensor": 2})
+  assert dict(mesh.shape) == {"data": 2, "fsdp": 2, "tensor": 2}
+  assert all(t == jax.sharding.AxisType.Auto for t in mesh.axis_types)
+  assert sharding.mesh_shape(None, 8) == (8, 1, 1)
+  assert sharding.mesh_shape({"fsdp": -1}, 8) == (1, 8, 1)
+  with pytest.raises(ConfigError, match="at most one"):
+    sharding.mesh_shape({"data": -1, "fsdp": -1}, 8)
+  with pytest.raises(ConfigError, match="not a multiple"):
+    sharding.mesh_shape({"data": -1, "tensor": 3}, 8)
+  with pytest.raises(ConfigError, match="needs 4 devices"):
+    sharding.mesh_shape({"data": 2, "fsdp": 2}, 8)
+  with pytest.raises(ConfigError, match="unknown axes"):
+    sharding.mesh_shape({"model": 2}, 8)
+  with pytest.raises(ConfigError, match="unknown mesh axis"):
+    sharding.logical_rules([("embed", "model")])
+
+
+@pytest.fixture(scope="module")
+def setup():
+  model = git.GiT(tiny_config())
+  images, prompts, targets = tiny_inputs(batch=8)
+  ref_params = nn.unbox(jax.jit(model.init)(jax.random.key(0), images, prompts, targets))
+  ref = np.asarray(jax.jit(model.apply)(ref_params, images, prompts, targets))
+  return model, (images, prompts, targets), ref_params, ref
+
+
+def _sharded_forward(model, inputs, ref_params, mesh, rules):
+  abstract = jax.eval_shape(model.init, jax.random.key(0), *inputs)
+  shardings = nn.unbox(sharding.shardings_of(abstract, mesh, rules))
+  params = sharding.put_sharded(ref_params, shardings)
+  batch = sharding.host_batch_to_global(
+      dict(images=np.asarray(inputs[0]), prompts=np.asarray(inputs[1]),
+           targets=np.asarray(inputs[2])), mesh)
+  with sharding.use(mesh, rules):
+    fwd = jax.jit(lambda p, b: model.apply(p, b["images"], b["prompts"], b["targets"]),
+                  in_shardings=(shardings, sharding.batch_sharding(mesh)),
+                  out_shardings=sharding.batch_sharding(mesh))
+    out = fwd(params, batch)
+  return params, out
+
+
+def test_fsdp_shards_every_large_matrix(setup):
+  model, inputs, ref_params, ref = setup
+  mesh = sharding.make_mesh({"fsdp": -1})
+  params, out = _sharded_forward(model, inputs, ref_params, mesh, sharding.DEFAULT_RULES)
+  replicated = []
+  for path, x in jax.tree_util.tree_leaves_with_path(params):
+    if x.ndim >= 2 and x.size >= 1024:
+      shard = x.sharding.shard_shape(x.shape)
+      if np.prod(shard) * 8 != x.size:
+        replicated.append(jax.tree_util.keystr(path))
+      assert len(x.addressable_shards) == 8
+  assert not replicated, replicated
+  np.testing.assert_allclose(np.asarray(out), ref, atol=1e-5)
+
+
+def test_tensor_parallel_splits_heads_and_mlp(setup):
+  model, inputs, ref_params, ref = setup
+  mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+  params, out = _sharded_forward(model, inputs, ref_params, mesh, sharding.DEFAULT_RULES)
+  p = params["params"]
+  q = p["decoder"]["layers_0"]["attn"]["query"]["kernel"]  # [D, H, K]
+  assert q.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor", None)
+  assert q.sharding.shard_shape(q.shape) == (16, 2, 8)
+  fc1 = p["encoder"]["blocks_1"]["mlp"]["fc1"]["kernel"]  # [D, F]
+  assert fc1.sharding.shard_shape(fc1.shape) == (16, 32)
+  head = p["head"]["kernel"]  # [D, V]
+  assert head.sharding.shard_shape(head.shape) == (16, 64)
+  assert out.sharding.shard_shape(out.shape)[0] == 2  # batch over data × fsdp
+  np.testing.assert_allclose(np.asarray(out), ref, atol=1e-5)
+
+
+def test_missing_rule_is_an_error(setup):
+  model, inputs, _, _ = setup
+  abstract = jax.eval_shape(model.init, jax.random.key(0), *inputs)
+  rules = tuple(r for r in sharding.DEFAULT_RULES if r[0] != "mlp")
+  with pytest.raises(ConfigError, match="'mlp'"):
+    sharding.shardings_of(abstract, sharding.make_mesh(), rules)
+
+
+def test_init_sharded_and_donated_update(setup):
+  model, inputs, _, _ = setup
+  mesh = sharding.make_mesh({"data": 2, "fsdp": 4})
+  params, shardings = sharding.init_sharded(model, jax.random.key(0), *inputs, mesh=mesh)
+  kernel = params["params"]["decoder"]["layers_0"]["mlp"]["fc2"]["kernel"]
+  assert kernel.sharding.spec[1] == "fsdp"  # [F, D]: D over fsdp (F over a size-1 tensor)
+  assert kernel.sharding.shard_shape(kernel.shape) == (64, 8)
+  with sharding.use(mesh, sharding.DEFAULT_RULES):
+    step = jax.jit(lambda p: jax.tree.map(lambda x: x * 0.5, p), in_shardings=(shardings,),
+                   out_shardings=shardings, donate_argnums=0)
+    halved = step(params)
+  new = halved["params"]["decoder"]["layers_0"]["mlp"]["fc2"]["kernel"]
+  assert new.sharding == kernel.sharding
+
+
+def test_host_batch_to_global():
+  mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+  batch = {"x": np.arange(16, dtype=np.float32).reshape(8, 2), "id": np.array(["a"] * 8)}
+  out = sharding.host_batch_to_global(batch, mesh)
+  assert out["x"].shape == (8, 2)
+  assert out["x"].sharding.spec == jax.sharding.PartitionSpec(("data", "fsdp"))
+  assert out["x"].sharding.shard_shape((8, 2)) == (2, 2)
+  np.testing.assert_array_equal(np.asarray(out["x"]), batch["x"])
+  assert out["id"] is not None and out["id"].dtype.kind == "U"
+  with pytest.raises(UserError, match="'x'"):
+    sharding.host_batch_to_global({"x": np.zeros((6, 2))}, mesh)
