@@ -5,17 +5,20 @@
 Generates the world (when missing), the candidates, then REW records in W/records and the
 report in W/curation/report.md (entity-label accuracy next to the top-1 candidates').
 Variants (`:arg`): `small` (60 entities, 300 images), `backend=top1_candidate` (the
-Entity-WebLI baseline, no LLM), `mode=multi_call` or `mode=direct` (the ablation).
+Entity-WebLI baseline, no LLM), `mode=multi_call` or `mode=direct` (the ablation),
+`retrieval=bm25` (lexical candidates instead of MiniLM embeddings).
 The simulator's error modes: `--config.curation.simulated.wrong_pick=0.1` etc.
 """
 
 from rew_jax import config as config_lib
 from rew_jax.curation import run
+from rew_jax.kb import candidates
 from rew_jax.data import synthetic
 
 
 def get_config(arg=None):
-  arg = config_lib.parse_arg(arg, small=False, seed=0, backend="simulated", mode="one_call")
+  arg = config_lib.parse_arg(arg, small=False, seed=0, backend="simulated", mode="one_call",
+                             retrieval="embedding")
   config = config_lib.ConfigDict()
   config.world = synthetic.default_config()
   config.world.seed = arg.seed
@@ -26,8 +29,10 @@ def get_config(arg=None):
         entity_train=20, entity_val=20, entity_test=20, query_train=10, query_val=10,
         query_test=10))
     config.world.contact_sheet = False
-  config.candidates = config_lib.ConfigDict(dict(method="embedding", k=10, shard_size=1000,
-                                                 captions=""))
+  config.candidates = candidates.default_config()  # The Entity-WebLI step on the world.
+  config.candidates.retrieval.method = arg.retrieval
+  config.candidates.retrieval.k = 10
+  config.candidates.data.records_per_shard = 1000
   config.curation = run.default_config()
   config.curation.backend = arg.backend
   config.curation.mode = arg.mode

@@ -10,13 +10,16 @@ together in batches. The sampler has no constrained decoding; replies are parsed
 
 from rew_jax import config as config_lib
 from rew_jax.curation import run
+from rew_jax.kb import candidates
 
 
 def get_config(arg=None):
   arg = config_lib.parse_arg(arg, ckpt="", tokenizer="", model="Gemma3_4B", mode="one_call")
   config = config_lib.ConfigDict()
-  config.candidates = config_lib.ConfigDict(dict(method="embedding", k=10, shard_size=1000,
-                                                 captions=""))
+  # The candidates step (rew_jax.kb.candidates); point data/kb at your files, or run it
+  # separately and leave W/candidates in place.
+  config.candidates = candidates.default_config()
+  config.candidates.data.format = "auto"
   config.curation = run.default_config()
   config.curation.backend = "gemma"
   config.curation.mode = arg.mode

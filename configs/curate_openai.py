@@ -11,14 +11,17 @@ server wants a key, name its environment variable: `--config.curation.openai.api
 
 from rew_jax import config as config_lib
 from rew_jax.curation import run
+from rew_jax.kb import candidates
 
 
 def get_config(arg=None):
   arg = config_lib.parse_arg(arg, base_url="http://127.0.0.1:8000/v1",
                              model="google/gemma-3-27b-it", mode="one_call")
   config = config_lib.ConfigDict()
-  config.candidates = config_lib.ConfigDict(dict(method="embedding", k=10, shard_size=1000,
-                                                 captions=""))
+  # The candidates step (rew_jax.kb.candidates); point data/kb at your files, or run it
+  # separately and leave W/candidates in place.
+  config.candidates = candidates.default_config()
+  config.candidates.data.format = "auto"
   config.curation = run.default_config()
   config.curation.backend = "openai"
   config.curation.mode = arg.mode

@@ -5,8 +5,8 @@ Candidate shards are the candidates step's output (jsonl, one line per image):
     W/candidates/candidates-00000-of-0000N.jsonl
       {"image_id", "caption", "image_path", "candidates": [{"entity_id", "name", "score"}]}
 
-`image_path` is absolute or relative to the image root (the world directory for the
-embedded world). A malformed line is a `UserError` naming file and line, or a counted skip
+`image_path` is absolute, a `tar://` / `parquet://` reference (`rew_jax.kb.sources`), or
+relative to the image root (`curation.image_root`, default the world directory). A malformed line is a `UserError` naming file and line, or a counted skip
 when `skip_bad_inputs` is set.
 """
 
@@ -79,11 +79,14 @@ def read_items(path: str, skipped: SkipCounter | None = None) -> list[Item]:
 
 def load_image(item: Item, image_root: str) -> tuple[bytes, str]:
   """(encoded bytes, MIME type) of the item's image."""
-  path = item.image_path if os.path.isabs(item.image_path) else os.path.join(
-      image_root, item.image_path)
+  from rew_jax.kb import sources  # pylint: disable=g-import-not-at-top
+  path = item.image_path
+  if not (os.path.isabs(path) or path.startswith(("tar://", "parquet://"))):
+    path = os.path.join(image_root, path)
   try:
-    with open(path, "rb") as f:
-      data = f.read()
+    data = sources.read_image_bytes(path)
+  except sources.DataFormatError as e:
+    raise InputError(f"{item.shard}:{item.index + 1} ({item.image_id}): {e}") from None
   except OSError as e:
     raise InputError(f"{item.shard}:{item.index + 1} ({item.image_id}): cannot read image "
                      f"{path} ({e.strerror})") from None

@@ -5,7 +5,8 @@
 Layout under W (directories configurable in `config.curation`):
 
     world/                       the embedded world (generated when the config has `world`)
-    candidates/                  candidate shards (the candidates step; run when missing)
+    candidates/                  candidate shards (`rew_jax.kb.candidates`; run when missing)
+    kb/                          the KB index the candidates step built (reused here)
     records/rew-0000i.array_record + manifest.json     the output (one shard per input shard)
     curation/journal/<input shard>.jsonl               per-record journal
     curation/state.json, report.json, report.md, thumbs/
@@ -71,9 +72,9 @@ def default_config() -> config_lib.ConfigDict:
                                          direct=""))  # "" keeps the default template.
   c.candidates_dir = ""          # Default: W/candidates.
   c.out_dir = ""                 # Default: W/records.
-  c.kb_source = ""               # Default: W/world/kb/Wiki6M_ver_1_0.jsonl.gz.
-  c.kb_index_dir = ""            # Default: W/kb_index.
-  c.image_root = ""              # Default: the candidates manifest's, else W/world.
+  c.kb_source = ""               # Default: the candidates manifest's, else W/world/kb/...
+  c.kb_index_dir = ""            # Default: the candidates manifest's, else W/kb.
+  c.image_root = ""              # For relative image paths; default: W/world.
   c.truth_path = ""              # Default: W/world/truth/web_truth.jsonl when present.
   c.skip_bad_inputs = False
   c.price_per_mtok_in = 0.0      # USD per million tokens, for the report's cost estimate.
@@ -91,7 +92,7 @@ def _paths(c, workdir: str) -> dict[str, str]:
       "out": c.out_dir or os.path.join(workdir, "records"),
       "curation": os.path.join(workdir, "curation"),
       "kb_source": c.kb_source or os.path.join(world, "kb", "Wiki6M_ver_1_0.jsonl.gz"),
-      "kb_index": c.kb_index_dir or os.path.join(workdir, "kb_index"),
+      "kb_index": c.kb_index_dir or os.path.join(workdir, "kb"),
       "truth": c.truth_path or os.path.join(world, "truth", "web_truth.jsonl"),
   }
 
@@ -229,16 +230,19 @@ def commit_shard(path: str, items: Sequence[core.Item], outcomes: dict[int, core
   records_lib.write_shard(path, records())
 
 
-def image_root_for(c, paths: dict[str, str]) -> str:
-  if c.image_root:
-    return c.image_root
-  manifest = os.path.join(paths["candidates"], "manifest.json")
-  if os.path.exists(manifest):
-    with open(manifest) as f:
-      root = json.load(f).get("image_root", "")
-    if root:
-      return root
-  return paths["world"]
+def _candidates_manifest(paths: dict[str, str]) -> dict:
+  path = os.path.join(paths["candidates"], "manifest.json")
+  if not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    return json.load(f)
+
+
+def kb_paths(c, paths: dict[str, str]) -> tuple[str, str]:
+  """(Wiki6M file, index dir): from the config, else the ones the candidates step used."""
+  kb = _candidates_manifest(paths).get("kb", {})
+  return (c.kb_source or kb.get("path") or paths["kb_source"],
+          c.kb_index_dir or kb.get("index_dir") or paths["kb_index"])
 
 
 def curate(config, workdir: str, *, restart: bool = False, backend=None,
@@ -255,9 +259,9 @@ def curate(config, workdir: str, *, restart: bool = False, backend=None,
   _check_state(os.path.join(paths["curation"], STATE_NAME), state, restart, paths["out"],
                journal_dir)
   backend = backend or make_backend(config, workdir)
-  kb = inputs.KBLookup.open(paths["kb_source"], paths["kb_index"])
+  kb = inputs.KBLookup.open(*kb_paths(c, paths))
   curator = core.Curator(backend, kb, settings, core.RateLimiter(c.rate_limit_per_s))
-  image_root = image_root_for(c, paths)
+  image_root = c.image_root or paths["world"]
   skipped = records_lib.SkipCounter() if c.skip_bad_inputs else None
 
   start = time.time()
@@ -315,6 +319,24 @@ def prepare_world(config, workdir: str) -> None:
     demo.ensure_world(config.world, workdir)
 
 
+def ensure_candidates(config, workdir: str) -> str:
+  """Runs the candidates step (`rew_jax.kb.candidates`, config section `candidates`) unless
+  the candidates directory is already complete (has its manifest)."""
+  out_dir = _paths(config.curation, workdir)["candidates"]
+  if os.path.isfile(os.path.join(out_dir, "manifest.json")):
+    return out_dir
+  if "candidates" not in config:
+    raise ConfigError(f"{out_dir} holds no complete candidates (no manifest.json) and the "
+                      "config has no `candidates` section to make them")
+  from rew_jax.kb import candidates  # pylint: disable=g-import-not-at-top
+  print("== candidates ==")
+  made = candidates.run_candidates(config, workdir)
+  if os.path.abspath(made) != os.path.abspath(out_dir):
+    raise ConfigError(f"the candidates step wrote {made}, but curation.candidates_dir is "
+                      f"{out_dir}")
+  return out_dir
+
+
 def main(argv: Sequence[str]) -> int:
   parser = argparse.ArgumentParser(prog="python -m rew_jax curate", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -328,8 +350,7 @@ def main(argv: Sequence[str]) -> int:
   if "curation" not in config:
     raise ConfigError(f"{args.config}: the config has no `curation` section")
   prepare_world(config, args.workdir)
-  from rew_jax.curation import candidates_step  # pylint: disable=g-import-not-at-top
-  candidates_step.ensure(config, args.workdir, argv)
+  ensure_candidates(config, args.workdir)
   report = curate(config, args.workdir, restart=args.restart, verbose=not args.quiet)
   print(report_lib.summary_line(report))
   print(f"records: {_paths(config.curation, args.workdir)['out']}; report: "

@@ -40,6 +40,7 @@ DEFAULTS = dict(world_dir="", seed=0, wrong_pick=0.05, hallucinate=0.02, generic
                 malformed=0.04, refusal=0.01, outside_recall=0.7, latency_s=0.0)
 _CANDIDATE_LINE = re.compile(r'^\d+\. ("(?:[^"\\]|\\.)*")', re.MULTILINE)
 _NUM_QA = re.compile(r"\b(\d+) question")
+_SHOWN = re.compile(r"The image shows (.+?) \((?:The |\))")
 _FAKE_HEADS = ("Golden", "Silver", "Phantom", "Royal", "Midnight", "Ember")
 _FAKE_TAILS = ("Phoenix", "Griffin", "Zeppelin", "Orchid", "Citadel", "Leviathan")
 _PATTERN_PHRASE = {
@@ -54,11 +55,12 @@ def _rng(*parts) -> np.random.Generator:
   return np.random.default_rng(int.from_bytes(digest[:8], "little"))
 
 
-def rationale_for(e: synthetic.Entity) -> str:
+def rationale_for(e: synthetic.Entity, name: str) -> str:
+  """What is visible (the true entity's look), argued towards the answered `name`."""
   look = _PATTERN_PHRASE[e.pattern].format(c=e.colour)
   return (f"The {e.category} in the image has {synthetic.SHAPE_TEXT[e.shape]} and {look}. "
-          f"That shape and colouring match the description of the {e.title}, which is "
-          f"recognisable by exactly these features.")
+          f"That shape and colouring match the description of the {name}, which is "
+          f"recognisable by these features.")
 
 
 def qa_for(e: synthetic.Entity, n: int, rng: np.random.Generator) -> list[dict]:
@@ -129,13 +131,14 @@ class SimulatedLLM(Backend):
     m = _NUM_QA.search(prompt.text)
     num_qa = int(m.group(1)) if m else 3
     if prompt.kind == "rationale":
-      return {"rationale": rationale_for(truth)}
+      m = _SHOWN.search(prompt.text)
+      return {"rationale": rationale_for(truth, m.group(1) if m else truth.title)}
     if prompt.kind == "qa":
       return {"qa": qa_for(truth, num_qa, rng)}
     name, why = self._entity_answer(prompt, truth)
     payload = {"entity_name": name, "justification": why}
     if prompt.kind == "one_call":
-      payload["rationale"] = rationale_for(truth)
+      payload["rationale"] = rationale_for(truth, name)
       payload["qa"] = qa_for(truth, num_qa, rng)
     return payload
 

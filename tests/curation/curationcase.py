@@ -1,0 +1,57 @@
+"""Helpers of the curation tests: a tiny world with BM25 candidates, curate configs."""
+
+import os
+
+from rew_jax import config as config_lib
+from rew_jax.curation import run
+from rew_jax.data import synthetic
+from rew_jax.kb import candidates
+
+NUM_IMAGES = 48
+PER_SHARD = 20
+
+
+def world_config():
+  c = synthetic.default_config()
+  c.num_entities = 40
+  c.num_web_images = NUM_IMAGES
+  c.contact_sheet = False
+  c.oven = config_lib.ConfigDict(dict(entity_train=1, entity_val=2, entity_test=2,
+                                      query_train=1, query_val=2, query_test=2))
+  return c
+
+
+def curate_config(backend="simulated", **curation):
+  """A full curate config for the fixture world (no `world` section: it exists)."""
+  config = config_lib.ConfigDict()
+  config.curation = run.default_config()
+  config.curation.backend = backend
+  config.curation.backoff_initial_s = 0.001
+  config.curation.backoff_max_s = 0.01
+  config.curation.concurrency = 4
+  config.curation.simulated = config_lib.ConfigDict(dict(
+      world_dir="", seed=0, wrong_pick=0.1, hallucinate=0.05, generic=0.05, malformed=0.1,
+      refusal=0.05, outside_recall=0.7, latency_s=0.0))
+  for k, v in curation.items():
+    config.curation[k] = v
+  return config
+
+
+def build_world(root):
+  """W/world, W/kb and W/candidates (3 shards) under `root`; returns root."""
+  synthetic.generate(world_config(), os.path.join(root, "world"))
+  cc = candidates.default_config()
+  cc.retrieval.method = "bm25"
+  cc.retrieval.k = 5
+  cc.data.records_per_shard = PER_SHARD
+  cc.artifacts.codes = False
+  candidates.run_candidates(cc, root, log=lambda *_: None)
+  return root
+
+
+def link_inputs(world_root, workdir):
+  """A fresh workdir whose world, KB index and candidates are the fixture's."""
+  os.makedirs(workdir, exist_ok=True)
+  for name in ("world", "kb", "candidates"):
+    os.symlink(os.path.join(world_root, name), os.path.join(workdir, name))
+  return str(workdir)

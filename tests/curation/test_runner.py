@@ -1,0 +1,239 @@
+"""The curation runner: records + manifest + report, statuses, resume, kill -9, bad input."""
+
+import collections
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from rew_jax import records
+from rew_jax.curation import inputs, run
+from rew_jax.curation.backends.base import Backend, Reply, TransientError
+from rew_jax.curation.backends.simulated import SimulatedLLM
+from rew_jax.errors import ConfigError
+
+from curationcase import NUM_IMAGES, curate_config, link_inputs
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+
+
+def input_ids(world):
+  ids = []
+  for path in inputs.candidate_shards(os.path.join(world, "candidates")):
+    ids += [it.image_id for it in inputs.read_items(path)]
+  return ids
+
+
+def output(workdir):
+  return list(records.read_records(os.path.join(workdir, "records"), check_hashes=True))
+
+
+@pytest.fixture(scope="module")
+def finished(world, tmp_path_factory):
+  work = link_inputs(world, tmp_path_factory.mktemp("finished") / "w")
+  report = run.curate(curate_config(), work, verbose=False)
+  return work, report
+
+
+def test_records_manifest_and_report(world, finished):
+  work, report = finished
+  out = output(work)
+  assert [r.image_id for r in out] == input_ids(world)  # Exactly once, in input order.
+  manifest = records.Manifest.load(os.path.join(work, "records"))
+  manifest.verify(os.path.join(work, "records"), check_hashes=True)
+  assert manifest.total == NUM_IMAGES and len(manifest.shards) == 3
+  assert manifest.curation_config_hash == run.curation_hash(curate_config())
+  counts = collections.Counter(r.curation_status for r in out)
+  assert counts == collections.Counter(manifest.counts_by_status)
+  assert set(counts) <= {"kept", "corrected", "abstained", "unresolved"}
+  assert counts["kept"] and counts["corrected"] and counts["unresolved"]
+  for r in out:
+    assert r.image[:2] == b"\xff\xd8" and r.backend == "simulated"
+    assert bool(r.entity_id) == (r.curation_status in ("kept", "corrected"))
+    if r.curation_status == "kept":
+      assert r.entity_id == r.candidates[0].entity_id
+    if r.rationale:
+      # Argues for the answered entity (its name, maybe without "(...)" or in lower case).
+      assert r.entity_name.split(" (")[0].lower() in r.rationale.lower()
+  acc = report["accuracy_vs_truth"]
+  assert acc["images_with_truth"] == NUM_IMAGES
+  assert acc["records_pct"] > acc["candidates_top1_pct"]
+  assert report["parse_failures"] and report["llm_calls"] >= NUM_IMAGES
+  with open(os.path.join(work, "curation", "report.json")) as f:
+    saved = json.load(f)
+  assert saved["counts_by_status"] == manifest.counts_by_status and saved["examples"]
+  md = open(os.path.join(work, "curation", "report.md")).read()
+  assert "top-1 candidate (Entity-WebLI)" in md and "](thumbs/" in md
+  for ex in saved["examples"]:
+    if ex["thumbnail"]:
+      assert os.path.isfile(os.path.join(work, "curation", ex["thumbnail"]))
+
+
+def test_accuracy_matches_truth_by_hand(world, finished):
+  work, report = finished
+  truth = {}
+  with open(os.path.join(world, "world", "truth", "web_truth.jsonl")) as f:
+    for line in f:
+      row = json.loads(line)
+      truth[row["image_id"]] = row["entity_id"]
+  out = output(work)
+  right = sum(r.entity_id == truth[r.image_id] for r in out)
+  top1 = sum(bool(r.candidates) and r.candidates[0].entity_id == truth[r.image_id] for r in out)
+  acc = report["accuracy_vs_truth"]
+  assert acc["records_pct"] == round(100 * right / len(out), 2)
+  assert acc["candidates_top1_pct"] == round(100 * top1 / len(out), 2)
+
+
+def test_rerun_is_a_no_op_and_config_change_is_refused(world, finished, tmp_path):
+  work, _ = finished
+  before = [records.encode(r) for r in output(work)]
+
+  class NoCalls(Backend):
+    name = "simulated"
+
+    def generate(self, prompt, timeout_s):
+      raise AssertionError("a finished run must not call the LLM again")
+
+  run.curate(curate_config(), work, backend=NoCalls(), verbose=False)
+  assert [records.encode(r) for r in output(work)] == before
+  with pytest.raises(ConfigError, match="another config"):
+    run.curate(curate_config(num_qa=2), work, verbose=False)
+
+
+class Flaky(Backend):
+  """Delegates to the simulator; the first `fail_first` calls of some images raise."""
+  name = "simulated"
+
+  def __init__(self, inner, failing: set, fail_first: int = 10**9, kind="server"):
+    self.inner, self.failing, self.fail_first, self.kind = inner, failing, fail_first, kind
+    self.calls = collections.Counter()
+
+  def generate(self, prompt, timeout_s):
+    self.calls[prompt.image_id] += 1
+    if prompt.image_id in self.failing and self.calls[prompt.image_id] <= self.fail_first:
+      raise TransientError(self.kind, "stub failure", retry_after=0.0)
+    return self.inner.generate(prompt, timeout_s)
+
+
+def test_transient_failures_are_retried_then_left_for_the_rerun(world, finished, tmp_path):
+  reference = [records.encode(r) for r in output(finished[0])]
+  work = link_inputs(world, tmp_path / "w")
+  ids = input_ids(world)
+  sim = SimulatedLLM(world_dir=os.path.join(world, "world"), **{
+      k: v for k, v in curate_config().curation.simulated.items() if k != "world_dir"})
+  # Two images fail 3 times (recovered by retries), one fails forever.
+  flaky = Flaky(sim, {ids[0], ids[5], ids[30]}, fail_first=3)
+  flaky.failing_forever = ids[30]
+  orig = flaky.generate
+
+  def generate(prompt, timeout_s):
+    if prompt.image_id == ids[30]:
+      flaky.calls[prompt.image_id] += 1
+      raise TransientError("rate_limit", "HTTP 429", retry_after=0.0)
+    return orig(prompt, timeout_s)
+
+  flaky.generate = generate
+  with pytest.raises(run.IncompleteRunError, match="rerun the same command"):
+    run.curate(curate_config(max_attempts=4), work, backend=flaky, verbose=False)
+  assert flaky.calls[ids[30]] == 4
+  names = sorted(os.listdir(os.path.join(work, "records")))
+  assert names == ["rew-00000.array_record", "rew-00002.array_record"]  # Shard 1 uncommitted.
+  # The rerun calls the LLM only for the missing record.
+  again = Flaky(sim, set())
+  report = run.curate(curate_config(max_attempts=4), work, backend=again, verbose=False)
+  assert set(again.calls) == {ids[30]}
+  assert [records.encode(r) for r in output(work)] == reference
+  assert report["retries"] == 6 and report["transient_errors"] == {"server": 6}
+
+
+def test_top1_candidate_baseline(world, tmp_path):
+  work = link_inputs(world, tmp_path / "w")
+  report = run.curate(curate_config("top1_candidate"), work, verbose=False)
+  out = output(work)
+  for r in out:
+    if r.candidates:
+      assert (r.curation_status, r.entity_id) == ("candidate", r.candidates[0].entity_id)
+    else:
+      assert (r.curation_status, r.entity_id) == ("unresolved", "")
+  acc = report["accuracy_vs_truth"]
+  assert acc["records_pct"] == acc["candidates_top1_pct"] and report["llm_calls"] == 0
+
+
+@pytest.mark.parametrize("mode", ["multi_call", "direct"])
+def test_other_modes(world, tmp_path, mode):
+  work = link_inputs(world, tmp_path / "w")
+  report = run.curate(curate_config(mode=mode), work, verbose=False)
+  out = output(work)
+  assert len(out) == NUM_IMAGES
+  labelled = [r for r in out if r.entity_id]
+  if mode == "multi_call":
+    # A rationale or QA call may fail to parse twice (10% malformed in this config).
+    assert sum(bool(r.rationale) for r in labelled) >= 0.8 * len(labelled)
+    assert sum(bool(r.qa) for r in labelled) >= 0.8 * len(labelled)
+    assert report["llm_calls"] >= NUM_IMAGES + 2 * len(labelled)
+  else:
+    assert not any(r.rationale or r.qa for r in out)
+
+
+def test_bad_candidates_line(world, tmp_path):
+  work = link_inputs(world, tmp_path / "w")
+  cand = tmp_path / "cand"
+  cand.mkdir()
+  good = open(inputs.candidate_shards(os.path.join(world, "candidates"))[0]).readline()
+  (cand / "candidates-00000-of-00001.jsonl").write_text(
+      good + '{"image_id": "x", "caption": 3}\n' + "not json\n")
+  config = curate_config(candidates_dir=str(cand))
+  with pytest.raises(inputs.InputError, match=r"candidates-00000-of-00001.jsonl:2: field"):
+    run.curate(config, work, verbose=False)
+  config.curation.skip_bad_inputs = True
+  report = run.curate(config, work, verbose=False, restart=True)
+  assert report["records"] == 1 and report["skipped_inputs"] == 2
+
+
+def _journal_lines(work):
+  d = os.path.join(work, "curation", "journal")
+  if not os.path.isdir(d):
+    return 0
+  return sum(open(os.path.join(d, f), "rb").read().count(b"\n") for f in os.listdir(d))
+
+
+def test_kill_dash_nine_and_resume_is_exactly_once(world, finished, tmp_path):
+  """A real subprocess is killed with SIGKILL twice mid-run; the rerun completes and the
+  output equals an uninterrupted run's, with one journal entry per input record."""
+  reference = [records.encode(r) for r in output(finished[0])]
+  work = link_inputs(world, tmp_path / "w")
+  config_path = tmp_path / "curate_test.py"
+  config_path.write_text(
+      f"import sys; sys.path.insert(0, {HERE!r})\n"
+      "from curationcase import curate_config\n"
+      "def get_config(arg=None):\n"
+      "  c = curate_config()\n"
+      "  c.curation.simulated.latency_s = 0.03\n"
+      "  c.curation.concurrency = 2\n"
+      "  return c\n")
+  cmd = [sys.executable, "-m", "rew_jax", "curate", "--config", str(config_path),
+         "--workdir", work, "--quiet"]
+  env = dict(os.environ, PYTHONPATH=REPO)
+  for stop_at in (8, 27):  # Kill once inside shard 0, once inside shard 1.
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while _journal_lines(work) < stop_at and proc.poll() is None and time.time() < deadline:
+      time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert not os.path.exists(os.path.join(work, "records", "manifest.json"))
+  done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+  assert done.returncode == 0, done.stderr
+  assert [records.encode(r) for r in output(work)] == reference
+  journal = []
+  d = os.path.join(work, "curation", "journal")
+  for f in sorted(os.listdir(d)):
+    journal += [(f, json.loads(line)["index"]) for line in open(os.path.join(d, f))]
+  assert len(journal) == len(set(journal)) == NUM_IMAGES
