@@ -130,23 +130,33 @@ def main(argv=None) -> int:
   parser.add_argument("--image-size", type=int, default=480, help="width of the JPEGs (4:3)")
   parser.add_argument("--workers", default="0,1,2")
   parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
+  parser.add_argument("--rounds", type=int, default=2, help="alternating rounds; best kept")
   args = parser.parse_args(argv)
   if args.quick:
-    args.records, args.batches = 512, 6
+    args.records, args.batches, args.rounds = 512, 6, 1
 
   with tempfile.TemporaryDirectory() as tmp:
     jpegs = write_records(tmp, args.records, args.image_size)
     mean_kb = np.mean([len(j) for j in jpegs]) / 1024
     print(f"{args.records} records, {args.image_size}x{args.image_size * 3 // 4} JPEGs "
-          f"({mean_kb:.0f} KiB), batch {args.batch_size}, {os.cpu_count()} CPUs")
-    results = []
-    for workers in (int(w) for w in args.workers.split(",")):
-      r = measure_ours(tmp, batch_size=args.batch_size, batches=args.batches,
-                       num_workers=workers, num_threads=args.threads)
-      print(f"  grain, {workers} workers x {args.threads} threads: {r['images_per_s']:8.1f} images/s "
-            f"(start-up {r['startup_s']} s)")
-      results.append(r)
-    baseline = measure_tf(jpegs, batch_size=args.batch_size, batches=args.batches)
+          f"({mean_kb:.0f} KiB), batch {args.batch_size}, {os.cpu_count()} CPUs, "
+          f"load average {os.getloadavg()[0]:.1f}")
+    # Rounds alternate our settings and the baseline, keeping each one's best, so that load
+    # from other processes on a shared machine biases neither side.
+    best, baseline = {}, None
+    for _ in range(args.rounds):
+      for workers in (int(w) for w in args.workers.split(",")):
+        r = measure_ours(tmp, batch_size=args.batch_size, batches=args.batches,
+                         num_workers=workers, num_threads=args.threads)
+        if workers not in best or r["images_per_s"] > best[workers]["images_per_s"]:
+          best[workers] = r
+      b = measure_tf(jpegs, batch_size=args.batch_size, batches=args.batches)
+      if b is not None and (baseline is None or b["images_per_s"] > baseline["images_per_s"]):
+        baseline = b
+    results = list(best.values())
+    for r in results:
+      print(f"  grain, {r['workers']} workers x {r['threads']} threads: "
+            f"{r['images_per_s']:8.1f} images/s (start-up {r['startup_s']} s)")
     if baseline is None:
       print("  tf.data baseline: absent (tensorflow is not importable; "
             "pip install tensorflow-cpu==2.21.0 in the benchmark's environment to compare)")
@@ -160,6 +170,7 @@ def main(argv=None) -> int:
       "baseline_name": "tf.data" if baseline else "absent: tensorflow not installed",
       "settings": results, "records": args.records, "batch_size": args.batch_size,
       "image_size": args.image_size, "cpus": os.cpu_count(), "quick": args.quick,
+      "rounds": args.rounds, "load_avg_1m": round(os.getloadavg()[0], 2),
   }
   print(json.dumps(summary))
   return 0
