@@ -81,5 +81,5 @@ class Registry:
 # module here when it lands.
 MODELS = Registry("model", modules=["rew_jax.models.git"])
 PP_OPS = Registry("pp op", modules=["rew_jax.data.ops"])
-EVALUATORS = Registry("evaluator", modules=["rew_jax.evaluators.oven", "rew_jax.evaluators.knn_matching"])
+EVALUATORS = Registry("evaluator", modules=["rew_jax.evaluators.oven", "rew_jax.evaluators.knn_matching", "rew_jax.evaluators.zeroshot"])
 CURATION_BACKENDS = Registry("curation backend", modules=["rew_jax.curation.backends"])
