@@ -38,7 +38,7 @@ import numpy as np
 from rew_jax.config import ConfigDict
 from rew_jax.data import ops as ops_lib
 from rew_jax.data import tasks as tasks_lib
-from rew_jax.errors import ConfigError, UserError
+from rew_jax.errors import ConfigError
 from rew_jax.records import RecordError, RecordSource, decode
 
 DEFAULT_TRAIN_PP = (
@@ -290,32 +290,12 @@ class SkipReport:
 # --------------------------------------------------------------------------------------------
 
 
-def batch_sharding(mesh, batch_axes: Sequence[str] = ("data", "fsdp")):
-  """NamedSharding splitting the leading (batch) dim over the mesh's batch axes present."""
-  import jax  # pylint: disable=g-import-not-at-top
-  axes = tuple(a for a in batch_axes if a in mesh.axis_names)
-  spec = jax.sharding.PartitionSpec(axes if axes else None)
-  return jax.sharding.NamedSharding(mesh, spec)
-
-
 def make_global_batch(batch: Mapping[str, Any], mesh,
                       batch_axes: Sequence[str] = ("data", "fsdp")) -> dict[str, Any]:
   """Per-host numpy batch → global jax.Arrays sharded along the batch axes.
 
-  Numeric arrays become global arrays whose leading dimension is the global batch
-  (process_count × local batch); string arrays stay host-local numpy.
+  The one implementation lives in `rew_jax.sharding.host_batch_to_global`; imported here
+  lazily so that Grain worker processes never import jax/flax.
   """
-  import jax  # pylint: disable=g-import-not-at-top
-  sharding = batch_sharding(mesh, batch_axes)
-  out = {}
-  for key, value in batch.items():
-    value = np.asarray(value)
-    if value.dtype.kind in "USO":
-      out[key] = value
-      continue
-    try:
-      out[key] = jax.make_array_from_process_local_data(sharding, value)
-    except ValueError as e:
-      raise UserError(f"batch field {key!r} of shape {value.shape} cannot be sharded over "
-                      f"{dict(mesh.shape)} along {batch_axes}: {e}") from None
-  return out
+  from rew_jax import sharding  # pylint: disable=g-import-not-at-top
+  return sharding.host_batch_to_global(batch, mesh, batch_axes)
