@@ -1,0 +1,81 @@
+"""Multi-host start-up from the environment that the launch scripts set.
+
+The launch scripts (launch/run_tpu.sh, launch/gpu_multihost.sh) describe the cluster in
+environment variables; the training loop calls `initialize_from_env()` first thing, before any
+JAX computation, and is otherwise unaware of how it was launched:
+
+  REW_JAX_DISTRIBUTED=1          call jax.distributed.initialize() (unset or 0: single process)
+  REW_JAX_COORDINATOR_ADDRESS    HOST:PORT of process 0's coordinator   } GPU hosts; on Cloud
+  REW_JAX_NUM_PROCESSES          number of processes                    } TPU (and SLURM) JAX
+  REW_JAX_PROCESS_ID             this process, 0 .. N-1                 } detects them itself
+  JAX_LOCAL_DEVICE_IDS           devices of this process (read by JAX itself)
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Mapping
+
+from rew_jax.errors import ConfigError
+
+ENV_DISTRIBUTED = "REW_JAX_DISTRIBUTED"
+ENV_COORDINATOR = "REW_JAX_COORDINATOR_ADDRESS"
+ENV_NUM_PROCESSES = "REW_JAX_NUM_PROCESSES"
+ENV_PROCESS_ID = "REW_JAX_PROCESS_ID"
+
+
+def _int_env(environ: Mapping[str, str], name: str, minimum: int) -> int | None:
+  text = environ.get(name, "").strip()
+  if not text:
+    return None
+  try:
+    value = int(text)
+  except ValueError:
+    value = None
+  if value is None or value < minimum:
+    raise ConfigError(f"environment variable {name}={text!r}: expected an integer >= {minimum}")
+  return value
+
+
+def initialize_kwargs(environ: Mapping[str, str]) -> dict[str, Any] | None:
+  """Keyword arguments for jax.distributed.initialize, or None for a single-process run."""
+  flag = environ.get(ENV_DISTRIBUTED, "").strip()
+  if flag in ("", "0"):
+    return None
+  if flag != "1":
+    raise ConfigError(f"environment variable {ENV_DISTRIBUTED}={flag!r}: expected 0 or 1")
+  kwargs: dict[str, Any] = {}
+  coordinator = environ.get(ENV_COORDINATOR, "").strip()
+  if coordinator:
+    host, _, port = coordinator.rpartition(":")
+    if not host or not port.isdigit():
+      raise ConfigError(
+          f"environment variable {ENV_COORDINATOR}={coordinator!r}: expected HOST:PORT")
+    kwargs["coordinator_address"] = coordinator
+  num_processes = _int_env(environ, ENV_NUM_PROCESSES, 1)
+  if num_processes is not None:
+    kwargs["num_processes"] = num_processes
+  process_id = _int_env(environ, ENV_PROCESS_ID, 0)
+  if process_id is not None:
+    if num_processes is not None and process_id >= num_processes:
+      raise ConfigError(f"environment variable {ENV_PROCESS_ID}={process_id} is not below "
+                        f"{ENV_NUM_PROCESSES}={num_processes}")
+    kwargs["process_id"] = process_id
+  if len(kwargs) == 3:
+    # All given: skip cluster auto-detection, which under SLURM would otherwise limit each
+    # process to the single GPU numbered SLURM_LOCALID.
+    kwargs["cluster_detection_method"] = "deactivate"
+  return kwargs
+
+
+def initialize_from_env(environ: Mapping[str, str] | None = None,
+                        initialize: Callable[..., None] | None = None) -> bool:
+  """Calls jax.distributed.initialize() when the environment asks for it; True if it did."""
+  kwargs = initialize_kwargs(os.environ if environ is None else environ)
+  if kwargs is None:
+    return False
+  if initialize is None:
+    import jax  # pylint: disable=g-import-not-at-top
+    initialize = jax.distributed.initialize
+  initialize(**kwargs)
+  return True
