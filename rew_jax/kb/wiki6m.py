@@ -21,10 +21,12 @@ from __future__ import annotations
 import array
 import bisect
 import dataclasses
+import glob
 import gzip
 import json
 import os
 import re
+import shutil
 import unicodedata
 import zlib
 from typing import Iterator, Sequence
@@ -207,6 +209,19 @@ class _SortedView:
     return self.table.raw(i if self.order is None else int(self.order[i]))
 
 
+# Files other modules derive from an index and keep beside it: stale once it is rebuilt.
+DERIVED = ("ald_codes.npz", "name_trie.npz", "code_trie.npz", "bm25", "embeddings-*")
+
+
+def _remove_derived(index_dir: str) -> None:
+  for pattern in DERIVED:
+    for path in glob.glob(os.path.join(index_dir, pattern)):
+      if os.path.isdir(path):
+        shutil.rmtree(path)
+      else:
+        os.remove(path)
+
+
 def _source_stamp(path: str) -> dict:
   st = os.stat(path)
   return {"path": os.path.abspath(path), "size": st.st_size, "mtime": int(st.st_mtime)}
@@ -255,6 +270,7 @@ class EntityKB:
     meta_path = os.path.join(index_dir, "meta.json")
     if os.path.exists(meta_path):
       os.remove(meta_path)  # An index without meta.json is incomplete by definition.
+    _remove_derived(index_dir)
     j = lambda name: os.path.join(index_dir, name)
     writers = {name: _TableWriter(j(name)) for name in ("ids", "titles", "summaries")}
     id_bytes: list[bytes] = []

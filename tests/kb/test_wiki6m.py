@@ -70,9 +70,14 @@ def test_open_or_build_reuses_and_rebuilds(tmp_path):
   stamp = os.path.getmtime(os.path.join(index, "meta.json"))
   wiki6m.EntityKB.open_or_build(src, index, progress=False)
   assert os.path.getmtime(os.path.join(index, "meta.json")) == stamp
+  # Derived files beside the index go stale with it.
+  os.makedirs(os.path.join(index, "embeddings-title-float16"))
+  open(os.path.join(index, "name_trie.npz"), "w").close()
   write_jsonl(src, ENTITIES[:3])
   os.utime(src, (stamp + 10, stamp + 10))
   assert len(wiki6m.EntityKB.open_or_build(src, index, progress=False)) == 3
+  assert not os.path.exists(os.path.join(index, "embeddings-title-float16"))
+  assert not os.path.exists(os.path.join(index, "name_trie.npz"))
 
 
 def test_title_only_variant(tmp_path):
