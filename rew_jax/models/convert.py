@@ -162,10 +162,15 @@ def _fit_rows(table: np.ndarray, rows: int) -> np.ndarray:
 
 def clip_vision_to_params(state_dict: Mapping[str, np.ndarray], model_config,
                           source: str = "state dict") -> dict:
-  """HF CLIPVisionModel weights → the `encoder` subtree of GiT params (unrolled)."""
+  """HF CLIPVisionModel (or CLIPModel) weights → the `encoder` subtree of GiT params.
+
+  Accepts names with the `vision_model.` prefix (CLIPModel and older CLIPVisionModel
+  checkpoints) and without it (CLIPVisionModel in transformers 5).
+  """
   spec = git_lib.parse_config(model_config)
   sd = {k: np.asarray(v, np.float32) for k, v in state_dict.items()}
-  return _vision(_Reader(sd, source), "vision_model.", spec.vit)
+  prefix = "vision_model." if any(k.startswith("vision_model.") for k in sd) else ""
+  return _vision(_Reader(sd, source), prefix, spec.vit)
 
 
 def git_to_params(state_dict: Mapping[str, np.ndarray], model_config,
