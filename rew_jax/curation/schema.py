@@ -179,7 +179,7 @@ def extract_json(text: str) -> Any:
         value, _ = decoder.raw_decode(body, start)
         if isinstance(value, dict):
           return value
-      except json.JSONDecodeError:
+      except (json.JSONDecodeError, RecursionError):  # Absurd nesting is not an answer.
         pass
       start = body.find("{", start + 1)
   if "{" in text:

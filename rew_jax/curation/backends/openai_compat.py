@@ -85,8 +85,9 @@ class OpenAICompatible(base.Backend):
       choice = data["choices"][0]
       content = choice["message"]["content"]
     except (ValueError, KeyError, IndexError, TypeError):
-      # Not the wire format: hand the body to the parser, which will reject it with a reason.
-      return base.Reply(resp.text[:100_000])
+      raise base.RequestRejected(
+          "bad_reply", f"HTTP {resp.status_code} body is not a chat completion: "
+          f"{resp.text[:120]!r}") from None
     if content is None:  # Some servers put a refusal beside a null content.
       content = choice["message"].get("refusal") or ""
     usage = data.get("usage") or {}
