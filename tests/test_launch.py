@@ -365,3 +365,40 @@ def test_scripts_are_shellcheck_clean():
   result = subprocess.run([shellcheck, "-x", *scripts], cwd=REPO, capture_output=True,
                           text=True, timeout=60, check=False)
   assert result.returncode == 0, result.stdout + result.stderr
+
+
+# ---------------------------------------------------------------- docs
+
+def doc_examples(path):
+  """(command, expected stdout lines) for each `    $ ...` block of a markdown file."""
+  with open(path) as f:
+    lines = f.read().splitlines()
+  examples, i = [], 0
+  while i < len(lines):
+    if not lines[i].startswith("    $ "):
+      i += 1
+      continue
+    command = [lines[i][6:]]
+    while command[-1].endswith("\\"):
+      i += 1
+      command.append(lines[i].strip())
+    i += 1
+    output = []
+    while i < len(lines) and lines[i].startswith("    ") and not lines[i].startswith("    $ "):
+      output.append(lines[i][4:])
+      i += 1
+    examples.append(("\n".join(command), output))
+  return examples
+
+
+def test_docs_show_the_exact_dry_run_output(tmp_path):
+  make_exe(tmp_path / "scontrol", "#!/bin/sh\nprintf 'gpu-node01\\ngpu-node02\\n'\n")
+  env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+  env.update(PATH=f"{tmp_path}:{os.environ['PATH']}", TMPDIR="/tmp")
+  examples = doc_examples(os.path.join(REPO, "docs", "launching.md"))
+  assert len(examples) >= 5
+  for command, expected in examples:
+    result = subprocess.run([BASH, "-c", command], cwd=REPO, env=env, capture_output=True,
+                            text=True, timeout=30, check=False)
+    assert result.returncode == 0, (command, result.stderr)
+    assert result.stdout.splitlines() == expected, command
