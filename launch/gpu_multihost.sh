@@ -99,4 +99,4 @@ if [[ $gpus_per_host -gt 0 ]]; then
 fi
 # exec: SIGTERM from the scheduler (time limit, preemption) reaches the training process.
 run --exec env "${env_vars[@]}" "$venv/bin/python" -m rew_jax train \
-  --config "$config" --workdir "$workdir" "${train_args[@]}"
+  --config "$config" --workdir "$workdir" ${train_args[@]+"${train_args[@]}"}

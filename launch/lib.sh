@@ -1,4 +1,6 @@
 # Sourced by the launch scripts (tpu_vm.sh, run_tpu.sh, gpu_multihost.sh, slurm_gpu.sbatch).
+# They stay within bash 3.2 (macOS's /bin/bash), e.g. ${a[@]+"${a[@]}"} for arrays that may be
+# empty under `set -u`.
 # Every external command (gcloud, ssh, srun, git archive, python) goes through `run`, so that
 # `--dry-run` prints exactly what would be executed, one shell-quoted line per command,
 # which can be pasted into a terminal as it is.

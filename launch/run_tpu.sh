@@ -61,4 +61,4 @@ distributed=0
 [[ $num_hosts -gt 1 ]] && distributed=1
 # exec: a preemption SIGTERM then reaches the training process, which checkpoints.
 run --exec env "REW_JAX_DISTRIBUTED=$distributed" "$venv/bin/python" -m rew_jax train \
-  --config "$config" --workdir "$workdir" "${train_args[@]}"
+  --config "$config" --workdir "$workdir" ${train_args[@]+"${train_args[@]}"}

@@ -120,6 +120,7 @@ if [[ $action == train || $action == all ]]; then
   need "$workdir" --workdir
 fi
 # The code directory is emptied before each copy: keep it strictly below the home directory.
+remote_dir=${remote_dir%/}
 [[ $remote_dir =~ ^[A-Za-z0-9_][A-Za-z0-9_./-]*$ && ! $remote_dir =~ (^|/)\.\.(/|$) ]] \
   || die "--remote-dir must be a relative path below the home directory, got '$remote_dir'"
 
@@ -154,7 +155,7 @@ on_all_workers() {
 # ------------------------------------------------------------------ actions
 do_create() {
   local flags=("--accelerator-type=$accelerator_type" "--version=$runtime_version")
-  [[ $spot == 1 ]] && flags+=(--spot)
+  if [[ $spot == 1 ]]; then flags+=(--spot); fi
   run "${gcloud_tpu[@]}" create "$tpu_name" "${where[@]}" "${flags[@]}"
 }
 
@@ -190,7 +191,7 @@ $(quote_cmd "${pip[@]}" -e . "jax[tpu]==$jax_version" "$GCSFS_PIN")"
 
 do_train() {
   local entry=(bash launch/run_tpu.sh --config "$config" --workdir "$workdir" --num-hosts "$num_hosts")
-  [[ ${#train_args[@]} -gt 0 ]] && entry+=(-- "${train_args[@]}")
+  if [[ ${#train_args[@]} -gt 0 ]]; then entry+=(-- "${train_args[@]}"); fi
   if [[ $detach == 1 ]]; then
     on_all_workers "$(quote_cmd cd "$remote_dir") && $(quote_cmd nohup "${entry[@]}") > train.log 2>&1 < /dev/null &"
   else
