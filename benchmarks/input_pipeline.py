@@ -4,7 +4,8 @@
     python benchmarks/input_pipeline.py --records 2048 --batches 40 --image-size 480
 
 Measures the REW training pipeline end to end (ArrayRecord read → msgpack decode → task
-mixture → JPEG decode → inception crop to 224 → CLIP normalise → tokenize + pad → batch 64)
+mixture → JPEG decode + inception crop to 224 (fused: libjpeg's reduced-scale decoding when the
+window allows) → CLIP normalise → tokenize + pad → batch 64)
 over synthetic JPEG records written to a temporary directory. Side by side, when
 `tensorflow` is importable (pip install tensorflow-cpu==2.21.0; not a dependency of
 rew_jax), an equivalent tf.data pipeline over the same JPEG bytes and pre-tokenized
@@ -35,7 +36,7 @@ if __name__ == "__main__":
 from rew_jax import records  # noqa: E402
 from rew_jax.data import pipeline  # noqa: E402
 
-PP = ("decode|inception_crop(224)|normalize('clip')|"
+PP = ("decode_inception_crop(224)|normalize('clip')|"
       "tokenize(key='prompt', bos=True)|pad(20, key='prompt')|"
       "tokenize(key='target', eos=True)|pad(32, key='target', keep_eos=102)")
 

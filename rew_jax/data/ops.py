@@ -278,6 +278,53 @@ def get_inception_crop(size, area_min: float = 8, area_max: float = 100, key: st
   return inception_crop
 
 
+@PP_OPS.register("decode_inception_crop")
+def get_decode_inception_crop(size, area_min: float = 8, area_max: float = 100, key: str = "image",
+                              method: str = "bilinear", on_error: str | None = None) -> Op:
+  """`decode|inception_crop(size)` fused: samples the window from the JPEG header, then lets
+  libjpeg decode at 1/2, 1/4 or 1/8 scale when the window stays >= `size` at that scale.
+
+  Same window distribution as the unfused ops; on large web images it skips most of the
+  decoding work (as tf.image.decode_and_crop_jpeg does). Errors behave as in `decode`.
+  """
+  hw = _size2(size)
+  area_range = (area_min / 100, area_max / 100)
+  decode = get_decode(key, on_error)
+
+  def unfused(example, rng):
+    example = decode(example, rng)
+    img = example[key]
+    top, left, ch, cw = sample_inception_box(img.shape[0], img.shape[1], rng, area_range)
+    example[key] = _resize(img, hw, method, box=(left, top, left + cw, top + ch))
+    return example
+
+  def decode_inception_crop(example, rng):
+    data = example[key]
+    if _is_placeholder(example) or isinstance(data, np.ndarray):
+      return unfused(example, rng)
+    try:
+      img = Image.open(io.BytesIO(data))
+      width, height = img.size
+    except Exception:  # Unreadable header: `decode` raises or skips with its message.
+      return unfused(example, rng)
+    top, left, ch, cw = sample_inception_box(height, width, rng, area_range)
+    shrink = min(ch / hw[0], cw / hw[1])
+    factor = next((f for f in (8, 4, 2) if f <= shrink), 1)
+    if factor > 1 and img.format == "JPEG":
+      img.draft("RGB", (-(-width // factor), -(-height // factor)))
+    try:
+      img.load()
+    except Exception:  # Corrupt body: as above.
+      return unfused(example, rng)
+    sx, sy = img.size[0] / width, img.size[1] / height
+    box = (left * sx, top * sy, (left + cw) * sx, (top + ch) * sy)
+    img = img if img.mode == "RGB" else img.convert("RGB")
+    example[key] = np.asarray(img.resize((hw[1], hw[0]), _METHODS[method], box=box))
+    return example
+
+  return decode_inception_crop
+
+
 @PP_OPS.register("flip_lr")
 def get_flip_lr(key: str = "image") -> Op:
   """Mirrors the image left–right with probability 1/2."""

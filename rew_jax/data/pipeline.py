@@ -42,7 +42,7 @@ from rew_jax.errors import ConfigError
 from rew_jax.records import RecordError, RecordSource, decode
 
 DEFAULT_TRAIN_PP = (
-    "decode|inception_crop(224)|normalize('clip')|"
+    "decode_inception_crop(224)|normalize('clip')|"
     "tokenize(key='prompt', bos=True)|pad(20, key='prompt')|"
     "tokenize(key='target', eos=True)|pad(32, key='target', keep_eos=102)")
 DEFAULT_EVAL_PP = (

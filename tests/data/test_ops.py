@@ -155,3 +155,22 @@ def test_preprocess_pickles_as_spec():
   assert clone.spec == pp.spec
   ex = {"image": encode(gradient())}
   np.testing.assert_array_equal(clone(dict(ex))["image"], pp(dict(ex))["image"])
+
+
+def test_decode_inception_crop_matches_unfused():
+  yy, xx = np.mgrid[0:600, 0:800]
+  smooth = np.stack([xx * 255 // 800, yy * 255 // 600, (xx + yy) * 255 // 1400], -1).astype(np.uint8)
+  data = encode(smooth, "JPEG")
+  for spec_args, tol in (("(224, area_min=90)", 3.0), ("(224, area_max=10)", 0.0)):
+    # area_min=90: decoded at 1/2 scale (window >= 448 px); area_max=10: full scale, identical.
+    fused = run("decode_inception_crop" + spec_args, {"image": data}, seed=1)["image"]
+    unfused = run("decode|inception_crop" + spec_args, {"image": data}, seed=1)["image"]
+    assert fused.shape == unfused.shape == (224, 224, 3)
+    assert np.abs(fused.astype(float) - unfused).mean() <= tol
+  png_out = run("decode_inception_crop(16)", {"image": encode(gradient(60, 80))}, seed=2)["image"]
+  np.testing.assert_array_equal(png_out, run("decode|inception_crop(16)",
+                                             {"image": encode(gradient(60, 80))}, seed=2)["image"])
+  with pytest.raises(ops.ImageDecodeError, match="record 5: cannot decode"):
+    run("decode_inception_crop(8)", {"image": b"junk", "_where": "record 5"})
+  out = run("decode_inception_crop(8)", {"image": b"junk", "_on_error": "skip"})
+  assert out["_skipped"] == 1 and out["image"].shape == (8, 8, 3)
