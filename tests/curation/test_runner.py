@@ -237,3 +237,22 @@ def test_kill_dash_nine_and_resume_is_exactly_once(world, finished, tmp_path):
   for f in sorted(os.listdir(d)):
     journal += [(f, json.loads(line)["index"]) for line in open(os.path.join(d, f))]
   assert len(journal) == len(set(journal)) == NUM_IMAGES
+
+
+def test_cli(world, tmp_path, capsys):
+  from rew_jax import __main__ as cli
+  work = link_inputs(world, tmp_path / "w")
+  config_path = tmp_path / "curate_cli.py"
+  config_path.write_text(
+      f"import sys; sys.path.insert(0, {HERE!r})\n"
+      "from curationcase import curate_config\n"
+      "def get_config(arg=None):\n"
+      "  return curate_config(arg or 'simulated')\n")
+  assert cli.main(["curate", "--config", f"{config_path}:top1_candidate", "--workdir", work,
+                   "--quiet", "--config.curation.num_qa=2"]) == 0
+  printed = capsys.readouterr().out
+  assert "curated 48 records with top1_candidate" in printed and "top-1 candidate" in printed
+  # A typo in an override is a one-line user error.
+  assert cli.main(["curate", "--config", str(config_path), "--workdir", work,
+                   "--config.curation.num_qaa=2"]) == 2
+  assert "num_qa" in capsys.readouterr().err
