@@ -224,9 +224,13 @@ def ald_decode(model, params, images, prompt_tokens, code_trie: trie_lib.TokenTr
   out = beam_search(model, params, images, prompt_tokens, num_beams=num_beams,
                     max_len=code_len + 1, alpha=alpha, bos_id=bos_id, eos_id=eos_id)
   rows = jnp.where(out.scores > NEG / 2, lookup_rows(code_trie, out.sequences, eos_id), -1)
-  if first_valid:
-    pick = jnp.argmax(rows >= 0, axis=1)
-    chosen = jnp.take_along_axis(rows, pick[:, None], axis=1)[:, 0]
-  else:
-    chosen = rows[:, 0]
-  return AldOutput(chosen, out._replace(rows=rows))
+  return AldOutput(select_entity(rows, first_valid), out._replace(rows=rows))
+
+
+def select_entity(beam_rows: jax.Array, first_valid: bool = False) -> jax.Array:
+  """[B,R] rows of the beams, best first → [B]: the top beam's row, or with `first_valid`
+  the first beam whose row exists (-1 when none does)."""
+  if not first_valid:
+    return beam_rows[:, 0]
+  pick = jnp.argmax(beam_rows >= 0, axis=1)
+  return jnp.take_along_axis(beam_rows, pick[:, None], axis=1)[:, 0]
