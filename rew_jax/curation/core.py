@@ -30,7 +30,7 @@ import tenacity
 from rew_jax.curation import prompts as prompts_lib
 from rew_jax.curation import schema as schema_lib
 from rew_jax.curation.backends.base import Backend, RequestRejected, TransientError
-from rew_jax.records import Candidate, QA, RewRecord
+from rew_jax.records import Candidate, RewRecord
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,7 +65,8 @@ class Outcome:
   latency_s: float = 0.0
 
   def to_json(self) -> dict[str, Any]:
-    return dataclasses.asdict(self)
+    # Shallow on purpose (asdict deep-copies): the result is serialised at once.
+    return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
   @classmethod
   def from_json(cls, data: dict[str, Any]) -> "Outcome":
@@ -244,8 +245,11 @@ class Curator:
 
 
 def to_record(item: Item, image: bytes, out: Outcome, backend: str) -> RewRecord:
+  # Plain dicts: RewRecord checks and converts them (dataclass items cost a deep copy each).
   return RewRecord(
-      image_id=item.image_id, image=image, caption=item.caption, candidates=item.candidates,
+      image_id=item.image_id, image=image, caption=item.caption,
+      candidates=[{"entity_id": c.entity_id, "name": c.name, "score": c.score}
+                  for c in item.candidates],
       entity_id=out.entity_id, entity_name=out.entity_name, curation_status=out.status,
       backend=backend, rationale=out.rationale,
-      qa=tuple(QA(q["question"], q["answer"]) for q in out.qa))
+      qa=[{"question": q["question"], "answer": q["answer"]} for q in out.qa])

@@ -35,6 +35,7 @@ class StubServer:
 
     class Handler(http.server.BaseHTTPRequestHandler):
       protocol_version = "HTTP/1.1"
+      disable_nagle_algorithm = True  # Headers and body go out in two writes.
 
       def log_message(self, *args):
         pass

@@ -1,0 +1,182 @@
+"""Curation runner: overhead per record, and throughput against a slow LLM endpoint.
+
+    python benchmarks/curation.py --quick      # < 60 s on 2 cores
+    python benchmarks/curation.py --records 4000 --latency 0.2 --concurrency 1,8,32,128
+
+1. Overhead: `rew_jax.curation.run.curate` end to end (read candidates, image bytes, prompt,
+   "LLM" call, parse + validate, name resolution, journal line, ArrayRecord shard, manifest,
+   report) with a zero-latency backend that answers the first candidate in the real JSON
+   format. Goal: < 2 ms per record.
+2. Scaling: the `openai` backend over real HTTP against a stub server on 127.0.0.1 that
+   answers every request after `--latency` seconds (default 200 ms), at concurrency 1, 8,
+   32. Goal: records/s close to concurrency / latency.
+
+The world and its BM25 candidates are generated in a temporary directory first (not timed).
+The last stdout line is one JSON object: {"benchmark": "curation", ...}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.server
+import json
+import os
+import re
+import shutil
+import tempfile
+import threading
+import time
+
+from rew_jax import config as config_lib
+from rew_jax.curation import run
+from rew_jax.curation.backends.base import Backend, Reply
+from rew_jax.data import synthetic
+from rew_jax.kb import candidates
+
+_FIRST = re.compile(r'^1\. ("(?:[^"\\]|\\.)*")', re.MULTILINE)
+
+
+def _answer(prompt_text: str) -> str:
+  m = _FIRST.search(prompt_text)
+  name = json.loads(m.group(1)) if m else "none"
+  return json.dumps({"entity_name": name, "justification": "visible", "rationale": "r",
+                     "qa": [{"question": "What colour?", "answer": "red"}]})
+
+
+class Instant(Backend):
+  """Zero latency: answers the first candidate."""
+  name = "instant"
+
+  def generate(self, prompt, timeout_s):
+    return Reply(_answer(prompt.text), 100, 20)
+
+
+def _stub_server(latency: float):
+  class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # Headers and body go out in two writes.
+
+    def log_message(self, *args):
+      pass
+
+    def do_POST(self):
+      body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+      text = next(p["text"] for p in body["messages"][-1]["content"] if p["type"] == "text")
+      time.sleep(latency)
+      data = json.dumps({"choices": [{"message": {"content": _answer(text)},
+                                      "finish_reason": "stop"}],
+                         "usage": {"prompt_tokens": 100, "completion_tokens": 20}}).encode()
+      self.send_response(200)
+      self.send_header("Content-Type", "application/json")
+      self.send_header("Content-Length", str(len(data)))
+      self.end_headers()
+      self.wfile.write(data)
+
+  server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+  server.daemon_threads = True
+  server.block_on_close = False
+  threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+  return server
+
+
+def _make_world(root: str, num_images: int) -> None:
+  c = synthetic.default_config()
+  c.num_web_images = num_images
+  c.contact_sheet = False
+  c.oven = config_lib.ConfigDict(dict(entity_train=1, entity_val=2, entity_test=2,
+                                      query_train=1, query_val=2, query_test=2))
+  synthetic.generate(c, os.path.join(root, "world"))
+  cc = candidates.default_config()
+  cc.retrieval.method = "bm25"
+  cc.artifacts.codes = False
+  cc.data.records_per_shard = 1000
+  candidates.run_candidates(cc, root, log=lambda *_: None)
+
+
+def _subset(root: str, n: int, out: str) -> str:
+  """A candidates directory holding the first n lines of the world's candidates."""
+  os.makedirs(out, exist_ok=True)
+  lines = []
+  for name in sorted(os.listdir(os.path.join(root, "candidates"))):
+    if name.startswith("candidates-") and name.endswith(".jsonl"):
+      lines += open(os.path.join(root, "candidates", name)).readlines()
+  with open(os.path.join(out, "candidates-00000-of-00001.jsonl"), "w") as f:
+    f.writelines(lines[:n])
+  return out
+
+
+def _config(backend: str, concurrency: int, cand_dir: str, root: str):
+  config = config_lib.ConfigDict()
+  config.curation = run.default_config()
+  config.curation.backend = backend
+  config.curation.concurrency = concurrency
+  config.curation.candidates_dir = cand_dir
+  m = json.load(open(os.path.join(root, "candidates", "manifest.json")))
+  config.curation.kb_source = m["kb"]["path"]
+  config.curation.kb_index_dir = m["kb"]["index_dir"]
+  config.curation.image_root = os.path.join(root, "world")
+  config.curation.report_examples = 0
+  return config
+
+
+def _timed_curate(config, workdir, backend=None) -> float:
+  shutil.rmtree(workdir, ignore_errors=True)
+  start = time.perf_counter()
+  run.curate(config, workdir, backend=backend, verbose=False)
+  return time.perf_counter() - start
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--quick", action="store_true")
+  parser.add_argument("--records", type=int, default=4000, help="records for the overhead run")
+  parser.add_argument("--latency", type=float, default=0.2)
+  parser.add_argument("--concurrency", default="1,8,32")
+  args = parser.parse_args()
+  num = 1000 if args.quick else args.records
+  levels = [int(x) for x in args.concurrency.split(",")]
+  root = tempfile.mkdtemp(prefix="bench_curation_")
+  try:
+    _make_world(root, max(num, 40 * max(levels)))
+    # 1. Overhead with a zero-latency backend (second run: the first pays KB/BM25 opening).
+    cand = _subset(root, num, os.path.join(root, "cand_overhead"))
+    cfg = _config("simulated", 1, cand, root)
+    _timed_curate(cfg, os.path.join(root, "w_warm"), Instant())
+    overhead = {}
+    for conc in (1, 4):
+      cfg.curation.concurrency = conc
+      seconds = _timed_curate(cfg, os.path.join(root, f"w_overhead_{conc}"), Instant())
+      overhead[conc] = 1000 * seconds / num
+      print(f"overhead, concurrency {conc}: {num} records in {seconds:.2f} s → "
+            f"{overhead[conc]:.3f} ms/record")
+    # 2. Throughput against a 200 ms endpoint over HTTP.
+    server = _stub_server(args.latency)
+    url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+    rps = {}
+    for conc in levels:
+      n = max(10, int(conc * 10 if args.quick else conc * 20))
+      cand = _subset(root, n, os.path.join(root, f"cand_{conc}"))
+      cfg = _config("openai", conc, cand, root)
+      cfg.curation.openai = dict(base_url=url, model="stub")
+      seconds = _timed_curate(cfg, os.path.join(root, f"w_http_{conc}"))
+      rps[conc] = n / seconds
+      print(f"{args.latency * 1000:.0f} ms endpoint, concurrency {conc:>3}: {n} records in "
+            f"{seconds:.2f} s → {rps[conc]:.1f} records/s (ideal {conc / args.latency:.1f})")
+    server.shutdown()
+  finally:
+    shutil.rmtree(root, ignore_errors=True)
+  best = min(overhead.values())
+  print(json.dumps({
+      "benchmark": "curation", "quick": args.quick, "overhead_records": num,
+      "overhead_ms_per_record": round(best, 3),
+      "overhead_ms_per_record_by_concurrency": {str(k): round(v, 3) for k, v in overhead.items()},
+      "overhead_goal_ms": 2.0, "latency_s": args.latency,
+      "records_per_s": {str(k): round(v, 2) for k, v in rps.items()},
+      "ideal_records_per_s": {str(k): round(k / args.latency, 2) for k in rps},
+      "scaling_efficiency": {str(k): round(v * args.latency / k, 3) for k, v in rps.items()},
+  }))
+
+
+if __name__ == "__main__":
+  main()
