@@ -117,8 +117,7 @@ def curate(config, workdir: str, *, pipeline_args: Sequence[str] = (), restart: 
   c = config.curation
   paths = run._paths(c, workdir)  # pylint: disable=protected-access
   shards = inputs.candidate_shards(paths["candidates"])
-  state = {"config_hash": run.curation_hash(config), "backend": c.backend,
-           "inputs": [os.path.basename(p) for p in shards]}
+  state = run.run_state(config, shards)
   journal_dir = os.path.join(paths["curation"], run.JOURNAL_DIR)
   os.makedirs(paths["curation"], exist_ok=True)
   run._check_state(os.path.join(paths["curation"], run.STATE_NAME), state, restart,  # pylint: disable=protected-access

@@ -121,6 +121,12 @@ def curation_hash(config) -> str:
   return records_lib.config_hash(c)
 
 
+def run_state(config, shards: Sequence[str]) -> dict:
+  """What a workdir's records depend on: the curation config and the input shards."""
+  return {"config_hash": curation_hash(config), "backend": config.curation.backend,
+          "inputs": [[os.path.basename(p), os.path.getsize(p)] for p in shards]}
+
+
 # ------------------------------------------------------------------------------ journal
 
 
@@ -169,6 +175,10 @@ def _check_state(path: str, state: dict, restart: bool, out_dir: str, journal_di
           f"{os.path.dirname(path)} holds records curated with another config "
           f"(hash {old.get('config_hash')}, now {state['config_hash']}); use a new --workdir "
           "or pass --restart to discard them")
+    if old.get("inputs") != state["inputs"]:
+      raise ConfigError(
+          f"{os.path.dirname(path)} holds records of other candidate shards (names or sizes "
+          "differ); use a new --workdir or pass --restart to discard them")
   if restart:
     for d in (out_dir, journal_dir):
       shutil.rmtree(d, ignore_errors=True)
@@ -187,6 +197,12 @@ def curate_shard(items: Sequence[core.Item], curator: core.Curator, image_root: 
                  progress=None) -> tuple[dict[int, core.Outcome], list[str]]:
   """Curates the items that have no journal entry yet; → (all outcomes, failures)."""
   done = read_journal(journal_path)
+  by_index = {it.index: it for it in items}
+  for index, out in done.items():
+    if index not in by_index or by_index[index].image_id != out.image_id:
+      raise inputs.InputError(f"{journal_path}: entry for line {index + 1} is image "
+                              f"{out.image_id!r}, but the input has another; the candidates "
+                              "changed since this run started (use --restart)")
   todo = [it for it in items if it.index not in done]
   failures = []
   if not todo:
@@ -254,8 +270,7 @@ def curate(config, workdir: str, *, restart: bool = False, backend=None,
   journal_dir = os.path.join(paths["curation"], JOURNAL_DIR)
   os.makedirs(paths["curation"], exist_ok=True)
   shards = inputs.candidate_shards(paths["candidates"])
-  state = {"config_hash": curation_hash(config), "backend": c.backend,
-           "inputs": [os.path.basename(p) for p in shards]}
+  state = run_state(config, shards)
   _check_state(os.path.join(paths["curation"], STATE_NAME), state, restart, paths["out"],
                journal_dir)
   backend = backend or make_backend(config, workdir)
