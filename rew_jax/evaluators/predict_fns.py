@@ -1,0 +1,101 @@
+"""The GiT prediction functions the evaluators call, by name (`pred` in an evals block).
+
+Dimensions: B batch, R beams, T generated length, C classes, L class-name length + 1 (EOS),
+V vocabulary, D embedding width.
+
+All are pure and un-jitted, `fn(params, batch, **kw) -> dict of arrays`; the caller jits
+them (e.g. `jax.jit(fn)`; a trie passed as keyword is a pytree and traces like an array).
+Batches carry `image` float32 [B, H, W, 3] and `prompt` int32 [B, P].
+
+  decode_rows       KB-constrained beam search over the name trie → rows [B, R] (KB rows)
+  ald_rows          GER-ALD: unconstrained beam search of code_len + 1 steps, code → row
+  generate          unconstrained beam search → tokens [B, R, T] (for `codes` / `text`)
+  class_rows        constrained beam search over a trie given per call (zero-shot classes)
+  class_likelihood  log p(class name + EOS | image, prompt) → scores [B, C]
+  embed             image embedding [B, D] (the ViT's class token) for kNN matching
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from rew_jax.kb import trie as trie_lib
+from rew_jax.models import decoding
+from rew_jax.models import git as git_lib
+
+
+def class_log_likelihood(model, params, images, prompt_tokens, class_tokens, *,
+                         length_norm: bool = False, bos_id: int = git_lib.BOS_ID):
+  """float32 [B, C]: summed (or, with `length_norm`, mean) log-probability of each class's
+  tokens (class_tokens int32 [C, L]: tokens, EOS, then 0-padding) after the image and prompt.
+
+  The image and prompt are encoded once (prefill); the C names are teacher-forced as C
+  "beams" of the KV cache, one decoder step per position.
+  """
+  num_classes, length = class_tokens.shape
+  cache = model.apply(params, images, prompt_tokens, method=git_lib.GiT.prefill)
+  cache = git_lib.init_target_cache(cache, num_classes, length)
+  inputs = jnp.concatenate([jnp.full((num_classes, 1), bos_id, jnp.int32),
+                            class_tokens[:, :-1].astype(jnp.int32)], axis=1)
+  batch = images.shape[0]
+
+  def step(cache, i):
+    tokens = jnp.broadcast_to(inputs[:, i], (batch, num_classes))
+    logits, cache = model.apply(params, tokens, cache, i, method=git_lib.GiT.decode_step)
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)  # [B, C, V]
+    target = class_tokens[:, i]
+    picked = jnp.take_along_axis(logp, jnp.broadcast_to(target[None, :, None],
+                                                        (batch, num_classes, 1)), axis=-1)[..., 0]
+    return cache, jnp.where(target[None] != git_lib.PAD_ID, picked, 0.0)
+
+  _, per_step = jax.lax.scan(step, cache, jnp.arange(length))
+  total = per_step.sum(axis=0)
+  if length_norm:
+    total = total / jnp.maximum((class_tokens != git_lib.PAD_ID).sum(axis=1), 1)[None]
+  return total
+
+
+def make(model, *, name_trie: trie_lib.TokenTrie | None = None,
+         code_trie: trie_lib.TokenTrie | None = None, code_len: int = 3, num_beams: int = 4,
+         max_len: int | None = None, alpha: float = 0.6, first_valid: bool = False,
+         length_norm: bool = False) -> dict[str, Callable]:
+  """name → prediction function for `model` (a `GiT`); functions needing an absent trie
+  are left out. `max_len` defaults to the model's max_target_len."""
+  max_len = max_len or git_lib.parse_config(model.config).max_target_len
+  fns: dict[str, Callable] = {}
+
+  def generate(params, batch):
+    out = decoding.beam_search(model, params, batch["image"], batch["prompt"],
+                               num_beams=num_beams, max_len=max_len, alpha=alpha)
+    return {"tokens": out.sequences, "scores": out.scores}
+
+  def class_rows(params, batch, *, trie):
+    out = decoding.constrained_beam_search(model, params, batch["image"], batch["prompt"], trie,
+                                           num_beams=num_beams, max_len=max_len, alpha=alpha)
+    return {"rows": out.rows, "scores": out.scores}
+
+  def class_likelihood(params, batch, *, class_tokens):
+    return {"scores": class_log_likelihood(model, params, batch["image"], batch["prompt"],
+                                           jnp.asarray(class_tokens), length_norm=length_norm)}
+
+  def embed(params, batch):
+    tokens = model.apply(params, batch["image"], method=lambda m, x: m.encoder(x))
+    return {"embedding": tokens[:, 0]}
+
+  fns.update(generate=generate, class_rows=class_rows, class_likelihood=class_likelihood,
+             embed=embed)
+  if name_trie is not None:
+    fns["decode_rows"] = lambda params, batch: class_rows(params, batch, trie=name_trie)
+  if code_trie is not None:
+
+    def ald_rows(params, batch):
+      out = decoding.ald_decode(model, params, batch["image"], batch["prompt"], code_trie,
+                                code_len=code_len, num_beams=num_beams, alpha=alpha,
+                                first_valid=first_valid)
+      return {"rows": out.rows, "tokens": out.beams.sequences}
+
+    fns["ald_rows"] = ald_rows
+  return fns
