@@ -1,0 +1,304 @@
+"""GiT train step and beam decoding, side by side with HF transformers GIT (torch CPU).
+
+    python benchmarks/model.py --quick     # < 60 s on 2 cores (a small GiT)
+    python benchmarks/model.py             # ViT-B/16 at 224 + 6-layer decoder, batch 8
+
+Both sides get the same architecture, batch and sequence lengths, randomly initialised:
+  (a) train step throughput, examples/s: forward + backward + AdamW update (dropout on);
+  (b) beam-4 decoding throughput, generated tokens/s, every hypothesis run to max_len
+      (ours: KV cache, image encoded once per example; HF: `generate(num_beams=4)`);
+  (c) peak resident memory of each side's process (MiB), measured in separate processes so
+      that neither side's allocations count against the other.
+On a GPU/TPU (`--mfu`) the script instead reports the MFU of GiT-Large train steps.
+The last stdout line is one JSON object: {"benchmark", per figure {"ours", "baseline",
+"speedup"}, ...}. torch and transformers are the `test` extra; without them the baseline
+figures are null.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+QUICK = dict(variant="Ti/16", image_size=96, vit=dict(depth=4),
+             decoder=dict(num_layers=2, hidden_size=256, num_heads=4, mlp_dim=1024),
+             batch=8, target_len=12, decode_len=6, train_steps=2, decode_reps=1)
+FULL = dict(variant="B/16", image_size=224, vit=dict(),
+            decoder=dict(num_layers=6, hidden_size=768, num_heads=12, mlp_dim=3072),
+            batch=8, target_len=20, decode_len=10, train_steps=4, decode_reps=2)
+VOCAB, BOS, EOS = 30522, 101, 102
+
+
+def model_config(setup):
+  return dict(variant=setup["variant"], image_size=setup["image_size"], vit=setup["vit"],
+              decoder=dict(setup["decoder"], dropout=0.1), vocab_size=VOCAB,
+              max_prompt_len=1, max_target_len=max(setup["target_len"], setup["decode_len"]))
+
+
+def data(setup, seed=0):
+  rng = np.random.default_rng(seed)
+  b, s = setup["batch"], setup["image_size"]
+  images = rng.normal(size=(b, s, s, 3)).astype(np.float32)
+  ids = rng.integers(1000, VOCAB, size=(b, setup["target_len"] + 1)).astype(np.int32)
+  ids[:, 0] = BOS
+  return images, ids
+
+
+def peak_rss_mib():
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# ---------------------------------------------------------------------------------------------
+# Ours.
+
+
+def run_ours(setup):
+  import functools
+
+  import flax.linen as nn
+  import jax
+  import jax.numpy as jnp
+  import optax
+
+  from rew_jax.models import decoding, git
+
+  config = model_config(setup)
+  model = git.GiT(config)
+  images, ids = data(setup)
+  prompt = np.zeros((setup["batch"], 1), np.int32)
+  params = nn.unbox(jax.jit(model.init)(jax.random.key(0), images[:1], prompt[:1],
+                                        ids[:1, :-1]))
+  tx = optax.adamw(1e-4)
+  opt_state = tx.init(params)
+
+  def loss_fn(p, rng):
+    logits = model.apply(p, images, prompt, ids[:, :-1], train=True, rngs={"dropout": rng})
+    return optax.softmax_cross_entropy_with_integer_labels(logits, ids[:, 1:]).mean()
+
+  @functools.partial(jax.jit, donate_argnums=(0, 1))
+  def train_step(p, o, rng):
+    loss, grads = jax.value_and_grad(loss_fn)(p, rng)
+    updates, o = tx.update(grads, o, p)
+    return optax.apply_updates(p, updates), o, loss
+
+  rng = jax.random.key(1)
+  params, opt_state, loss = train_step(params, opt_state, rng)  # Compile.
+  jax.block_until_ready(loss)
+  start = time.perf_counter()
+  for i in range(setup["train_steps"]):
+    params, opt_state, loss = train_step(params, opt_state, jax.random.fold_in(rng, i))
+  jax.block_until_ready(loss)
+  train_s = (time.perf_counter() - start) / setup["train_steps"]
+
+  # eos_id -1 matches no token: every beam runs to max_len, as min_new_tokens does for HF.
+  beam = jax.jit(functools.partial(decoding.beam_search, model, num_beams=4,
+                                   max_len=setup["decode_len"], eos_id=-1))
+  jax.block_until_ready(beam(params, images, prompt))  # Compile.
+  start = time.perf_counter()
+  for _ in range(setup["decode_reps"]):
+    out = jax.block_until_ready(beam(params, images, prompt))
+  decode_s = (time.perf_counter() - start) / setup["decode_reps"]
+  del out
+  return dict(train_examples_per_s=setup["batch"] / train_s,
+              decode_tokens_per_s=setup["batch"] * setup["decode_len"] / decode_s,
+              peak_rss_mib=peak_rss_mib(), loss=float(loss))
+
+
+# ---------------------------------------------------------------------------------------------
+# HF transformers GIT.
+
+
+def run_hf(setup):
+  import torch
+  import transformers
+
+  dec, patch = setup["decoder"], int(setup["variant"].split("/")[1])
+  from rew_jax.models import git
+  vit = git.parse_config(model_config(setup)).vit
+  config = transformers.GitConfig(
+      vision_config=dict(hidden_size=vit.width, intermediate_size=vit.mlp_dim,
+                         num_hidden_layers=vit.depth, num_attention_heads=vit.num_heads,
+                         image_size=setup["image_size"], patch_size=patch),
+      hidden_size=dec["hidden_size"], num_hidden_layers=dec["num_layers"],
+      num_attention_heads=dec["num_heads"], intermediate_size=dec["mlp_dim"],
+      vocab_size=VOCAB, max_position_embeddings=64, hidden_dropout_prob=0.1,
+      attention_probs_dropout_prob=0.0)
+  torch.manual_seed(0)
+  model = transformers.GitForCausalLM(config)
+  images, ids = data(setup)
+  pixels = torch.tensor(images.transpose(0, 3, 1, 2))
+  ids = torch.tensor(ids, dtype=torch.long)
+  opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+  model.train()
+
+  def step():
+    loss = model(input_ids=ids, pixel_values=pixels, labels=ids).loss
+    loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return float(loss)
+
+  step()  # Warm-up.
+  start = time.perf_counter()
+  for _ in range(setup["train_steps"]):
+    loss = step()
+  train_s = (time.perf_counter() - start) / setup["train_steps"]
+
+  model.eval()
+  n = setup["decode_len"]
+  gen = lambda: model.generate(pixel_values=pixels, input_ids=ids[:, :1], num_beams=4,
+                               max_new_tokens=n, min_new_tokens=n, do_sample=False,
+                               eos_token_id=EOS, pad_token_id=0)
+  with torch.no_grad():
+    gen()  # Warm-up.
+    start = time.perf_counter()
+    for _ in range(setup["decode_reps"]):
+      gen()
+  decode_s = (time.perf_counter() - start) / setup["decode_reps"]
+  return dict(train_examples_per_s=setup["batch"] / train_s,
+              decode_tokens_per_s=setup["batch"] * n / decode_s,
+              peak_rss_mib=peak_rss_mib(), loss=loss)
+
+
+# ---------------------------------------------------------------------------------------------
+# MFU on an accelerator.
+
+PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12,
+             "TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12,
+             "TPU v6 lite": 918e12, "TPU v6e": 918e12}
+
+
+def run_mfu(batch, steps):
+  import functools
+
+  import jax
+  import optax
+
+  from rew_jax import sharding
+  from rew_jax.models import flops, git
+
+  config = git.default_config()
+  config.dtype, config.remat = "bfloat16", True
+  model = git.GiT(config)
+  spec = git.parse_config(config)
+  mesh = sharding.make_mesh({"fsdp": -1})
+  rules = sharding.DEFAULT_RULES
+  images, prompt, target = git.dummy_inputs(spec, batch)
+  params, shardings = sharding.init_sharded(model, jax.random.key(0), images[:1], prompt[:1],
+                                            target[:1], mesh=mesh, rules=rules)
+  tx = optax.adamw(1e-5)
+  opt_state = tx.init(params)
+  batch_arrays = sharding.host_batch_to_global(
+      dict(images=np.asarray(images), prompt=np.asarray(prompt),
+           target=np.ones(target.shape, np.int32)), mesh)
+
+  def loss_fn(p, b, rng):
+    logits = model.apply(p, b["images"], b["prompt"], b["target"], train=True,
+                         rngs={"dropout": rng})
+    return optax.softmax_cross_entropy_with_integer_labels(logits, b["target"]).mean()
+
+  @functools.partial(jax.jit, donate_argnums=(0, 1))
+  def train_step(p, o, b, rng):
+    loss, grads = jax.value_and_grad(loss_fn)(p, b, rng)
+    updates, o = tx.update(grads, o, p)
+    return optax.apply_updates(p, updates), o, loss
+
+  with sharding.use(mesh, rules):
+    params, opt_state, loss = train_step(params, opt_state, batch_arrays, jax.random.key(1))
+    jax.block_until_ready(loss)
+    start = time.perf_counter()
+    for i in range(steps):
+      params, opt_state, loss = train_step(params, opt_state, batch_arrays, jax.random.key(i))
+    jax.block_until_ready(loss)
+  step_s = (time.perf_counter() - start) / steps
+  kind = jax.devices()[0].device_kind
+  peak = next((v for k, v in PEAK_BF16.items() if k in kind), None)
+  achieved = flops.train_flops_per_example(config) * batch / step_s / jax.device_count()
+  return dict(device=kind, devices=jax.device_count(), batch=batch, step_s=step_s,
+              tflops_per_device=achieved / 1e12,
+              mfu=(achieved / peak) if peak else None)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def child(side, quick):
+  setup = QUICK if quick else FULL
+  out = run_ours(setup) if side == "ours" else run_hf(setup)
+  print(json.dumps(out))
+
+
+def run_side(side, quick):
+  cmd = [sys.executable, __file__, "--side", side] + (["--quick"] if quick else [])
+  env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+  proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+  if proc.returncode:
+    sys.stderr.write(proc.stderr[-3000:])
+    return None
+  return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--quick", action="store_true")
+  parser.add_argument("--side", choices=["ours", "hf"], help=argparse.SUPPRESS)
+  parser.add_argument("--mfu", action="store_true", help="GiT-Large MFU on an accelerator")
+  parser.add_argument("--batch", type=int, default=256)
+  args = parser.parse_args(argv)
+  if args.side:
+    child(args.side, args.quick)
+    return 0
+  if args.mfu:
+    result = run_mfu(args.batch, steps=3 if args.quick else 10)
+    print(json.dumps(dict(benchmark="model_mfu", **result)))
+    return 0
+
+  setup = QUICK if args.quick else FULL
+  start = time.perf_counter()
+  ours = run_side("ours", args.quick)
+  try:
+    import torch  # noqa: F401
+    import transformers  # noqa: F401
+    hf = run_side("hf", args.quick)
+  except ImportError:
+    print("torch/transformers missing (pip install -e .[test]): no baseline")
+    hf = None
+  if ours is None:
+    raise SystemExit("our side failed (see stderr)")
+
+  def figure(key, higher_is_better=True):
+    base = hf[key] if hf else None
+    speed = None
+    if base:
+      speed = ours[key] / base if higher_is_better else base / ours[key]
+    return dict(ours=round(ours[key], 2), baseline=None if base is None else round(base, 2),
+                speedup=None if speed is None else round(speed, 2))
+
+  result = dict(
+      benchmark="model", mode="quick" if args.quick else "full",
+      config=dict(variant=setup["variant"], image_size=setup["image_size"],
+                  decoder_layers=setup["decoder"]["num_layers"],
+                  decoder_width=setup["decoder"]["hidden_size"], batch=setup["batch"],
+                  target_len=setup["target_len"], decode_len=setup["decode_len"], beams=4),
+      train_examples_per_s=figure("train_examples_per_s"),
+      decode_tokens_per_s=figure("decode_tokens_per_s"),
+      peak_rss_mib=figure("peak_rss_mib", higher_is_better=False),
+      baseline_name="transformers GitForCausalLM (torch CPU)",
+      wall_s=round(time.perf_counter() - start, 1))
+  for key in ("train_examples_per_s", "decode_tokens_per_s", "peak_rss_mib"):
+    f = result[key]
+    print(f"{key:24s} ours {f['ours']:>10} baseline {f['baseline']!s:>10} "
+          f"speedup {f['speedup']}")
+  print(json.dumps(result))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
