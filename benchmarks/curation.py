@@ -11,7 +11,7 @@
    answers every request after `--latency` seconds (default 200 ms), at concurrency 1, 8,
    32. Goal: records/s close to concurrency / latency.
 
-The world and its BM25 candidates are generated in a temporary directory first (not timed).
+The world and its BM25 candidates are built in a temporary directory first (not timed).
 The last stdout line is one JSON object: {"benchmark": "curation", ...}.
 """
 

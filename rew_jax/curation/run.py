@@ -4,7 +4,7 @@
 
 Layout under W (directories configurable in `config.curation`):
 
-    world/                       the embedded world (generated when the config has `world`)
+    world/                       the embedded world (made when the config has `world`)
     candidates/                  candidate shards (`rew_jax.kb.candidates`; run when missing)
     kb/                          the KB index the candidates step built (reused here)
     records/rew-0000i.array_record + manifest.json     the output (one shard per input shard)

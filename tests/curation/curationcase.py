@@ -1,4 +1,4 @@
-"""Helpers of the curation tests: a tiny world with BM25 candidates, curate configs."""
+"""Shared pieces of the curation tests: a tiny world with BM25 candidates, curate configs."""
 
 import os
 

@@ -256,3 +256,47 @@ def test_cli(world, tmp_path, capsys):
   assert cli.main(["curate", "--config", str(config_path), "--workdir", work,
                    "--config.curation.num_qaa=2"]) == 2
   assert "num_qa" in capsys.readouterr().err
+
+
+def test_rate_limiter_spaces_calls_across_threads():
+  import threading
+  from rew_jax.curation import core
+  limiter = core.RateLimiter(per_s=100.0)
+  stamps = []
+  lock = threading.Lock()
+
+  def call():
+    limiter.acquire()
+    with lock:
+      stamps.append(time.monotonic())
+
+  threads = [threading.Thread(target=call) for _ in range(8)]
+  start = time.monotonic()
+  for t in threads:
+    t.start()
+  for t in threads:
+    t.join()
+  assert max(stamps) - start >= 0.065  # 8 calls at 100/s: the last waits ~70 ms.
+
+
+def test_backoff_honours_retry_after(world):
+  from rew_jax.curation import core
+  sleeps = []
+  sim = SimulatedLLM(world_dir=os.path.join(world, "world"), malformed=0.0, refusal=0.0)
+  ids = input_ids(world)
+  flaky = Flaky(sim, {ids[0]}, fail_first=2)
+  orig = flaky.generate
+
+  def generate(prompt, timeout_s):
+    try:
+      return orig(prompt, timeout_s)
+    except TransientError as e:
+      raise TransientError(e.kind, "429", retry_after=1.5) from None
+
+  flaky.generate = generate
+  m = json.load(open(os.path.join(world, "candidates", "manifest.json")))
+  kb = inputs.KBLookup.open(m["kb"]["path"], m["kb"]["index_dir"])
+  settings = core.Settings(backoff_initial_s=0.01, backoff_max_s=2.0, max_attempts=3)
+  item = inputs.read_items(inputs.candidate_shards(os.path.join(world, "candidates"))[0])[0]
+  out = core.Curator(flaky, kb, settings, sleep=sleeps.append).curate(item, b"\xff\xd8")
+  assert out.retries == 2 and sleeps == [1.5, 1.5]
