@@ -10,6 +10,7 @@ Layout under W (directories configurable in `config.curation`):
     records/rew-0000i.array_record + manifest.json     the output (one shard per input shard)
     curation/journal/<input shard>.jsonl               per-record journal
     curation/state.json, report.json, report.md, thumbs/
+    (with curation.out_dir=D: records in D, the rest in D_curation)
 
 Exactly once, resumable. Input shard i becomes output shard i. Each curated record is
 appended to the shard's journal (one JSON line, flushed) as soon as its LLM calls finish;
@@ -71,7 +72,7 @@ def default_config() -> config_lib.ConfigDict:
   c.prompts = config_lib.ConfigDict(dict(verify="", rationale="", qa="", one_call="",
                                          direct=""))  # "" keeps the default template.
   c.candidates_dir = ""          # Default: W/candidates.
-  c.out_dir = ""                 # Default: W/records.
+  c.out_dir = ""                 # Default: W/records (state and report: W/curation).
   c.kb_source = ""               # Default: the candidates manifest's, else W/world/kb/...
   c.kb_index_dir = ""            # Default: the candidates manifest's, else W/kb.
   c.image_root = ""              # For relative image paths; default: W/world.
@@ -90,7 +91,10 @@ def _paths(c, workdir: str) -> dict[str, str]:
       "world": world,
       "candidates": c.candidates_dir or os.path.join(workdir, "candidates"),
       "out": c.out_dir or os.path.join(workdir, "records"),
-      "curation": os.path.join(workdir, "curation"),
+      # State, journals and report: W/curation beside the default W/records, else
+      # <out_dir>_curation, so that several curations (e.g. baseline and REW) share a W.
+      "curation": (os.path.normpath(c.out_dir) + "_curation" if c.out_dir
+                   else os.path.join(workdir, "curation")),
       "kb_source": c.kb_source or os.path.join(world, "kb", "Wiki6M_ver_1_0.jsonl.gz"),
       "kb_index": c.kb_index_dir or os.path.join(workdir, "kb"),
       "truth": c.truth_path or os.path.join(world, "truth", "web_truth.jsonl"),
@@ -368,6 +372,6 @@ def main(argv: Sequence[str]) -> int:
   ensure_candidates(config, args.workdir)
   report = curate(config, args.workdir, restart=args.restart, verbose=not args.quiet)
   print(report_lib.summary_line(report))
-  print(f"records: {_paths(config.curation, args.workdir)['out']}; report: "
-        f"{os.path.join(args.workdir, 'curation', 'report.md')}")
+  paths = _paths(config.curation, args.workdir)
+  print(f"records: {paths['out']}; report: {os.path.join(paths['curation'], 'report.md')}")
   return 0

@@ -300,3 +300,14 @@ def test_backoff_honours_retry_after(world):
   item = inputs.read_items(inputs.candidate_shards(os.path.join(world, "candidates"))[0])[0]
   out = core.Curator(flaky, kb, settings, sleep=sleeps.append).curate(item, b"\xff\xd8")
   assert out.retries == 2 and sleeps == [1.5, 1.5]
+
+
+def test_baseline_and_rew_share_a_workdir(world, tmp_path):
+  work = link_inputs(world, tmp_path / "w")
+  base = run.curate(curate_config("top1_candidate", out_dir=os.path.join(work, "baseline")),
+                    work, verbose=False)
+  rew = run.curate(curate_config(), work, verbose=False)
+  assert base["counts_by_status"].get("candidate") and "candidate" not in rew["counts_by_status"]
+  assert os.path.isfile(os.path.join(work, "baseline_curation", "report.md"))
+  assert os.path.isfile(os.path.join(work, "curation", "report.md"))
+  assert len(list(records.read_records(os.path.join(work, "baseline")))) == NUM_IMAGES
