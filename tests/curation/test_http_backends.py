@@ -92,7 +92,9 @@ def test_openai_wire_format(openai_stub, monkeypatch):
   assert body["model"] == "gemma-3"
   fmt = body["response_format"]
   assert fmt["type"] == "json_schema" and fmt["json_schema"]["strict"] is True
-  assert fmt["json_schema"]["schema"]["required"] == ["entity_name"]
+  schema = fmt["json_schema"]["schema"]
+  assert schema["required"] == ["entity_name", "justification", "rationale", "qa"]  # All.
+  assert schema["additionalProperties"] is False and "default" not in json.dumps(schema)
   image = next(p for p in body["messages"][0]["content"] if p["type"] == "image_url")
   url = image["image_url"]["url"]
   assert url.startswith("data:image/jpeg;base64,")

@@ -67,7 +67,7 @@ class OpenAICompatible(base.Backend):
             "temperature": self.cfg["temperature"], "max_tokens": self.cfg["max_tokens"]}
     if self.cfg["structured_output"]:
       body["response_format"] = {"type": "json_schema", "json_schema": {
-          "name": prompt.kind, "schema": prompt.json_schema(), "strict": True}}
+          "name": prompt.kind, "schema": strict_schema(prompt.json_schema()), "strict": True}}
     return body
 
   def generate(self, prompt: Prompt, timeout_s: float) -> base.Reply:
@@ -99,6 +99,20 @@ class OpenAICompatible(base.Backend):
     session = getattr(self._local, "session", None)
     if session is not None:
       session.close()
+
+
+def strict_schema(node):
+  """The form strict structured output accepts: every object closed, every property required
+  (our optional fields then come back filled, possibly empty), no defaults."""
+  if isinstance(node, dict):
+    node = {k: strict_schema(v) for k, v in node.items() if k != "default"}
+    if node.get("type") == "object":
+      node["required"] = list(node.get("properties", {}))
+      node["additionalProperties"] = False
+    return node
+  if isinstance(node, list):
+    return [strict_schema(v) for v in node]
+  return node
 
 
 def _int(value) -> int:
