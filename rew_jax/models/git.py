@@ -168,8 +168,8 @@ class GiT(nn.Module):
     positions = cache["prompt_len"][:, None] + decode_index
     x = self.embed(tokens, jnp.broadcast_to(positions, tokens.shape))
     layer_cache = {k: cache[k] for k in ("prefix_k", "prefix_v", "k", "v")}
-    x, layer_cache = self.decoder(x, cache["prefix_mask"], layer_cache, decode_index)
-    return self.logits(x), dict(cache, **layer_cache)
+    x, updated = self.decoder(x, cache["prefix_mask"], layer_cache, decode_index)
+    return self.logits(x), dict(cache, **updated)
 
 
 def init_target_cache(prefix: Mapping[str, jax.Array], num_beams: int, max_len: int,

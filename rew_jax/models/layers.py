@@ -158,7 +158,7 @@ class MultiHeadAttention(nn.Module):
     probs_p, probs_t = jnp.split(probs, [logits_p.shape[-1]], axis=-1)
     y = (jnp.einsum("brhl,blhk->brhk", probs_p.astype(v.dtype), cache["prefix_v"]) +
          jnp.einsum("brht,brthk->brhk", probs_t.astype(v.dtype), cache_v))
-    return y, dict(cache, k=cache_k, v=cache_v)
+    return y, dict(k=cache_k, v=cache_v)  # The prefix is read-only: not returned.
 
 
 class Mlp(nn.Module):

@@ -104,7 +104,7 @@ class DecoderStack(nn.Module):
 
   full:   x [B,S,D], mask [B,1,S,S], cache None → (x, {k, v: [NL,B,S,H,K]})
   decode: x [B,R,D], mask = prefix validity [B,L], cache {prefix_k, prefix_v:
-          [NL,B,L,H,K], k, v: [NL,B,R,T,H,K]}, decode_index int → (x, updated cache)
+          [NL,B,L,H,K], k, v: [NL,B,R,T,H,K]}, decode_index int → (x, {k, v} updated)
   """
   spec: DecoderSpec
   dtype: layers.Dtype = jnp.float32

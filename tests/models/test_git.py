@@ -139,10 +139,14 @@ def test_scan_and_remat_equal_unrolled(tiny, forward):
                              rtol=1e-4, atol=1e-6)
 
 
-def test_cache_equals_no_cache(tiny, forward):
+@pytest.mark.parametrize("scan", [False, True])
+def test_cache_equals_no_cache(tiny, forward, scan):
   """Feeding the targets one by one through the KV cache gives the full-forward logits."""
-  model, params, (images, prompts, targets) = tiny
-  full = np.asarray(forward(params, images, prompts, targets))
+  _, params, (images, prompts, targets) = tiny
+  model = git.GiT(tiny_config(scan_layers=scan))
+  if scan:
+    params = {"params": convert.scan_params(jax.tree.map(np.asarray, params["params"]))}
+  full = np.asarray(jax.jit(model.apply)(params, images, prompts, targets))
   cache = jax.jit(lambda p, i, t: model.apply(p, i, t, method=git.GiT.prefill))(
       params, images, prompts)
   cache = git.init_target_cache(cache, 1, targets.shape[1])
