@@ -133,21 +133,20 @@ def curate(config, workdir: str, *, pipeline_args: Sequence[str] = (), restart: 
   manifest = records_lib.describe_shards(paths["out"], names, source=c.source,
                                          curation_config_hash=state["config_hash"])
   manifest.save(paths["out"])
-  items, outcomes = [], {}
+  settings = core.Settings.from_config(c)
+  builder = report_lib.ReportBuilder(
+      backend=c.backend, mode=settings.mode, truth_path=paths["truth"],
+      price_in=c.price_per_mtok_in, price_out=c.price_per_mtok_out,
+      num_examples=c.report_examples)
+  skipped = records_lib.SkipCounter() if c.skip_bad_inputs else None
   for path in shards:
-    shard_items = inputs.read_items(path, records_lib.SkipCounter() if c.skip_bad_inputs
-                                    else None)
     done = run.read_journal(os.path.join(journal_dir, os.path.basename(path)))
-    items += shard_items
-    outcomes.update({(it.shard, it.index): done[it.index] for it in shard_items
-                     if it.index in done})
-  image_root = c.image_root or paths["world"]
-  report = report_lib.build(items, outcomes, backend=c.backend,
-                            mode=core.Settings.from_config(c).mode, manifest=manifest,
-                            truth_path=paths["truth"], price_in=c.price_per_mtok_in,
-                            price_out=c.price_per_mtok_out, seconds=time.time() - start)
-  report_lib.write(report, paths["curation"], items, outcomes, image_root,
-                   num_examples=c.report_examples)
+    for item in inputs.read_items(path, skipped):
+      if item.index in done:
+        builder.add(item, done[item.index])
+  report = builder.finish(manifest, skipped=skipped, seconds=time.time() - start)
+  report_lib.write(report, paths["curation"], builder.chosen_examples(),
+                   c.image_root or paths["world"])
   return report
 
 

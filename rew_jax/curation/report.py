@@ -31,66 +31,89 @@ def _read_truth(path: str) -> dict[str, str]:
     return {r["image_id"]: r["entity_id"] for r in map(json.loads, f) if r}
 
 
-def accuracy(items: Sequence[Item], outcomes: Mapping, truth: Mapping[str, str]) -> dict:
-  """Entity-label accuracy of the records and of the top-1 candidates against `truth`."""
-  n = rec_ok = labelled = labelled_ok = top1_ok = recall_ok = 0
-  for item in items:
-    out = outcomes.get((item.shard, item.index))
-    if out is None or item.image_id not in truth:
-      continue
-    t = truth[item.image_id]
-    n += 1
-    ok = out.status in LABELLED and out.entity_id == t
-    rec_ok += ok
-    labelled += out.status in LABELLED
-    labelled_ok += ok
-    top1_ok += bool(item.candidates) and item.candidates[0].entity_id == t
-    recall_ok += any(c.entity_id == t for c in item.candidates)
-  return {"images_with_truth": n,
-          "records_pct": _pct(rec_ok, n),
-          "records_labelled_precision_pct": _pct(labelled_ok, labelled),
-          "records_labelled_pct": _pct(labelled, n),
-          "candidates_top1_pct": _pct(top1_ok, n),
-          "candidates_recall_at_k_pct": _pct(recall_ok, n)}
+class ReportBuilder:
+  """Accumulates the report one (item, outcome) at a time: memory stays O(truth + examples),
+  so the report of a web-scale run costs no more than a pass over its journals."""
 
+  def __init__(self, *, backend: str, mode: str, truth_path: str = "", price_in: float = 0.0,
+               price_out: float = 0.0, num_examples: int = 6):
+    self.backend, self.mode = backend, mode
+    self.price_in, self.price_out = price_in, price_out
+    self.truth = _read_truth(truth_path)
+    self.num_examples = num_examples
+    self.status = collections.Counter()
+    self.failures = collections.Counter()
+    self.transient = collections.Counter()
+    self.reasons = collections.Counter()
+    self.sums = collections.Counter()
+    self.acc = collections.Counter()
+    self.examples: dict[str, list] = collections.defaultdict(list)  # status → [(item, out)]
 
-def build(items: Sequence[Item], outcomes: Mapping, *, backend: str, mode: str, manifest,
-          truth_path: str = "", price_in: float = 0.0, price_out: float = 0.0,
-          skipped=None, seconds: float = 0.0) -> dict[str, Any]:
-  outs = [outcomes[(it.shard, it.index)] for it in items if (it.shard, it.index) in outcomes]
-  status = collections.Counter(o.status for o in outs)
-  failures = collections.Counter(r for o in outs for r in o.parse_failures)
-  transient = collections.Counter()
-  for o in outs:
-    transient.update(o.transient)
-  methods = collections.Counter(o.reason for o in outs)
-  tin = sum(o.input_tokens for o in outs)
-  tout = sum(o.output_tokens for o in outs)
-  decided = status["kept"] + status["corrected"]
-  report = {
-      "backend": backend, "mode": mode,
-      "records": manifest.total, "shards": len(manifest.shards),
-      "config_hash": manifest.curation_config_hash,
-      "counts_by_status": dict(sorted(manifest.counts_by_status.items())),
-      "correction_rate_pct": _pct(status["corrected"], decided),
-      "with_rationale": sum(bool(o.rationale) for o in outs),
-      "with_qa": sum(bool(o.qa) for o in outs),
-      "parse_failures": dict(sorted(failures.items())),
-      "records_with_parse_failure": sum(bool(o.parse_failures) for o in outs),
-      "llm_calls": sum(o.calls for o in outs),
-      "retries": sum(o.retries for o in outs),
-      "transient_errors": dict(sorted(transient.items())),
-      "reasons": dict(sorted(methods.items())),
-      "usage": {"input_tokens": tin, "output_tokens": tout,
-                "cost_usd": round((tin * price_in + tout * price_out) / 1e6, 4)},
-      "mean_latency_s": round(sum(o.latency_s for o in outs) / max(1, len(outs)), 4),
-      "skipped_inputs": skipped.total if skipped is not None else 0,
-      "seconds": round(seconds, 2),
-  }
-  truth = _read_truth(truth_path)
-  if truth:
-    report["accuracy_vs_truth"] = accuracy(items, outcomes, truth)
-  return report
+  def add(self, item: Item, out: Outcome) -> None:
+    s = self.sums
+    self.status[out.status] += 1
+    self.failures.update(out.parse_failures)
+    self.transient.update(out.transient)
+    self.reasons[out.reason] += 1
+    s["n"] += 1
+    s["with_rationale"] += bool(out.rationale)
+    s["with_qa"] += bool(out.qa)
+    s["with_parse_failure"] += bool(out.parse_failures)
+    s["calls"] += out.calls
+    s["retries"] += out.retries
+    s["input_tokens"] += out.input_tokens
+    s["output_tokens"] += out.output_tokens
+    s["latency_s"] += out.latency_s
+    if len(self.examples[out.status]) < max(1, self.num_examples // 2):
+      self.examples[out.status].append((item, out))
+    t = self.truth.get(item.image_id)
+    if t is not None:
+      a = self.acc
+      labelled = out.status in LABELLED
+      a["n"] += 1
+      a["labelled"] += labelled
+      a["right"] += labelled and out.entity_id == t
+      a["top1"] += bool(item.candidates) and item.candidates[0].entity_id == t
+      a["recall"] += any(c.entity_id == t for c in item.candidates)
+
+  def accuracy(self) -> dict:
+    """Entity-label accuracy of the records and of the top-1 candidates against the truth."""
+    a = self.acc
+    return {"images_with_truth": a["n"],
+            "records_pct": _pct(a["right"], a["n"]),
+            "records_labelled_precision_pct": _pct(a["right"], a["labelled"]),
+            "records_labelled_pct": _pct(a["labelled"], a["n"]),
+            "candidates_top1_pct": _pct(a["top1"], a["n"]),
+            "candidates_recall_at_k_pct": _pct(a["recall"], a["n"])}
+
+  def finish(self, manifest, *, skipped=None, seconds: float = 0.0) -> dict[str, Any]:
+    s, status = self.sums, self.status
+    tin, tout = s["input_tokens"], s["output_tokens"]
+    report = {
+        "backend": self.backend, "mode": self.mode,
+        "records": manifest.total, "shards": len(manifest.shards),
+        "config_hash": manifest.curation_config_hash,
+        "counts_by_status": dict(sorted(manifest.counts_by_status.items())),
+        "correction_rate_pct": _pct(status["corrected"], status["kept"] + status["corrected"]),
+        "with_rationale": s["with_rationale"], "with_qa": s["with_qa"],
+        "parse_failures": dict(sorted(self.failures.items())),
+        "records_with_parse_failure": s["with_parse_failure"],
+        "llm_calls": s["calls"], "retries": s["retries"],
+        "transient_errors": dict(sorted(self.transient.items())),
+        "reasons": dict(sorted(self.reasons.items())),
+        "usage": {"input_tokens": tin, "output_tokens": tout,
+                  "cost_usd": round((tin * self.price_in + tout * self.price_out) / 1e6, 4)},
+        "mean_latency_s": round(s["latency_s"] / max(1, s["n"]), 4),
+        "skipped_inputs": skipped.total if skipped is not None else 0,
+        "seconds": round(seconds, 2),
+    }
+    if self.acc["n"]:
+      report["accuracy_vs_truth"] = self.accuracy()
+    return report
+
+  def chosen_examples(self) -> list:
+    return [x for status in sorted(self.examples) for x in self.examples[status]
+            ][:self.num_examples]
 
 
 def summary_line(report: Mapping[str, Any]) -> str:
@@ -118,29 +141,25 @@ def _md_escape(text: str) -> str:
   return " ".join(text.split()).replace("|", "\\|").replace("<", "&lt;")[:200]
 
 
-def write(report: dict, directory: str, items: Sequence[Item], outcomes: Mapping,
-          image_root: str, num_examples: int = 6) -> None:
-  """report.json + report.md (+ thumbs/): a few examples of each status, first come."""
+def write(report: dict, directory: str, examples: Sequence[tuple[Item, Outcome]],
+          image_root: str) -> None:
+  """report.json + report.md (+ thumbs/) with the given (item, outcome) examples."""
   from rew_jax.curation import inputs  # pylint: disable=g-import-not-at-top
   os.makedirs(os.path.join(directory, "thumbs"), exist_ok=True)
-  per_status = collections.defaultdict(list)
-  for it in items:
-    out = outcomes.get((it.shard, it.index))
-    if out is not None and len(per_status[out.status]) < max(1, num_examples // 2):
-      per_status[out.status].append((it, out))
-  chosen = [x for status in sorted(per_status) for x in per_status[status]][:num_examples]
-  examples = []
+  chosen = examples
+  rows = []
   for it, out in chosen:
     thumb = os.path.join("thumbs", f"{it.image_id}.png")
     try:
       _thumbnail(inputs.load_image(it, image_root)[0], os.path.join(directory, thumb))
     except Exception:  # A thumbnail is decoration: never fail the report for it.
       thumb = ""
-    examples.append({"image_id": it.image_id, "caption": it.caption, "status": out.status,
-                     "entity_id": out.entity_id, "entity_name": out.entity_name,
-                     "answer": out.answer, "reason": out.reason,
-                     "candidates": [c.name for c in it.candidates[:3]],
-                     "rationale": out.rationale, "qa": out.qa, "thumbnail": thumb})
+    rows.append({"image_id": it.image_id, "caption": it.caption, "status": out.status,
+                 "entity_id": out.entity_id, "entity_name": out.entity_name,
+                 "answer": out.answer, "reason": out.reason,
+                 "candidates": [c.name for c in it.candidates[:3]],
+                 "rationale": out.rationale, "qa": out.qa, "thumbnail": thumb})
+  examples = rows
   report = dict(report, examples=examples)
   with open(os.path.join(directory, "report.json"), "w", encoding="utf-8") as f:
     json.dump(report, f, indent=1, ensure_ascii=False)

@@ -284,7 +284,11 @@ def curate(config, workdir: str, *, restart: bool = False, backend=None,
   skipped = records_lib.SkipCounter() if c.skip_bad_inputs else None
 
   start = time.time()
-  all_items, all_outcomes, failures, names = [], {}, [], []
+  builder = report_lib.ReportBuilder(
+      backend=c.backend, mode=settings.mode, truth_path=paths["truth"],
+      price_in=c.price_per_mtok_in, price_out=c.price_per_mtok_out,
+      num_examples=c.report_examples)
+  failures, names = [], []
   progress = None
   try:
     if verbose:
@@ -304,9 +308,9 @@ def curate(config, workdir: str, *, restart: bool = False, backend=None,
         failures += shard_failures
         if not shard_failures:
           commit_shard(out_path, items, outcomes, image_root, backend.name)
-      all_items += items
-      all_outcomes.update({(it.shard, it.index): outcomes[it.index] for it in items
-                           if it.index in outcomes})
+      for it in items:
+        if it.index in outcomes:
+          builder.add(it, outcomes[it.index])
   finally:
     if progress is not None:
       progress.close()
@@ -319,12 +323,8 @@ def curate(config, workdir: str, *, restart: bool = False, backend=None,
   manifest = records_lib.describe_shards(paths["out"], names, source=c.source,
                                          curation_config_hash=state["config_hash"])
   manifest.save(paths["out"])
-  report = report_lib.build(
-      all_items, all_outcomes, backend=c.backend, mode=settings.mode, manifest=manifest,
-      truth_path=paths["truth"], price_in=c.price_per_mtok_in, price_out=c.price_per_mtok_out,
-      skipped=skipped, seconds=time.time() - start)
-  report_lib.write(report, paths["curation"], all_items, all_outcomes, image_root,
-                   num_examples=c.report_examples)
+  report = builder.finish(manifest, skipped=skipped, seconds=time.time() - start)
+  report_lib.write(report, paths["curation"], builder.chosen_examples(), image_root)
   return report
 
 

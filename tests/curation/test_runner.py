@@ -12,7 +12,7 @@ import pytest
 
 from rew_jax import records
 from rew_jax.curation import inputs, run
-from rew_jax.curation.backends.base import Backend, Reply, TransientError
+from rew_jax.curation.backends.base import Backend, TransientError
 from rew_jax.curation.backends.simulated import SimulatedLLM
 from rew_jax.errors import ConfigError
 
