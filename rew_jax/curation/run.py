@@ -192,7 +192,8 @@ def _check_state(path: str, state: dict, restart: bool, out_dir: str, journal_di
     json.dump(state, f, indent=1)
   os.replace(path + ".tmp", path)
   # Temporary shards of a killed writer.
-  for tmp in glob.glob(os.path.join(out_dir, f".*{records_lib.SHARD_SUFFIX}.tmp-*")):
+  for tmp in (glob.glob(os.path.join(out_dir, f".*{records_lib.SHARD_SUFFIX}.tmp-*")) +
+              glob.glob(os.path.join(out_dir, f"{records_lib.MANIFEST_NAME}.tmp-*"))):
     os.remove(tmp)
 
 
