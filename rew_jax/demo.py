@@ -18,12 +18,16 @@ from rew_jax.data import synthetic
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", "demo.py")
 
-# (stage, the module that implements it) for the stages after the world.
+# (stage, the module that implements it, how to run it alone) for the stages after the world.
 LATER_STAGES = (
-    ("candidates (Entity-WebLI retrieval)", "rew_jax.kb.candidates"),
-    ("LLM curation → REW records", "rew_jax.curation.run"),
-    ("training (baseline and REW)", "rew_jax.train"),
-    ("OVEN evaluation", "rew_jax.evaluators.oven"),
+    ("candidates (Entity-WebLI retrieval)", "rew_jax.kb.candidates",
+     "python -m rew_jax candidates --config configs/candidates_demo.py --workdir W"),
+    ("LLM curation → REW records", "rew_jax.curation.run",
+     "python -m rew_jax curate --config configs/curate_demo.py --workdir W"),
+    ("training (baseline and REW)", "rew_jax.train",
+     "python -m rew_jax train --config CONFIG --workdir W"),
+    ("OVEN evaluation", "rew_jax.evaluators.oven",
+     "python -m rew_jax eval oven --references REF --predictions PRED"),
 )
 
 
@@ -58,9 +62,10 @@ def main(argv: Sequence[str]) -> int:
   print(synthetic.format_summary(summary))
   print(f"world: {world_dir}")
 
-  missing = [stage for stage, module in LATER_STAGES if not _module_exists(module)]
-  if missing:
-    print("\nstages not in this version yet (the demo stops after the last available one):")
-    for stage in missing:
-      print(f"  - {stage}")
+  # Chaining candidates → curation → training → evaluation into one demo run is the
+  # remaining part of the training issue; until then each stage runs on its own.
+  print("\nnot yet chained by the demo (run each on its own):")
+  for stage, module, command in LATER_STAGES:
+    state = command if _module_exists(module) else "missing from this version"
+    print(f"  - {stage}: {state}")
   return 0

@@ -1,0 +1,102 @@
+"""Training metrics: a console progress bar, JSONL in the workdir, TensorBoard event files.
+
+Every logged step writes one JSON line to `<workdir>/metrics.jsonl` (train and eval rows,
+`"kind"` tells which) and the same scalars to TensorBoard under `<workdir>/tensorboard`.
+Throughput (steps/s, examples/s) is measured between log steps, after compilation; MFU is
+the step's FLOPs (XLA's cost analysis of the compiled step) per second over the devices'
+peak (`config.peak_flops_per_device`, or a table of known chips).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any, Mapping
+
+import jax
+import tqdm
+
+# Dense bf16 peak FLOP/s per device (public spec sheets); CPU: measured fp32 matmul peak of
+# the 2-core development VM, so that MFU there is meaningful rather than absent.
+PEAK_FLOPS = {
+    "TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12,
+    "TPU v6 lite": 918e12, "NVIDIA H100": 989e12, "NVIDIA H200": 989e12,
+    "NVIDIA A100": 312e12, "cpu": 200e9,
+}
+
+
+def peak_flops_per_device(config=None) -> float | None:
+  if config is not None and config.get("peak_flops_per_device"):
+    return float(config.peak_flops_per_device)
+  kind = jax.devices()[0].device_kind
+  for name, flops in PEAK_FLOPS.items():
+    if kind.lower().startswith(name.lower()):
+      return flops
+  return None
+
+
+class Writer:
+  """Progress bar + JSONL + TensorBoard; only process 0 writes files."""
+
+  def __init__(self, workdir: str, *, config=None, total_steps: int, start_step: int = 0):
+    self.main = jax.process_index() == 0
+    self.path = os.path.join(workdir, "metrics.jsonl")
+    self._file = open(self.path, "a", encoding="utf-8") if self.main else None
+    self._tb = None
+    if self.main:
+      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+    self._bar = tqdm.tqdm(total=total_steps, initial=start_step, disable=not self.main,
+                          dynamic_ncols=True, desc="train")
+    self._last_step, self._last_time = start_step, None
+    self.step_flops: float | None = None
+    self.peak = peak_flops_per_device(config)
+
+  def note_compiled(self, step: int, step_flops: float | None, compile_seconds: float) -> None:
+    """Called once the first step has run: throughput is measured from here on."""
+    self.step_flops = step_flops
+    self._last_step, self._last_time = step, time.time()
+    self._write({"kind": "compile", "step": step, "seconds": round(compile_seconds, 3),
+                 "step_flops": step_flops})
+
+  def log_train(self, step: int, scalars: Mapping[str, float], *, examples: int) -> None:
+    row = {"kind": "train", "step": step, **scalars}
+    now = time.time()
+    if self._last_time is not None and step > self._last_step:
+      dt, steps = now - self._last_time, step - self._last_step
+      row["steps_per_s"] = steps / dt
+      row["examples_per_s"] = examples / dt if examples else None
+      if self.step_flops and self.peak:
+        row["mfu"] = self.step_flops * steps / dt / (self.peak * jax.device_count())
+    self._last_step, self._last_time = step, now
+    self._write(row)
+    self._bar.update(step - self._bar.n)
+    self._bar.set_postfix(loss=f"{scalars['loss']:.4f}", refresh=False)
+
+  def log_eval(self, step: int, name: str, results: Mapping[str, Any]) -> None:
+    self._write({"kind": "eval", "step": step, "name": name, **results})
+    self._bar.write(f"step {step} {name}: " + ", ".join(
+        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in results.items()))
+
+  def _write(self, row: dict) -> None:
+    if not self.main:
+      return
+    self._file.write(json.dumps(row) + "\n")
+    self._file.flush()
+    prefix = "eval/" + row["name"] + "/" if row["kind"] == "eval" else row["kind"] + "/"
+    for key, value in row.items():
+      if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "step":
+        self._tb.add_scalar(prefix + key, value, row["step"])
+
+  def close(self) -> None:
+    self._bar.close()
+    if self.main:
+      self._file.close()
+      self._tb.close()
+
+
+def read(workdir: str) -> list[dict]:
+  path = os.path.join(workdir, "metrics.jsonl")
+  with open(path, encoding="utf-8") as f:
+    return [json.loads(line) for line in f if line.strip()]

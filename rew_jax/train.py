@@ -1,0 +1,229 @@
+"""The train loop: `python -m rew_jax train --config configs/<recipe>.py[:arg] --workdir W`.
+
+One `main()` read top to bottom: mesh → input pipeline → model → shard & init → optimizer →
+checkpoint restore → evaluators → loop. The step is a pure function
+`(state, batch) -> (state, metrics)` under `jax.jit` with shardings and donation; side
+effects (data, logging, checkpoints, evaluation) stay in the loop.
+
+Resume is automatic: a workdir that holds checkpoints continues from the latest one, with
+the exact next batch (the Grain iterator state is checkpointed with the model). SIGTERM
+(preemption) saves a checkpoint and exits cleanly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import signal
+import time
+from typing import Any, Mapping, Sequence
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from rew_jax import checkpoint as ckpt_lib
+from rew_jax import config as config_lib
+from rew_jax import distributed
+from rew_jax import metrics as metrics_lib
+from rew_jax import optim
+from rew_jax import registry
+from rew_jax import sharding
+from rew_jax.data import pipeline
+from rew_jax.data import tasks as tasks_lib
+from rew_jax.models import git as git_lib
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  opt_state: Any
+  rng: jax.Array
+
+
+def loss_fn(model, params, batch, rng, *, label_smoothing: float, train: bool):
+  """Token-mean cross-entropy (label-smoothed) over real target tokens, and per-task sums.
+
+  `target` holds the tokens to predict, EOS included, 0 after it; the decoder reads them
+  shifted right behind BOS, as decoding feeds them.
+  """
+  target = batch["target"]
+  target_in = jnp.concatenate(
+      [jnp.full_like(target[:, :1], git_lib.BOS_ID), target[:, :-1]], axis=1)
+  logits = model.apply({"params": params}, batch["image"], batch["prompt"], target_in,
+                       train=train, rngs={"dropout": rng})
+  vocab = logits.shape[-1]
+  labels = optax.smooth_labels(jax.nn.one_hot(target, vocab), label_smoothing)
+  token_loss = optax.softmax_cross_entropy(logits, labels)
+  weight = ((target != git_lib.PAD_ID) & (batch["mask"][:, None] > 0)).astype(jnp.float32)
+  loss = jnp.sum(token_loss * weight) / jnp.maximum(jnp.sum(weight), 1.0)
+  task = jax.nn.one_hot(batch["task_id"], len(tasks_lib.TASKS))  # [B, tasks]
+  aux = {"task_loss_sum": jnp.einsum("bt,bk->k", token_loss * weight, task),
+         "task_tokens": jnp.einsum("bt,bk->k", weight, task),
+         "examples": jnp.sum(batch["mask"])}
+  return loss, aux
+
+
+def train_step(state: TrainState, batch, *, model, tx, schedule, label_smoothing):
+  """(state, batch) → (state, metrics). Pure; jitted with donation by the loop."""
+  rng, step_rng = jax.random.split(state.rng)
+  grad_fn = jax.value_and_grad(
+      functools.partial(loss_fn, model, label_smoothing=label_smoothing, train=True),
+      has_aux=True)
+  (loss, aux), grads = grad_fn(state.params, batch, step_rng)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  metrics = dict(loss=loss, grad_norm=optax.tree.norm(grads), lr=schedule(state.step), **aux)
+  return TrainState(state.step + 1, params, opt_state, rng), metrics
+
+
+def _state_shardings(tx, abstract_params, param_shardings, mesh):
+  """Optimizer-state shardings follow their parameters; scalars are replicated."""
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  abstract_opt = jax.eval_shape(tx.init, abstract_params)
+  opt_shardings = optax.tree_map_params(
+      tx, lambda _, s: s, abstract_opt, param_shardings,
+      transform_non_params=lambda _: replicated,
+      is_leaf=lambda x: isinstance(x, jax.sharding.Sharding))
+  return TrainState(step=replicated, params=param_shardings, opt_state=opt_shardings,
+                    rng=replicated)
+
+
+def _task_metrics(sums: Mapping[str, np.ndarray]) -> dict[str, float]:
+  out = {}
+  for k, task in enumerate(tasks_lib.TASKS):
+    if sums["task_tokens"][k] > 0:
+      out[f"loss/{task}"] = float(sums["task_loss_sum"][k] / sums["task_tokens"][k])
+  return out
+
+
+class _Preempted:
+  """Set by SIGTERM; the loop checkpoints and leaves at the next step boundary."""
+
+  def __init__(self):
+    self.flag = False
+    self._old = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, *_):
+    self.flag = True
+
+  def restore(self):
+    signal.signal(signal.SIGTERM, self._old)
+
+
+def train(config, workdir: str, *, evaluators_fn=None) -> dict[str, Any]:
+  """Runs `config` in `workdir`; returns the last logged metrics (and eval results)."""
+  if "://" not in workdir:  # Object-store workdirs (gs://) need no directory.
+    os.makedirs(workdir, exist_ok=True)
+
+  # ---------------------------------------------------------------------------- Mesh
+  mesh = sharding.make_mesh(config.get("mesh"))
+  rules = sharding.logical_rules(config.get("sharding_rules"))
+
+  # ---------------------------------------------------------------------------- Input pipeline
+  data = pipeline.from_config(config.input, train=True)
+  data_iter = iter(data)
+
+  # ---------------------------------------------------------------------------- Model
+  model = registry.MODELS.get(config.model.name)(config.model)
+  spec = git_lib.parse_config(config.model)
+
+  # ---------------------------------------------------------------------------- Shard & init
+  rng = jax.random.key(config.seed)
+  init_rng, state_rng = jax.random.split(rng)
+  variables, variable_shardings = sharding.init_sharded(
+      model, init_rng, *git_lib.dummy_inputs(spec), mesh=mesh, rules=rules)
+  params, param_shardings = variables["params"], variable_shardings["params"]
+  if config.get("init_from"):
+    params = ckpt_lib.load_params(config.init_from, ckpt_lib.abstract_with_shardings(
+        params, param_shardings))
+
+  # ---------------------------------------------------------------------------- Optimizer
+  tx, schedule = optim.make(config.optim, params, config.total_steps)
+  abstract_params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
+  state_shardings = _state_shardings(tx, abstract_params, param_shardings, mesh)
+  with sharding.use(mesh, rules):
+    opt_state = jax.jit(tx.init, out_shardings=state_shardings.opt_state)(params)
+  state = TrainState(jnp.zeros((), jnp.int32), params, opt_state, state_rng)
+  state = jax.device_put(state, state_shardings)
+
+  # ---------------------------------------------------------------------------- Checkpoint restore
+  manager = ckpt_lib.Manager(workdir, keep=config.checkpoint.keep,
+                             every=config.checkpoint.every,
+                             async_save=config.checkpoint.async_save, config=config)
+  start = manager.latest_step() or 0
+  if start:
+    abstract = ckpt_lib.abstract_with_shardings(state, state_shardings)
+    state = manager.restore(start, abstract, data_iter)
+    print(f"resumed from step {start} in {manager.directory}", flush=True)
+
+  # ---------------------------------------------------------------------------- Evaluators
+  # name → (evaluator, every): evaluators need the model's prediction functions, which the
+  # caller builds (see rew_jax/predict.py); none means train only.
+  evaluators = evaluators_fn(model, mesh) if evaluators_fn else {}
+
+  # ---------------------------------------------------------------------------- Loop
+  jitted_step = jax.jit(
+      functools.partial(train_step, model=model, tx=tx, schedule=schedule,
+                        label_smoothing=config.loss.label_smoothing),
+      in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
+      out_shardings=(state_shardings, None), donate_argnums=(0,))
+  writer = metrics_lib.Writer(workdir, config=config, total_steps=config.total_steps,
+                              start_step=start)
+  preempted = _Preempted()
+  last: dict[str, Any] = {}
+  sums, step_fn = None, None
+  try:
+    with sharding.use(mesh, rules):
+      for step in range(start + 1, config.total_steps + 1):
+        host = next(data_iter)
+        batch = sharding.host_batch_to_global(
+            {k: v for k, v in host.items() if np.asarray(v).dtype.kind not in "USO"}, mesh)
+        if step_fn is None:  # Compile once, explicitly: its time and FLOPs are reported.
+          t0 = time.time()
+          step_fn = jitted_step.lower(state, batch).compile()
+          cost = step_fn.cost_analysis()
+          cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+          writer.note_compiled(step, (cost or {}).get("flops"), time.time() - t0)
+        state, metrics = step_fn(state, batch)
+        sums = metrics if sums is None else jax.tree.map(jnp.add, sums, metrics)
+        if step % config.log_every == 0 or step == config.total_steps:
+          n = config.log_every if step % config.log_every == 0 else step % config.log_every
+          sums = jax.device_get(sums)
+          last = {"loss": float(sums["loss"]) / n, "grad_norm": float(sums["grad_norm"]) / n,
+                  "lr": float(metrics["lr"]), **_task_metrics(sums)}
+          writer.log_train(step, last, examples=int(sums["examples"]))
+          sums = None
+        for name, (evaluator, every) in evaluators.items():
+          if step % every == 0 or step == config.total_steps:
+            results = dict(evaluator.run(state.params, step=step))
+            writer.log_eval(step, name, results)
+            last.update({f"{name}/{k}": v for k, v in results.items()})
+        manager.maybe_save(step, state, data_iter)
+        if preempted.flag:
+          print(f"SIGTERM: saving step {step} and exiting", flush=True)
+          manager.save(step, state, data_iter, force=True)
+          break
+      else:
+        if manager.latest_step() != config.total_steps:
+          manager.save(config.total_steps, state, data_iter, force=True)
+  finally:
+    preempted.restore()
+    manager.close()
+    writer.close()
+  return {"state": state, "metrics": last, "model": model, "mesh": mesh}
+
+
+def main(argv: Sequence[str]) -> int:
+  parser = argparse.ArgumentParser(prog="python -m rew_jax train", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  config_lib.add_config_arguments(parser)
+  args, config = config_lib.parse_stage_args(parser, argv)
+  # Multi-host: join the job before anything touches the XLA backend (launch/ sets the env).
+  distributed.initialize_from_env()
+  train(config, args.workdir)
+  return 0
