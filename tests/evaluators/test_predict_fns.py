@@ -64,15 +64,18 @@ def test_zeroshot_with_real_decoding(tiny):
                 tokenizer=TinyTokenizer(), prompt="", batch_size=2,
                 pp="tokenize(key='prompt', bos=True, max_len=5)|pad(5, key='prompt')")
   trie_eval = zeroshot.Evaluator(jax.jit(fns["class_rows"]), mode="trie", **common)
-  lik_eval = zeroshot.Evaluator(jax.jit(fns["class_likelihood"]), mode="likelihood", **common)
+  lik_fn = jax.jit(fns["class_likelihood"])
+  lik_eval = zeroshot.Evaluator(lik_fn, mode="likelihood", **common)
   trie_preds = trie_eval.predict(params)
   lik_preds = lik_eval.predict(params)
   assert all(0 <= p < 4 for p in trie_preds)  # Valid by construction.
-  # The likelihood mode picks the argmax of the exact class scores (the empty prompt is BOS).
-  prompt = jnp.array([[101, 0, 0, 0, 0]] * 3, jnp.int32)
-  scores = predict_fns.class_log_likelihood(model, params, images, prompt,
-                                            jnp.asarray(lik_eval.class_tokens))
-  assert lik_preds == np.argmax(np.asarray(scores), axis=1).tolist()
+  # The likelihood mode picks the argmax of the class scores (the empty prompt is BOS), in
+  # example order across the padded last batch.
+  prompt = jnp.array([[101, 0, 0, 0, 0]] * 2, jnp.int32)
+  scores = np.concatenate([np.asarray(lik_fn(params, {"image": images[i:i + 2], "prompt": prompt},
+                                             class_tokens=lik_eval.class_tokens)["scores"])
+                           for i in (0, 1)])
+  assert lik_preds == np.argmax(scores[[0, 1, 3]], axis=1).tolist()
   assert dict(trie_eval.run(params))["zeroshot/top1"] == pytest.approx(
       100 * np.mean([p == i for i, p in enumerate(trie_preds)]))
 
