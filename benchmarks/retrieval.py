@@ -94,11 +94,19 @@ def bench_encoder(num_titles, batch_size=256):
 
 
 _BUILD = r"""
-import json, resource, sys, time
+import json, sys, time
 import tokenizers
 from rew_jax.kb import codes, text_encoder, wiki6m
 src, index = sys.argv[1], sys.argv[2]
-rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # After the imports.
+
+
+def hwm_mb():  # VmHWM resets at exec, unlike ru_maxrss, which a child inherits on Linux.
+  for line in open("/proc/self/status"):
+    if line.startswith("VmHWM:"):
+      return int(line.split()[1]) // 1024
+
+
+rss_before = hwm_mb()  # After the imports.
 t = time.perf_counter()
 kb = wiki6m.EntityKB.build(src, index, progress=False)
 build_s = time.perf_counter() - t
@@ -109,18 +117,17 @@ t = time.perf_counter()
 for i in range(0, len(kb), max(1, len(kb) // 1000)):
   kb.row_of(kb.ids[i])
 lookup_us = (time.perf_counter() - t) / 1000 * 1e6
-rss_index = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+rss_index = hwm_mb()
 tok = tokenizers.Tokenizer.from_file(text_encoder.default_model_dir() + "/tokenizer.json")
 tok.no_padding()
 t = time.perf_counter()
 codes.build_name_artifacts(kb, tok)
 codes_s = time.perf_counter() - t
 print(json.dumps({"build_s": round(build_s, 2), "reopen_s": round(reopen_s, 4),
-                  "id_lookup_us": round(lookup_us, 1), "rss_mb_after_imports": rss_before // 1024,
-                  "peak_rss_mb_index": rss_index // 1024,
+                  "id_lookup_us": round(lookup_us, 1), "rss_mb_after_imports": rss_before,
+                  "peak_rss_mb_index": rss_index,
                   "codes_and_trie_s": round(codes_s, 2),
-                  "peak_rss_mb_with_codes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-                  // 1024}))
+                  "peak_rss_mb_with_codes": hwm_mb()}))
 """
 
 
