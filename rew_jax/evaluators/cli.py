@@ -25,7 +25,8 @@ def _oven_main(argv: Sequence[str]) -> int:
       description="Score OVEN predictions against references with the official conventions "
                   "(and the strict variant where a missing prediction counts as wrong).")
   parser.add_argument("--references", nargs="+", required=True,
-                      help="reference jsonl file(s), e.g. oven_entity_val.jsonl oven_query_val.jsonl")
+                      help="reference jsonl file(s), e.g. oven_entity_val.jsonl "
+                           "oven_query_val.jsonl")
   parser.add_argument("--predictions", nargs="+", required=True,
                       help='prediction jsonl file(s): {"data_id": ..., "pred_entity_id": ...}')
   parser.add_argument("--indent", type=int, default=None, help="pretty-print the JSON")

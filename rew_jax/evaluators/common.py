@@ -91,8 +91,8 @@ def from_config(evals: Mapping[str, Any], predict_fns: Mapping[str, PredictFn], 
 # --------------------------------------------------------------------------------------------
 
 
-def batches(examples: Sequence[Any], batch_size: int,
-            load: Callable[[Any], dict[str, Any]]) -> Iterator[tuple[list[Any], dict[str, np.ndarray]]]:
+def batches(examples: Sequence[Any], batch_size: int, load: Callable[[Any], dict[str, Any]]
+            ) -> Iterator[tuple[list[Any], dict[str, np.ndarray]]]:
   """Yields (the batch's source items, stacked arrays) with every batch `batch_size` long.
 
   `load(item)` returns one preprocessed example; its array-valued keys are stacked, the

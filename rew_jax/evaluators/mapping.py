@@ -108,7 +108,9 @@ class BM25Top1:
     del candidates
     _, rows = self.bm25.search([name], 1)
     row = int(rows[0, 0]) if rows.shape[1] else -1
-    return _Resolution(self.entity_ids[row] if row >= 0 else None, "bm25" if row >= 0 else "abstain")
+    if row < 0:
+      return _Resolution(None, "abstain")
+    return _Resolution(self.entity_ids[row], "bm25")
 
 
 class _Resolution(NamedTuple):

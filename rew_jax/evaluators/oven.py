@@ -74,7 +74,8 @@ class Evaluator(common.Evaluator):
     self.image_dir, self.image_paths = image_dir, image_paths
     if mapper is None:
       mapping = dict(mapping or {"mode": "rows"})
-      mapper = mapping_lib.from_config(mapping.pop("mode"), kb=kb, tokenizer=tokenizer, **mapping)
+      mapper = mapping_lib.from_config(mapping.pop("mode", "rows"), kb=kb, tokenizer=tokenizer,
+                                       **mapping)
     self.mapper = mapper
     self.pp = ops_lib.get_preprocess(pp)
     self.batch_size = batch_size

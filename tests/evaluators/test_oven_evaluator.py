@@ -1,7 +1,6 @@
 """The OVEN evaluator end to end with fake predict functions, and each mapping mode."""
 
 import json
-import os
 
 import numpy as np
 import pytest
@@ -86,7 +85,8 @@ def test_rows_mode_scores_writes_files_and_is_registered(world, tmp_path):
 
 
 def test_rows_out_of_range_map_to_no_entity(world):
-  evaluator = oven.Evaluator(predict_rows, references=world["refs"][:1], image_dir=world["image_dir"],
+  evaluator = oven.Evaluator(predict_rows, references=world["refs"][:1],
+                             image_dir=world["image_dir"],
                              pp=PP, batch_size=2, mapper=mapping_lib.RowMapper(KB_IDS))
   metrics = dict(evaluator.run({"offset": 10}))  # Every row beyond the KB.
   assert metrics["oven/entity_seen"] == 0.0 and metrics["oven/no_entity_frac"] == 1.0

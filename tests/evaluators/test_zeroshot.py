@@ -35,7 +35,8 @@ def _walk(trie, tokens):
 
 
 def _grey_class(batch, num_classes):
-  return np.round((batch["image"][:, 0, 0, 0].astype(np.float32) - 20) / 40).astype(int) % num_classes
+  grey = batch["image"][:, 0, 0, 0].astype(np.float32)
+  return np.round((grey - 20) / 40).astype(int) % num_classes
 
 
 def make_trie_predict(tok, names):
