@@ -200,9 +200,9 @@ def train(config, workdir: str, *, evaluators_fn=None) -> dict[str, Any]:
           sums = None
         for name, (evaluator, every) in evaluators.items():
           if step % every == 0 or step == config.total_steps:
-            results = dict(evaluator.run(state.params, step=step))
+            results = dict(evaluator.run(state.params, step=step))  # Names carry a prefix.
             writer.log_eval(step, name, results)
-            last.update({f"{name}/{k}": v for k, v in results.items()})
+            last.update(results)
         manager.maybe_save(step, state, data_iter)
         if preempted.flag:
           print(f"SIGTERM: saving step {step} and exiting", flush=True)
