@@ -45,10 +45,7 @@ def setup():
   return model, (images, prompts, targets), ref_params, ref
 
 
-def _sharded_forward(model, inputs, ref_params, mesh, rules):
-  abstract = jax.eval_shape(model.init, jax.random.key(0), *inputs)
-  shardings = nn.unbox(sharding.shardings_of(abstract, mesh, rules))
-  params = sharding.put_sharded(ref_params, shardings)
+def _sharded_forward(model, inputs, params, shardings, mesh, rules):
   batch = sharding.host_batch_to_global(
       dict(images=np.asarray(inputs[0]), prompts=np.asarray(inputs[1]),
            targets=np.asarray(inputs[2])), mesh)
@@ -56,14 +53,16 @@ def _sharded_forward(model, inputs, ref_params, mesh, rules):
     fwd = jax.jit(lambda p, b: model.apply(p, b["images"], b["prompts"], b["targets"]),
                   in_shardings=(shardings, sharding.batch_sharding(mesh)),
                   out_shardings=sharding.batch_sharding(mesh))
-    out = fwd(params, batch)
-  return params, out
+    return fwd(params, batch)
 
 
 def test_fsdp_shards_every_large_matrix(setup):
   model, inputs, ref_params, ref = setup
   mesh = sharding.make_mesh({"fsdp": -1})
-  params, out = _sharded_forward(model, inputs, ref_params, mesh, sharding.DEFAULT_RULES)
+  abstract = jax.eval_shape(model.init, jax.random.key(0), *inputs)
+  shardings = nn.unbox(sharding.shardings_of(abstract, mesh, sharding.DEFAULT_RULES))
+  params = sharding.put_sharded(ref_params, shardings)  # e.g. converted weights
+  out = _sharded_forward(model, inputs, params, shardings, mesh, sharding.DEFAULT_RULES)
   replicated = []
   for path, x in jax.tree_util.tree_leaves_with_path(params):
     if x.ndim >= 2 and x.size >= 1024:
@@ -75,10 +74,14 @@ def test_fsdp_shards_every_large_matrix(setup):
   np.testing.assert_allclose(np.asarray(out), ref, atol=1e-5)
 
 
-def test_tensor_parallel_splits_heads_and_mlp(setup):
+def test_tensor_parallel_sharded_init_and_donated_update(setup):
   model, inputs, ref_params, ref = setup
   mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
-  params, out = _sharded_forward(model, inputs, ref_params, mesh, sharding.DEFAULT_RULES)
+  # Initialised straight into its shardings; same values as the single-device init.
+  params, shardings = sharding.init_sharded(model, jax.random.key(0), *inputs, mesh=mesh)
+  np.testing.assert_array_equal(params["params"]["head"]["kernel"],
+                                ref_params["params"]["head"]["kernel"])
+  out = _sharded_forward(model, inputs, params, shardings, mesh, sharding.DEFAULT_RULES)
   p = params["params"]
   q = p["decoder"]["layers_0"]["attn"]["query"]["kernel"]  # [D, H, K]
   assert q.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor", None)
@@ -89,6 +92,13 @@ def test_tensor_parallel_splits_heads_and_mlp(setup):
   assert head.sharding.shard_shape(head.shape) == (16, 64)
   assert out.sharding.shard_shape(out.shape)[0] == 2  # batch over data × fsdp
   np.testing.assert_allclose(np.asarray(out), ref, atol=1e-5)
+  fc2 = p["decoder"]["layers_0"]["mlp"]["fc2"]["kernel"]  # [F, D]
+  assert fc2.sharding.spec == jax.sharding.PartitionSpec("tensor", "fsdp")
+  with sharding.use(mesh, sharding.DEFAULT_RULES):
+    step = jax.jit(lambda p: jax.tree.map(lambda x: x * 0.5, p), in_shardings=(shardings,),
+                   out_shardings=shardings, donate_argnums=0)
+    halved = step(params)
+  assert halved["params"]["decoder"]["layers_0"]["mlp"]["fc2"]["kernel"].sharding == fc2.sharding
 
 
 def test_missing_rule_is_an_error(setup):
@@ -97,21 +107,6 @@ def test_missing_rule_is_an_error(setup):
   rules = tuple(r for r in sharding.DEFAULT_RULES if r[0] != "mlp")
   with pytest.raises(ConfigError, match="'mlp'"):
     sharding.shardings_of(abstract, sharding.make_mesh(), rules)
-
-
-def test_init_sharded_and_donated_update(setup):
-  model, inputs, _, _ = setup
-  mesh = sharding.make_mesh({"data": 2, "fsdp": 4})
-  params, shardings = sharding.init_sharded(model, jax.random.key(0), *inputs, mesh=mesh)
-  kernel = params["params"]["decoder"]["layers_0"]["mlp"]["fc2"]["kernel"]
-  assert kernel.sharding.spec[1] == "fsdp"  # [F, D]: D over fsdp (F over a size-1 tensor)
-  assert kernel.sharding.shard_shape(kernel.shape) == (64, 8)
-  with sharding.use(mesh, sharding.DEFAULT_RULES):
-    step = jax.jit(lambda p: jax.tree.map(lambda x: x * 0.5, p), in_shardings=(shardings,),
-                   out_shardings=shardings, donate_argnums=0)
-    halved = step(params)
-  new = halved["params"]["decoder"]["layers_0"]["mlp"]["fc2"]["kernel"]
-  assert new.sharding == kernel.sharding
 
 
 def test_host_batch_to_global():

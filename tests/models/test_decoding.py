@@ -22,7 +22,8 @@ MAX_LEN = 3
 @pytest.fixture(scope="module")
 def small():
   """A tiny GiT over 8 tokens with a sharpened output layer (no near-ties)."""
-  model = git.GiT(tiny_config(vocab_size=VOCAB, max_prompt_len=3, max_target_len=4))
+  model = git.GiT(tiny_config(vocab_size=VOCAB, max_prompt_len=3, max_target_len=4,
+                              vit=dict(depth=1), decoder=dict(num_layers=1)))
   images = jax.random.normal(jax.random.key(4), (2, 32, 32, 3))
   prompts = jnp.array([[5, 6, 7], [3, 0, 0]], jnp.int32)
   params = nn.unbox(jax.jit(model.init)(jax.random.key(1), images, prompts,
