@@ -1,21 +1,28 @@
-"""The train loop on a tiny model: it learns, logs, checkpoints and resumes exactly."""
+"""The train loop on a tiny model: it logs, checkpoints, survives SIGKILL and SIGTERM, and
+resumes bit-exactly."""
 
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from rew_jax import checkpoint as ckpt_lib
 from rew_jax import config as config_lib
 from rew_jax import metrics as metrics_lib
-from rew_jax import optim
 from rew_jax import records
 from rew_jax import train as train_lib
-from rew_jax.data import pipeline
 from rew_jax.data import synthetic_images as si
 
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+CONFIG = os.path.join(HERE, "tiny_train_config.py")
 NAMES = ["Crimson Plain Tower", "Cobalt Striped Dome", "Amber Spotted Lotus",
          "Jade Checkered Kestrel"]
 
@@ -37,54 +44,83 @@ def record_dir(tmp_path_factory):
   return path
 
 
-def _config(data_dir, total_steps):
-  c = config_lib.ConfigDict()
-  c.seed = 0
-  c.total_steps = total_steps
-  c.log_every = 1
-  c.model = config_lib.ConfigDict(dict(
-      name="git", variant="mu/8", image_size=32,
-      vit=dict(width=32, depth=1, num_heads=2, mlp_dim=64),
-      decoder=dict(num_layers=1, hidden_size=32, num_heads=2, mlp_dim=64, dropout=0.1),
-      max_prompt_len=8, max_target_len=8))
-  c.input = pipeline.default_config()
-  c.input.data_dir = data_dir
-  c.input.batch_size = 8
-  c.input.num_threads = 1
-  c.input.pp = ("decode|inception_crop(32, area_min=50)|normalize('clip')|"
-                "tokenize(key='prompt', bos=True)|pad(8, key='prompt')|"
-                "tokenize(key='target', eos=True)|pad(8, key='target', keep_eos=102)")
-  c.optim = optim.default_config()
-  c.optim.update(dict(lr=3e-3, warmup_steps=1, lr_mults=((".*", 1.0),)))
-  c.loss = config_lib.ConfigDict(dict(label_smoothing=0.1))
-  c.mesh = config_lib.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
-  c.sharding_rules = None
-  c.checkpoint = config_lib.ConfigDict(dict(every=2, keep=2, async_save=True))
-  return c
+def _arg(record_dir, steps, every):
+  return f"{CONFIG}:data_dir={record_dir},steps={steps},every={every}"
 
 
-def _losses(workdir):
-  return [r["loss"] for r in metrics_lib.read(workdir) if r["kind"] == "train"]
+def _cli(record_dir, workdir, steps, every):
+  return subprocess.Popen(
+      [sys.executable, "-m", "rew_jax", "train", "--config", _arg(record_dir, steps, every),
+       "--workdir", workdir], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+      text=True)
 
 
-def test_resume_is_exact_and_metrics_are_logged(record_dir, tmp_path):
-  straight, split = str(tmp_path / "straight"), str(tmp_path / "split")
-  out = train_lib.train(_config(record_dir, 4), straight)
-  train_lib.train(_config(record_dir, 2), split)
-  assert ckpt_lib.Manager(split).latest_step() == 2
-  resumed = train_lib.train(_config(record_dir, 4), split)
+def _last_losses(workdir):
+  """step → loss, the last logged value per step (a killed run re-logs resumed steps)."""
+  return {r["step"]: r["loss"] for r in metrics_lib.read(workdir) if r["kind"] == "train"}
 
-  assert _losses(straight) == _losses(split)  # Same batches, same dropout, same updates.
-  for a, b in zip(jax.tree.leaves(out["state"].params), jax.tree.leaves(resumed["state"].params)):
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+def _final_params(workdir, step):
+  restored = ocp.StandardCheckpointer().restore(
+      os.path.join(workdir, "checkpoints", str(step), "state"))
+  return restored["params"]
+
+
+def test_sigkill_then_resume_is_bit_exact(record_dir, tmp_path):
+  steps, every = 60, 10
+  straight, killed = str(tmp_path / "straight"), str(tmp_path / "killed")
+  out = train_lib.train(config_lib.load_config(_arg(record_dir, steps, every)), straight)
+
+  proc = _cli(record_dir, killed, steps, every)
+  deadline = time.time() + 300
+  while not os.path.isdir(os.path.join(killed, "checkpoints", "10")):
+    assert proc.poll() is None, proc.stdout.read()
+    assert time.time() < deadline, "no checkpoint appeared"
+    time.sleep(0.01)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+  assert ckpt_lib.Manager(killed).latest_step() < steps
+
+  proc = _cli(record_dir, killed, steps, every)
+  log = proc.communicate(timeout=300)[0]
+  assert proc.returncode == 0, log
+  assert "resumed from step" in log
+
+  assert _last_losses(killed) == _last_losses(straight)
+  assert sorted(_last_losses(straight)) == list(range(1, steps + 1))
+  for a, b in zip(jax.tree.leaves(_final_params(straight, steps)),
+                  jax.tree.leaves(_final_params(killed, steps))):
+    np.testing.assert_array_equal(a, b)
+  for a, b in zip(jax.tree.leaves(out["state"].params),
+                  jax.tree.leaves(_final_params(straight, steps))):
+    np.testing.assert_array_equal(np.asarray(a), b)
+
   rows = metrics_lib.read(straight)
-  compile_row = rows[0]
-  assert compile_row["kind"] == "compile" and compile_row["step_flops"] > 0
+  assert rows[0]["kind"] == "compile" and rows[0]["step_flops"] > 0
   train_rows = [r for r in rows if r["kind"] == "train"]
-  assert [r["step"] for r in train_rows] == list(range(1, 5))
   assert all(np.isfinite(r["loss"]) and r["grad_norm"] > 0 for r in train_rows)
   assert "loss/entity" in train_rows[-1] and "steps_per_s" in train_rows[-1]
   assert train_rows[-1]["lr"] < train_rows[1]["lr"]  # Cosine decay after warmup.
+  assert np.mean([r["loss"] for r in train_rows[-10:]]) < np.mean(
+      [r["loss"] for r in train_rows[:10]])  # It learns the four names.
   assert os.listdir(os.path.join(straight, "tensorboard"))
-  with open(os.path.join(straight, "checkpoints", "4", "config", "metadata")) as f:
-    assert json.load(f)["total_steps"] == 4
+  with open(os.path.join(straight, "checkpoints", str(steps), "config", "metadata")) as f:
+    assert json.load(f)["total_steps"] == steps
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(record_dir, tmp_path):
+  workdir = str(tmp_path / "preempted")
+  proc = _cli(record_dir, workdir, 100_000, 100_000)
+  metrics = os.path.join(workdir, "metrics.jsonl")
+  deadline = time.time() + 300
+  while not (os.path.exists(metrics) and '"kind": "train"' in open(metrics).read()):
+    assert proc.poll() is None, proc.stdout.read()
+    assert time.time() < deadline
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGTERM)
+  log = proc.communicate(timeout=120)[0]
+  assert proc.returncode == 0, log
+  assert "SIGTERM: saving step" in log
+  step = ckpt_lib.Manager(workdir).latest_step()
+  assert step is not None and 1 <= step < 100_000

@@ -1,0 +1,36 @@
+"""A tiny training config for the train-loop tests.
+
+  python -m rew_jax train --config tests/tiny_train_config.py:data_dir=D,steps=4 --workdir W
+"""
+
+from rew_jax import config as config_lib
+from rew_jax import optim
+from rew_jax.data import pipeline
+
+
+def get_config(arg=None):
+  arg = config_lib.parse_arg(arg, data_dir="", steps=4, every=2, mesh="data")
+  c = config_lib.ConfigDict()
+  c.seed = 0
+  c.total_steps = arg.steps
+  c.log_every = 1
+  c.model = config_lib.ConfigDict(dict(
+      name="git", variant="mu/8", image_size=32,
+      vit=dict(width=32, depth=1, num_heads=2, mlp_dim=64),
+      decoder=dict(num_layers=1, hidden_size=32, num_heads=2, mlp_dim=64, dropout=0.1),
+      max_prompt_len=8, max_target_len=8))
+  c.input = pipeline.default_config()
+  c.input.data_dir = arg.data_dir
+  c.input.batch_size = 8
+  c.input.num_threads = 1
+  c.input.pp = ("decode|inception_crop(32, area_min=50)|normalize('clip')|"
+                "tokenize(key='prompt', bos=True)|pad(8, key='prompt')|"
+                "tokenize(key='target', eos=True)|pad(8, key='target', keep_eos=102)")
+  c.optim = optim.default_config()
+  c.optim.update(dict(lr=3e-3, warmup_steps=1, lr_mults=((".*", 1.0),)))
+  c.loss = config_lib.ConfigDict(dict(label_smoothing=0.1))
+  sizes = {"data": dict(data=-1, fsdp=1, tensor=1), "3d": dict(data=2, fsdp=2, tensor=2)}
+  c.mesh = config_lib.ConfigDict(sizes[arg.mesh])
+  c.sharding_rules = None
+  c.checkpoint = config_lib.ConfigDict(dict(every=arg.every, keep=2, async_save=True))
+  return c
