@@ -18,7 +18,6 @@ import os
 import time
 from typing import Sequence
 
-import jax
 import numpy as np
 
 from rew_jax import config as config_lib
@@ -26,9 +25,6 @@ from rew_jax import plot
 from rew_jax import train as train_lib
 from rew_jax.curation import run as curation_run
 from rew_jax.data import synthetic
-from rew_jax.evaluators import oven
-from rew_jax.evaluators import predict_fns
-from rew_jax.kb import trie as trie_lib
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                               "configs", "demo.py")
@@ -60,26 +56,19 @@ def curate_both(config, workdir: str) -> dict[str, dict]:
   return reports
 
 
-def oven_evaluators(config, workdir: str, train_dir: str):
-  """The evaluators_fn of the train loop: OVEN validation at the last step."""
+def oven_eval_blocks(config, workdir: str) -> tuple[dict, dict]:
+  """(evals, predict) blocks of a train config: OVEN validation on the world, at the end,
+  with beam search constrained to the KB's name trie."""
   world_dir, kb_dir = os.path.join(workdir, "world"), os.path.join(workdir, "kb")
-  name_trie = trie_lib.load(os.path.join(kb_dir, "name_trie.npz"))
-
-  def build(model, mesh):
-    del mesh
-    decode = predict_fns.make(model, name_trie=name_trie,
-                              num_beams=config.eval.num_beams)["decode_rows"]
-    predict = jax.jit(lambda params, batch: decode({"params": params}, batch))
-    evaluator = oven.Evaluator(
-        predict, references=[os.path.join(world_dir, "oven", f"oven_{s}.jsonl")
-                             for s in config.eval.splits],
-        image_dir=os.path.join(world_dir, "images"),
-        mapping=dict(mode="rows", kb_dir=kb_dir), pp=config.eval.pp,
-        batch_size=config.eval.batch_size, max_examples=config.eval.max_examples,
-        name="oven_val", workdir=train_dir)
-    return {"oven_val": (evaluator, config.train.total_steps)}
-
-  return build
+  evals = {"oven_val": dict(
+      type="oven", pred="decode_rows", every=config.train.total_steps,
+      references=[os.path.join(world_dir, "oven", f"oven_{s}.jsonl") for s in config.eval.splits],
+      image_dir=os.path.join(world_dir, "images"), mapping=dict(mode="rows", kb_dir=kb_dir),
+      pp=config.eval.pp, batch_size=config.eval.batch_size,
+      max_examples=config.eval.max_examples)}
+  predict = dict(name_trie=os.path.join(kb_dir, "name_trie.npz"),
+                 num_beams=config.eval.num_beams)
+  return evals, predict
 
 
 def train_both(config, workdir: str) -> dict[str, dict]:
@@ -89,6 +78,8 @@ def train_both(config, workdir: str) -> dict[str, dict]:
     c.input.data_dir = os.path.join(workdir, f"records_{name}")
     if name == "rew":
       c.input.tasks.weights = config.rew_task_weights
+    evals, predict = oven_eval_blocks(config, workdir)
+    c.evals, c.predict = config_lib.ConfigDict(evals), config_lib.ConfigDict(predict)
     train_dir = os.path.join(workdir, f"train_{name}")
     metrics_path = os.path.join(train_dir, "demo_result.json")
     if os.path.exists(metrics_path):  # Trained and evaluated by an earlier run.
@@ -97,8 +88,7 @@ def train_both(config, workdir: str) -> dict[str, dict]:
       continue
     print(f"== train: {name} ({c.total_steps} steps on {c.input.data_dir}) ==", flush=True)
     start = time.time()
-    out = train_lib.train(c, train_dir,
-                          evaluators_fn=oven_evaluators(config, workdir, train_dir))
+    out = train_lib.train(c, train_dir)
     results[name] = dict(out["metrics"], seconds=round(time.time() - start, 1))
     with open(metrics_path, "w") as f:
       json.dump(results[name], f, indent=1)

@@ -34,6 +34,8 @@ from rew_jax import registry
 from rew_jax import sharding
 from rew_jax.data import pipeline
 from rew_jax.data import tasks as tasks_lib
+from rew_jax.evaluators import common as eval_common
+from rew_jax.evaluators import predict_fns
 from rew_jax.models import git as git_lib
 
 
@@ -82,13 +84,27 @@ def train_step(state: TrainState, batch, *, model, tx, schedule, label_smoothing
 
 
 def _state_shardings(tx, abstract_params, param_shardings, mesh):
-  """Optimizer-state shardings follow their parameters; scalars are replicated."""
+  """Optimizer-state shardings follow their parameters; everything else is replicated.
+
+  An optimizer-state leaf belongs to the parameter whose key path ends its own (Adam's
+  `...mu['decoder']['layers_0']...['kernel']`) and has its shape. Matching paths rather
+  than tree structure also covers multi_transform's masked groups and MultiSteps.
+  """
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  by_path = {}
+  for (path, p), (_, s) in zip(jax.tree_util.tree_flatten_with_path(abstract_params)[0],
+                               jax.tree_util.tree_flatten_with_path(param_shardings)[0]):
+    by_path[jax.tree_util.keystr(path)] = (p.shape, s)
+
+  def sharding_of(path, leaf):
+    key = jax.tree_util.keystr(path)
+    for param_path, (shape, s) in by_path.items():
+      if key.endswith(param_path) and tuple(leaf.shape) == tuple(shape):
+        return s
+    return replicated
+
   abstract_opt = jax.eval_shape(tx.init, abstract_params)
-  opt_shardings = optax.tree_map_params(
-      tx, lambda _, s: s, abstract_opt, param_shardings,
-      transform_non_params=lambda _: replicated,
-      is_leaf=lambda x: isinstance(x, jax.sharding.Sharding))
+  opt_shardings = jax.tree_util.tree_map_with_path(sharding_of, abstract_opt)
   return TrainState(step=replicated, params=param_shardings, opt_state=opt_shardings,
                     rng=replicated)
 
@@ -99,6 +115,10 @@ def _task_metrics(sums: Mapping[str, np.ndarray]) -> dict[str, float]:
     if sums["task_tokens"][k] > 0:
       out[f"loss/{task}"] = float(sums["task_loss_sum"][k] / sums["task_tokens"][k])
   return out
+
+
+class Preempted(Exception):
+  """Raised by `train` after SIGTERM made it save a checkpoint: the caller should exit."""
 
 
 class _Preempted:
@@ -113,6 +133,41 @@ class _Preempted:
 
   def restore(self):
     signal.signal(signal.SIGTERM, self._old)
+
+
+def config_evaluators(config, workdir: str):
+  """The evaluators of `config.evals` (see evaluators/common.py), as an evaluators_fn:
+  (model, mesh) → {name: (evaluator, every)}; `config.predict` configures decoding."""
+  if not config.get("evals"):
+    return None
+
+  def build(model, mesh):
+    del mesh  # Prediction runs on the params' own shardings.
+    fns = predict_fns.from_config(model, config.get("predict"))
+    evaluators = eval_common.from_config(config.evals, fns, workdir=workdir)
+    return {name: (ev, int(config.evals[name].get("every", config.total_steps)))
+            for name, ev in evaluators.items()}
+
+  return build
+
+
+class _EarlyStopping:
+  """Stops when `metric` has not improved for `patience` evaluations (0: never stops)."""
+
+  def __init__(self, config):
+    c = dict(config or {})
+    self.metric, self.patience = c.get("metric", ""), int(c.get("patience", 0))
+    self.best, self.best_step, self.bad = None, None, 0
+
+  def update(self, step: int, results: Mapping[str, float]) -> bool:
+    if not self.patience or self.metric not in results:
+      return False
+    value = results[self.metric]
+    if self.best is None or value > self.best:
+      self.best, self.best_step, self.bad = value, step, 0
+    else:
+      self.bad += 1
+    return self.bad >= self.patience
 
 
 def train(config, workdir: str, *, evaluators_fn=None) -> dict[str, Any]:
@@ -164,7 +219,9 @@ def train(config, workdir: str, *, evaluators_fn=None) -> dict[str, Any]:
   # ---------------------------------------------------------------------------- Evaluators
   # name → (evaluator, every): evaluators need the model's prediction functions, which the
   # caller builds (see rew_jax/predict.py); none means train only.
+  evaluators_fn = evaluators_fn or config_evaluators(config, workdir)
   evaluators = evaluators_fn(model, mesh) if evaluators_fn else {}
+  early = _EarlyStopping(config.get("early_stopping"))
 
   # ---------------------------------------------------------------------------- Loop
   jitted_step = jax.jit(
@@ -176,7 +233,7 @@ def train(config, workdir: str, *, evaluators_fn=None) -> dict[str, Any]:
                               start_step=start)
   preempted = _Preempted()
   last: dict[str, Any] = {}
-  sums, step_fn = None, None
+  sums, step_fn, stop = None, None, False
   try:
     with sharding.use(mesh, rules):
       for step in range(start + 1, config.total_steps + 1):
@@ -203,9 +260,12 @@ def train(config, workdir: str, *, evaluators_fn=None) -> dict[str, Any]:
             results = dict(evaluator.run(state.params, step=step))  # Names carry a prefix.
             writer.log_eval(step, name, results)
             last.update(results)
+            stop = early.update(step, results) or stop
         manager.maybe_save(step, state, data_iter)
-        if preempted.flag:
-          print(f"SIGTERM: saving step {step} and exiting", flush=True)
+        if preempted.flag or stop:
+          why = "SIGTERM" if preempted.flag else (
+              f"early stopping ({early.metric} best {early.best} at step {early.best_step})")
+          print(f"{why}: saving step {step} and exiting", flush=True)
           manager.save(step, state, data_iter, force=True)
           break
       else:
@@ -215,7 +275,32 @@ def train(config, workdir: str, *, evaluators_fn=None) -> dict[str, Any]:
     preempted.restore()
     manager.close()
     writer.close()
+  if preempted.flag:
+    raise Preempted(f"preempted at step {step}; rerun the same command to resume")
+  if early.best_step is not None:
+    last["best_step"], last["best_" + early.metric] = early.best_step, early.best
   return {"state": state, "metrics": last, "model": model, "mesh": mesh}
+
+
+def evaluate(config, workdir: str, step: int | None = None) -> dict[str, float]:
+  """Runs `config.evals` on a checkpoint of `workdir` (the latest unless `step`)."""
+  mesh = sharding.make_mesh(config.get("mesh"))
+  rules = sharding.logical_rules(config.get("sharding_rules"))
+  model = registry.MODELS.get(config.model.name)(config.model)
+  spec = git_lib.parse_config(config.model)
+  variables, shardings = sharding.init_sharded(
+      model, jax.random.key(0), *git_lib.dummy_inputs(spec), mesh=mesh, rules=rules)
+  source = workdir if step is None else os.path.join(workdir, "checkpoints", str(step))
+  params = ckpt_lib.load_params(source, ckpt_lib.abstract_with_shardings(
+      variables["params"], shardings["params"]))
+  build = config_evaluators(config, workdir)
+  if build is None:
+    raise config_lib.ConfigError("the config has no `evals` block to evaluate with")
+  results = {}
+  with sharding.use(mesh, rules):
+    for _, (evaluator, _) in build(model, mesh).items():
+      results.update(evaluator.run(params, step=step))
+  return results
 
 
 def main(argv: Sequence[str]) -> int:
@@ -225,5 +310,8 @@ def main(argv: Sequence[str]) -> int:
   args, config = config_lib.parse_stage_args(parser, argv)
   # Multi-host: join the job before anything touches the XLA backend (launch/ sets the env).
   distributed.initialize_from_env()
-  train(config, args.workdir)
+  try:
+    train(config, args.workdir)
+  except Preempted as e:
+    print(e, flush=True)
   return 0

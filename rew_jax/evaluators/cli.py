@@ -15,7 +15,6 @@ import json
 import sys
 from typing import Sequence
 
-from rew_jax.errors import StageUnavailableError
 from rew_jax.evaluators import oven_metric
 
 
@@ -44,11 +43,12 @@ def _checkpoint_main(argv: Sequence[str]) -> int:
   parser.add_argument("--config", required=True, help="configs/<recipe>.py[:arg]")
   parser.add_argument("--workdir", required=True, help="the training run's workdir")
   parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
-  parser.parse_known_args(list(argv))
-  raise StageUnavailableError(
-      "eval --config/--workdir needs the training loop (rew_jax.train: model state, "
-      "checkpoint restore and the config's predict functions), which is not part of this "
-      "version yet; score prediction files with `eval oven --references R --predictions P`")
+  from rew_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  from rew_jax import train  # pylint: disable=g-import-not-at-top
+  args, config = config_lib.parse_stage_args(parser, argv)
+  results = train.evaluate(config, args.workdir, args.step)
+  print(json.dumps(results, sort_keys=True))
+  return 0
 
 
 def main(argv: Sequence[str]) -> int:

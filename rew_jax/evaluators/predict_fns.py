@@ -99,3 +99,20 @@ def make(model, *, name_trie: trie_lib.TokenTrie | None = None,
 
     fns["ald_rows"] = ald_rows
   return fns
+
+
+def from_config(model, predict_config=None) -> dict[str, Callable]:
+  """Jitted prediction functions over a train state's `params` (not the variables dict),
+  from a `config.predict` block: name_trie / code_trie (paths of `trie.save` files, e.g.
+  the KB index's name_trie.npz), code_len, num_beams, max_len, alpha, first_valid."""
+  c = dict(predict_config or {})
+  tries = {key: trie_lib.load(c.pop(key)) if c.get(key) else None
+           for key in ("name_trie", "code_trie")}
+  c.pop("name_trie", None)
+  c.pop("code_trie", None)
+  fns = make(model, **tries, **c)
+
+  def over_params(fn):
+    return jax.jit(lambda params, batch, **kw: fn({"params": params}, batch, **kw))
+
+  return {name: over_params(fn) for name, fn in fns.items()}

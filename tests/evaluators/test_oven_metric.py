@@ -166,5 +166,5 @@ def test_cli_subprocess_errors_are_one_line(tmp_path):
   assert len(proc.stderr.strip().splitlines()) == 1
   proc = subprocess.run([sys.executable, "-m", "rew_jax", "eval", "--config", "c.py",
                          "--workdir", str(tmp_path)], capture_output=True, text=True, check=False)
-  assert proc.returncode == 2 and "needs the training loop (rew_jax.train" in proc.stderr
+  assert proc.returncode == 2 and "config file 'c.py' does not exist" in proc.stderr
   assert len(proc.stderr.strip().splitlines()) == 1

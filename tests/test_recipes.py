@@ -1,0 +1,74 @@
+"""Every recipe config runs 3 steps in its shrunk (runlocal) form on a (data, fsdp, tensor)
+mesh of 8 fake devices; early stopping and the demo's end-to-end smoke run."""
+
+import os
+
+import jax
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec
+
+from rew_jax import config as config_lib
+from rew_jax import records
+from rew_jax import train as train_lib
+from rew_jax.data import synthetic_images as si
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def record_dir(tmp_path_factory):
+  rng = np.random.default_rng(0)
+  recs = [records.RewRecord(
+      image_id=f"img_{i:03d}",
+      image=si.encode_jpeg(si.draw([si.Look("tower", "crimson", "plain")], rng, min_size=32,
+                                   max_size=40)),
+      caption="a crimson tower", entity_id="Q1", entity_name="Crimson Plain Tower",
+      curation_status="kept", backend="test", rationale="it is a tall narrow crimson block",
+      qa=[{"question": "what colour is it?", "answer": "crimson"}]) for i in range(24)]
+  path = str(tmp_path_factory.mktemp("records"))
+  records.write_records(path, recs, records_per_shard=12)
+  return path
+
+
+@pytest.mark.parametrize("spec", [
+    "git_large_rew.py:runlocal",
+    "git_large_rew.py:runlocal,data=captions",
+    "oven_finetune.py:runlocal",
+])
+def test_recipe_runs_three_steps_on_a_3d_mesh(spec, record_dir, tmp_path):
+  config = config_lib.load_config(os.path.join(REPO, "configs", spec))
+  config.input.data_dir = record_dir
+  assert dict(config.mesh) == dict(data=2, fsdp=2, tensor=2)
+  out = train_lib.train(config, str(tmp_path))
+  assert int(out["state"].step) == 3
+  assert np.isfinite(out["metrics"]["loss"])
+  loss_key = "loss/caption" if "captions" in spec else "loss/entity"
+  assert loss_key in out["metrics"]
+  # Adam's moments live where their parameters live (here: the head, fsdp × tensor).
+  biggest = lambda tree: max(jax.tree.leaves(tree), key=lambda x: x.size)
+  head, moment = biggest(out["state"].params), biggest(out["state"].opt_state)
+  assert head.sharding.spec == moment.sharding.spec == PartitionSpec("fsdp", "tensor")
+
+
+def test_full_recipes_describe_the_paper():
+  c = config_lib.load_config(os.path.join(REPO, "configs", "git_large_rew.py"))
+  assert (c.input.batch_size, c.total_steps, c.optim.lr, c.optim.warmup_steps) == (
+      4096, 600_000, 1e-5, 250)
+  assert tuple(map(tuple, c.optim.lr_mults)) == (("encoder/.*", 1.0), (".*", 10.0))
+  assert c.model.variant == "L/14" and c.model.image_size == 224
+  assert c.loss.label_smoothing == 0.3
+  f = config_lib.load_config(os.path.join(REPO, "configs", "oven_finetune.py"))
+  assert (f.input.batch_size, f.optim.lr, f.evals.oven_val.every) == (256, 3e-7, 500)
+  assert f.early_stopping.metric == "oven_val/final_score"
+  with pytest.raises(config_lib.ConfigError, match="data="):
+    config_lib.load_config(os.path.join(REPO, "configs", "git_large_rew.py:data=laion"))
+
+
+def test_early_stopping_counts_evaluations_without_improvement():
+  early = train_lib._EarlyStopping(dict(metric="m", patience=2))
+  assert [early.update(s, {"m": v}) for s, v in
+          [(1, 1.0), (2, 2.0), (3, 1.5), (4, 2.0), (5, 0.1)]] == [False, False, False, True, True]
+  assert (early.best, early.best_step) == (2.0, 2)
+  never = train_lib._EarlyStopping(dict(metric="m", patience=0))
+  assert not any(never.update(s, {"m": 0.0}) for s in range(10))
