@@ -36,6 +36,7 @@ from rew_jax.data import pipeline
 from rew_jax.data import tasks as tasks_lib
 from rew_jax.evaluators import common as eval_common
 from rew_jax.evaluators import predict_fns
+from rew_jax.models import convert
 from rew_jax.models import git as git_lib
 
 
@@ -170,6 +171,28 @@ class _EarlyStopping:
     return self.bad >= self.patience
 
 
+def init_from(source: str, model_config, params, shardings):
+  """Parameters to start from, placed on `shardings`:
+    hf_git:DIR    a HF GitForCausalLM directory (all of the model; shapes must match);
+    hf_clip:DIR   a HF CLIP vision directory (the image encoder; the rest keeps `params`);
+    otherwise     another run's workdir or checkpoint step directory.
+  """
+  kind, sep, path = source.partition(":")
+  if sep and kind == "hf_git":
+    new = convert.git_to_params(convert.read_state_dict(path), model_config, path)["params"]
+  elif sep and kind == "hf_clip":
+    encoder = convert.clip_vision_to_params(convert.read_state_dict(path), model_config, path)
+    new = dict(jax.device_get(params), encoder=encoder)
+  else:
+    return ckpt_lib.load_params(source, ckpt_lib.abstract_with_shardings(params, shardings))
+  expected = jax.tree.map(lambda x: x.shape, params)
+  got = jax.tree.map(lambda x: x.shape, new)
+  if expected != got:
+    raise config_lib.ConfigError(f"init_from={source!r}: its parameter shapes do not match "
+                                 "config.model (check variant, image_size, decoder, vocab)")
+  return sharding.put_sharded(new, shardings)
+
+
 def train(config, workdir: str, *, evaluators_fn=None) -> dict[str, Any]:
   """Runs `config` in `workdir`; returns the last logged metrics (and eval results)."""
   if "://" not in workdir:  # Object-store workdirs (gs://) need no directory.
@@ -194,8 +217,7 @@ def train(config, workdir: str, *, evaluators_fn=None) -> dict[str, Any]:
       model, init_rng, *git_lib.dummy_inputs(spec), mesh=mesh, rules=rules)
   params, param_shardings = variables["params"], variable_shardings["params"]
   if config.get("init_from"):
-    params = ckpt_lib.load_params(config.init_from, ckpt_lib.abstract_with_shardings(
-        params, param_shardings))
+    params = init_from(config.init_from, config.model, params, param_shardings)
 
   # ---------------------------------------------------------------------------- Optimizer
   tx, schedule = optim.make(config.optim, params, config.total_steps)
