@@ -9,7 +9,9 @@ Both sides get the same architecture, batch and sequence lengths, randomly initi
       (ours: KV cache, image encoded once per example; HF: `generate(num_beams=4)`);
   (c) peak resident memory of each side's process (MiB), measured in separate processes so
       that neither side's allocations count against the other.
-On a GPU/TPU (`--mfu`) the script instead reports the MFU of GiT-Large train steps.
+On a GPU/TPU, `--mfu --batch 256` instead reports the MFU of GiT-Large train steps
+(bfloat16, remat, FSDP over all devices); on CPU `--mfu --quick` runs that path on a small
+model as a smoke check.
 The last stdout line is one JSON object: {"benchmark", per figure {"ours", "baseline",
 "speedup"}, ...}. torch and transformers are the `test` extra; without them the baseline
 figures are null.
@@ -27,7 +29,7 @@ import time
 
 import numpy as np
 
-QUICK = dict(variant="Ti/16", image_size=96, vit=dict(depth=4),
+QUICK = dict(variant="Ti/16", image_size=64, vit=dict(depth=4),
              decoder=dict(num_layers=2, hidden_size=256, num_heads=4, mlp_dim=1024),
              batch=8, target_len=12, decode_len=6, train_steps=2, decode_reps=1)
 FULL = dict(variant="B/16", image_size=224, vit=dict(),
@@ -175,7 +177,7 @@ PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12,
              "TPU v6 lite": 918e12, "TPU v6e": 918e12}
 
 
-def run_mfu(batch, steps):
+def run_mfu(batch, steps, smoke=False):
   import functools
 
   import jax
@@ -186,6 +188,9 @@ def run_mfu(batch, steps):
 
   config = git.default_config()
   config.dtype, config.remat = "bfloat16", True
+  if smoke:  # A CPU check of this code path with a small model.
+    config.variant, config.image_size, config.vit.depth = "Ti/16", 64, 2
+    config.decoder.num_layers, config.max_prompt_len, config.max_target_len = 1, 4, 8
   model = git.GiT(config)
   spec = git.parse_config(config)
   mesh = sharding.make_mesh({"fsdp": -1})
@@ -229,6 +234,11 @@ def run_mfu(batch, steps):
 # ---------------------------------------------------------------------------------------------
 
 
+def jax_backend():
+  import jax
+  return jax.default_backend()
+
+
 def child(side, quick):
   setup = QUICK if quick else FULL
   out = run_ours(setup) if side == "ours" else run_hf(setup)
@@ -256,7 +266,8 @@ def main(argv=None):
     child(args.side, args.quick)
     return 0
   if args.mfu:
-    result = run_mfu(args.batch, steps=3 if args.quick else 10)
+    result = run_mfu(args.batch, steps=3 if args.quick else 10,
+                     smoke=args.quick and jax_backend() == "cpu")
     print(json.dumps(dict(benchmark="model_mfu", **result)))
     return 0
 

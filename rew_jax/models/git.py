@@ -139,6 +139,10 @@ class GiT(nn.Module):
 
   def __call__(self, images, prompt_tokens, target_tokens, train: bool = False):
     """→ logits [B,T,V] (float32) for the target positions."""
+    if prompt_tokens.shape[1] + target_tokens.shape[1] > self.spec.decoder.max_positions:
+      raise ValueError(f"prompt + target length {prompt_tokens.shape[1]} + "
+                       f"{target_tokens.shape[1]} exceeds the {self.spec.decoder.max_positions} "
+                       "text positions (model.max_prompt_len + model.max_target_len)")
     visual = self.encode(images, train)
     num_image = visual.shape[1]
     positions = text_decoder.text_positions(prompt_tokens, target_tokens)
