@@ -1,10 +1,8 @@
 """Module-scoped tiny GiT shared by the model tests."""
 
-import flax.linen as nn
-import jax
 import pytest
 
-from gitcase import tiny_config, tiny_inputs
+from gitcase import random_params, tiny_config, tiny_inputs
 
 
 @pytest.fixture(scope="module")
@@ -13,5 +11,5 @@ def tiny():
   from rew_jax.models import git
   model = git.GiT(tiny_config())
   images, prompts, targets = tiny_inputs()
-  params = nn.unbox(jax.jit(model.init)(jax.random.key(0), images, prompts, targets))
+  params = random_params(model, images, prompts, targets)
   return model, params, (images, prompts, targets)

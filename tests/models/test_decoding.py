@@ -3,13 +3,12 @@
 import functools
 import itertools
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gitcase import tiny_config
+from gitcase import random_params, tiny_config
 from rew_jax.kb import trie as trie_lib
 from rew_jax.models import decoding, git
 
@@ -26,9 +25,8 @@ def small():
                               vit=dict(depth=1), decoder=dict(num_layers=1)))
   images = jax.random.normal(jax.random.key(4), (2, 32, 32, 3))
   prompts = jnp.array([[5, 6, 7], [3, 0, 0]], jnp.int32)
-  params = nn.unbox(jax.jit(model.init)(jax.random.key(1), images, prompts,
-                                        jnp.zeros((2, 4), jnp.int32)))
-  params["params"]["head"]["kernel"] = params["params"]["head"]["kernel"] * 40.0
+  params = random_params(model, images, prompts, jnp.zeros((2, 4), jnp.int32), seed=1)
+  params["params"]["head"]["kernel"] = params["params"]["head"]["kernel"] * 10.0
   return model, params, images, prompts
 
 
