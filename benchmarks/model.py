@@ -10,7 +10,7 @@ Both sides get the same architecture, batch and sequence lengths, randomly initi
   (c) peak resident memory of each side's process (MiB), measured in separate processes so
       that neither side's allocations count against the other.
 On a GPU/TPU, `--mfu --batch 256` instead reports the MFU of GiT-Large train steps
-(bfloat16, remat, FSDP over all devices); on CPU `--mfu --quick` runs that path on a small
+(bfloat16, scanned + remat layers, FSDP over all devices); on CPU `--mfu --quick` runs that path on a small
 model as a smoke check.
 The last stdout line is one JSON object: {"benchmark", per figure {"ours", "baseline",
 "speedup"}, ...}. torch and transformers are the `test` extra; without them the baseline
@@ -187,7 +187,7 @@ def run_mfu(batch, steps, smoke=False):
   from rew_jax.models import flops, git
 
   config = git.default_config()
-  config.dtype, config.remat = "bfloat16", True
+  config.dtype, config.remat, config.scan_layers = "bfloat16", True, True
   if smoke:  # A CPU check of this code path with a small model.
     config.variant, config.image_size, config.vit.depth = "Ti/16", 64, 2
     config.decoder.num_layers, config.max_prompt_len, config.max_target_len = 1, 4, 8

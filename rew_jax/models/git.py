@@ -50,7 +50,7 @@ def default_config() -> ml_collections.ConfigDict:
       max_prompt_len=20,
       max_target_len=44,
       dtype="float32",
-      remat=False,
+      remat=False,  # Saves activation memory only together with scan_layers (XLA).
       scan_layers=False,
   ))
 
