@@ -162,7 +162,8 @@ def _fit_rows(table: np.ndarray, rows: int) -> np.ndarray:
 
 def clip_vision_to_params(state_dict: Mapping[str, np.ndarray], model_config,
                           source: str = "state dict") -> dict:
-  """HF CLIPVisionModel (or CLIPModel) weights → the `encoder` subtree of GiT params.
+  """HF CLIPVisionModel (or CLIPModel) weights → the `encoder` subtree of GiT params
+  (unrolled, or stacked when config.scan_layers).
 
   Accepts names with the `vision_model.` prefix (CLIPModel and older CLIPVisionModel
   checkpoints) and without it (CLIPVisionModel in transformers 5).
@@ -170,7 +171,8 @@ def clip_vision_to_params(state_dict: Mapping[str, np.ndarray], model_config,
   spec = git_lib.parse_config(model_config)
   sd = {k: np.asarray(v, np.float32) for k, v in state_dict.items()}
   prefix = "vision_model." if any(k.startswith("vision_model.") for k in sd) else ""
-  return _vision(_Reader(sd, source), prefix, spec.vit)
+  encoder = _vision(_Reader(sd, source), prefix, spec.vit)
+  return scan_params(encoder) if spec.scan_layers else encoder
 
 
 def git_to_params(state_dict: Mapping[str, np.ndarray], model_config,

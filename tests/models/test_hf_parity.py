@@ -95,6 +95,8 @@ def test_clip_vision_matches():
   prefixed = convert.clip_vision_to_params({"vision_model." + k: v for k, v in sd.items()},
                                            model_config)
   jax.tree.map(np.testing.assert_array_equal, params, prefixed)
+  scanned = convert.clip_vision_to_params(sd, dict(model_config, scan_layers=True))
+  assert scanned["blocks"]["mlp"]["fc1"]["kernel"].shape == (2, 32, 64)
   spec = git.parse_config(model_config).vit
   out = jax.jit(vit.VisionTransformer(spec).apply)({"params": params},
                                                   jnp.asarray(pixels.transpose(0, 2, 3, 1)))
