@@ -2,7 +2,7 @@
 
 Generate the world, then retrieve the top-10 KB entities for every web caption:
 
-  python -m rew_jax world --config configs/demo.py:small --workdir runs/cand
+  python -m rew_jax world --config configs/demo.py:runlocal --workdir runs/cand
   python -m rew_jax candidates --config configs/candidates_demo.py --workdir runs/cand
 
 Variants (`--config configs/candidates_demo.py:method=bm25,k=20`):

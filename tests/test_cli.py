@@ -56,7 +56,7 @@ def test_unknown_stage_and_config_errors_are_one_line():
 
 
 def test_world_stage_writes_the_world(tmp_path):
-  out = _run("world", "--workdir", str(tmp_path), "--config", "configs/demo.py:small",
+  out = _run("world", "--workdir", str(tmp_path), "--config", "configs/demo.py:runlocal",
              "--config.num_web_images=20")
   assert out.returncode == 0, out.stderr
   assert "20" in out.stdout

@@ -45,10 +45,19 @@ def test_recipe_runs_three_steps_on_a_3d_mesh(spec, record_dir, tmp_path):
   assert np.isfinite(out["metrics"]["loss"])
   loss_key = "loss/caption" if "captions" in spec else "loss/entity"
   assert loss_key in out["metrics"]
-  # Adam's moments live where their parameters live (here: the head, fsdp × tensor).
-  biggest = lambda tree: max(jax.tree.leaves(tree), key=lambda x: x.size)
-  head, moment = biggest(out["state"].params), biggest(out["state"].opt_state)
-  assert head.sharding.spec == moment.sharding.spec == PartitionSpec("fsdp", "tensor")
+  # Adam's moments live where their parameters live: compare each moment of the output
+  # layer (and of every other weight) with its parameter, by key path.
+  params = {jax.tree_util.keystr(p): x for p, x in
+            jax.tree_util.tree_flatten_with_path(out["state"].params)[0]}
+  checked = 0
+  for path, leaf in jax.tree_util.tree_flatten_with_path(out["state"].opt_state)[0]:
+    key = jax.tree_util.keystr(path)
+    owner = [p for p in params if key.endswith(p)]
+    if owner and leaf.shape == params[owner[0]].shape:
+      assert leaf.sharding.spec == params[owner[0]].sharding.spec, key
+      checked += 1
+  assert checked >= 2 * len(params)  # mu and nu of every parameter.
+  assert params["['head']['kernel']"].sharding.spec == PartitionSpec("fsdp", "tensor")
 
 
 def test_full_recipes_describe_the_paper():
