@@ -62,10 +62,14 @@ def bare_steps_per_s(config, steps: int) -> float:
   host = next(iter(pipeline.from_config(config.input, train=True)))
   batch = sharding.host_batch_to_global(
       {k: v for k, v in host.items() if np.asarray(v).dtype.kind not in "USO"}, mesh)
-  step = jax.jit(functools.partial(train_lib.train_step, model=model, tx=tx, schedule=schedule,
-                                   label_smoothing=config.loss.label_smoothing),
-                 donate_argnums=(0,))
+  jitted = jax.jit(functools.partial(train_lib.train_step, model=model, tx=tx,
+                                     schedule=schedule,
+                                     label_smoothing=config.loss.label_smoothing),
+                   donate_argnums=(0,))
   with sharding.use(mesh, rules):
+    # The compiled executable, as the loop calls it (jit's own dispatch re-checks the
+    # arguments' shardings on every call; see docs/training.md).
+    step = jitted.lower(state, batch).compile()
     state, m = step(state, batch)
     jax.block_until_ready(m)
     start = time.time()

@@ -255,7 +255,7 @@ def train(config, workdir: str, *, evaluators_fn=None) -> dict[str, Any]:
                               start_step=start)
   preempted = _Preempted()
   last: dict[str, Any] = {}
-  sums, step_fn, stop = None, None, False
+  pending, step_fn, stop = [], None, False  # Device metrics of the steps since the last log.
   try:
     with sharding.use(mesh, rules):
       for step in range(start + 1, config.total_steps + 1):
@@ -269,14 +269,17 @@ def train(config, workdir: str, *, evaluators_fn=None) -> dict[str, Any]:
           cost = cost[0] if isinstance(cost, (list, tuple)) else cost
           writer.note_compiled(step, (cost or {}).get("flops"), time.time() - t0)
         state, metrics = step_fn(state, batch)
-        sums = metrics if sums is None else jax.tree.map(jnp.add, sums, metrics)
+        # Kept on device and summed on the host at log time: adding them here would
+        # dispatch a few tiny computations every step.
+        pending.append(metrics)
         if step % config.log_every == 0 or step == config.total_steps:
-          n = config.log_every if step % config.log_every == 0 else step % config.log_every
-          sums = jax.device_get(sums)
+          fetched = jax.device_get(pending)
+          sums = jax.tree.map(lambda *xs: np.sum(xs, axis=0), *fetched)
+          n = len(fetched)
           last = {"loss": float(sums["loss"]) / n, "grad_norm": float(sums["grad_norm"]) / n,
-                  "lr": float(metrics["lr"]), **_task_metrics(sums)}
+                  "lr": float(fetched[-1]["lr"]), **_task_metrics(sums)}
           writer.log_train(step, last, examples=int(sums["examples"]))
-          sums = None
+          pending = []
         for name, (evaluator, every) in evaluators.items():
           if step % every == 0 or step == config.total_steps:
             results = dict(evaluator.run(state.params, step=step))  # Names carry a prefix.
