@@ -62,6 +62,15 @@ class Backend:
     pass
 
 
+def options(backend: str, defaults: dict, given: dict) -> dict:
+  """`defaults` updated with `given`; an option the backend does not know is an error."""
+  unknown = sorted(set(given) - set(defaults))
+  if unknown:
+    raise BackendError(f"curation backend {backend!r}: unknown options {unknown}; "
+                       f"known: {sorted(defaults)}")
+  return {**defaults, **given}
+
+
 def api_key(env_var: str, backend: str, required: bool = True) -> str:
   """The key from the environment; the error names the variable, never a value."""
   if not env_var:

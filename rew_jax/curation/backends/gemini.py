@@ -35,11 +35,7 @@ class Gemini(base.Backend):
   name = "gemini"
 
   def __init__(self, **kwargs):
-    unknown = sorted(set(kwargs) - set(DEFAULTS))
-    if unknown:
-      raise base.BackendError(f"curation backend 'gemini': unknown options {unknown}; "
-                              f"known: {sorted(DEFAULTS)}")
-    self.cfg = {**DEFAULTS, **kwargs}
+    self.cfg = base.options("gemini", DEFAULTS, kwargs)
     try:
       from google import genai  # pylint: disable=g-import-not-at-top
       from google.genai import errors, types  # pylint: disable=g-import-not-at-top

@@ -103,11 +103,7 @@ class GemmaLocal(base.Backend):
 
   def __init__(self, *, model_obj=None, params=None, tokenizer=None, **kwargs):
     """`model_obj`/`params`/`tokenizer` let tests pass a tiny in-memory model."""
-    unknown = sorted(set(kwargs) - set(DEFAULTS))
-    if unknown:
-      raise base.BackendError(f"curation backend 'gemma': unknown options {unknown}; "
-                              f"known: {sorted(DEFAULTS)}")
-    self.cfg = c = {**DEFAULTS, **kwargs}
+    self.cfg = c = base.options("gemma", DEFAULTS, kwargs)
     gm = _import_gemma()
     if model_obj is None:
       if not c["checkpoint_dir"] or not c["tokenizer_path"]:

@@ -35,11 +35,7 @@ class OpenAICompatible(base.Backend):
   name = "openai"
 
   def __init__(self, **kwargs):
-    unknown = sorted(set(kwargs) - set(DEFAULTS))
-    if unknown:
-      raise base.BackendError(f"curation backend 'openai': unknown options {unknown}; "
-                              f"known: {sorted(DEFAULTS)}")
-    self.cfg = {**DEFAULTS, **kwargs}
+    self.cfg = base.options("openai", DEFAULTS, kwargs)
     if not self.cfg["model"]:
       raise base.BackendError("curation backend 'openai' needs a model name (openai.model)")
     self.url = self.cfg["base_url"].rstrip("/") + "/chat/completions"

@@ -32,7 +32,7 @@ import time
 import numpy as np
 
 from rew_jax import registry
-from rew_jax.curation.backends.base import Backend, BackendError, Reply
+from rew_jax.curation.backends.base import Backend, BackendError, Reply, options
 from rew_jax.curation.prompts import Prompt
 from rew_jax.data import synthetic
 
@@ -82,11 +82,7 @@ class SimulatedLLM(Backend):
   name = "simulated"
 
   def __init__(self, **kwargs):
-    unknown = sorted(set(kwargs) - set(DEFAULTS))
-    if unknown:
-      raise BackendError(f"curation backend 'simulated': unknown options {unknown}; "
-                         f"known: {sorted(DEFAULTS)}")
-    cfg = {**DEFAULTS, **kwargs}
+    cfg = options("simulated", DEFAULTS, kwargs)
     self.cfg = cfg
     world = cfg["world_dir"]
     if not world or not os.path.isfile(os.path.join(world, "truth", "web_truth.jsonl")):
