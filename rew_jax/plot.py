@@ -18,26 +18,30 @@ import matplotlib.pyplot as plt  # noqa: E402
 from rew_jax import metrics as metrics_lib  # noqa: E402
 from rew_jax.errors import UserError  # noqa: E402
 
-EVAL_KEYS = ("entity_score", "query_score", "final_score")
+EVAL_KEYS = ("entity_seen", "entity_unseen", "entity_score", "query_seen", "final_score")
 
 
 def plot_runs(runs: Mapping[str, str], out_path: str) -> str:
   """runs: label → workdir. Writes the PNG and returns its path."""
   fig, (ax_loss, ax_eval) = plt.subplots(1, 2, figsize=(11, 4))
-  for label, workdir in runs.items():
+  width = 0.8 / max(len(runs), 1)
+  for i, (label, workdir) in enumerate(runs.items()):
     if not os.path.exists(os.path.join(workdir, "metrics.jsonl")):
       raise UserError(f"{workdir}: no metrics.jsonl (has it been trained?)")
     rows = metrics_lib.read(workdir)
     train = [r for r in rows if r["kind"] == "train"]
     ax_loss.plot([r["step"] for r in train], [r["loss"] for r in train], label=label)
-    for row in (r for r in rows if r["kind"] == "eval"):
-      for key, value in row.items():
-        if any(key.endswith("/" + k) and "strict" not in key for k in EVAL_KEYS):
-          ax_eval.bar(f"{label}\n{key.split('/')[-1]}", value)
+    evals = [r for r in rows if r["kind"] == "eval"]
+    if evals:  # The last evaluation: one bar per metric, runs side by side.
+      last = {k.split("/")[-1]: v for k, v in evals[-1].items() if "strict" not in k}
+      values = [last.get(k, 0.0) for k in EVAL_KEYS]
+      ax_eval.bar([x + i * width for x in range(len(EVAL_KEYS))], values, width, label=label)
   ax_loss.set(xlabel="step", ylabel="training loss", title="loss")
   ax_loss.legend()
-  ax_eval.set(ylabel="OVEN HM (%)", title="evaluation (last step)")
-  ax_eval.tick_params(axis="x", labelsize=7)
+  ax_eval.set_xticks([x + width * (len(runs) - 1) / 2 for x in range(len(EVAL_KEYS))],
+                     [k.replace("_", "\n") for k in EVAL_KEYS], fontsize=8)
+  ax_eval.set(ylabel="OVEN top-1 / harmonic mean (%)", title="evaluation (last step)")
+  ax_eval.legend()
   fig.tight_layout()
   fig.savefig(out_path, dpi=100)
   plt.close(fig)
