@@ -66,7 +66,6 @@ def run_ours(setup):
 
   import flax.linen as nn
   import jax
-  import jax.numpy as jnp
   import optax
 
   from rew_jax.models import decoding, git

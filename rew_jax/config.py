@@ -106,6 +106,15 @@ def load_config(spec: str) -> ConfigDict:
   return config
 
 
+def load_section(spec: str | None, section: str, default: ConfigDict) -> ConfigDict:
+  """A stage's config: `default` without a file, else the file's `section` (a whole-pipeline
+  config such as configs/demo.py) or, when it has none, the whole file."""
+  if not spec:
+    return default
+  loaded = load_config(spec)
+  return loaded[section] if section in loaded else loaded
+
+
 def flat_keys(config: ConfigDict, prefix: str = "") -> list[str]:
   """All dotted leaf and branch keys of `config`."""
   keys = []

@@ -110,3 +110,14 @@ def test_shipped_configs_have_command_in_docstring():
     spec.loader.exec_module(module)
     assert "python -m rew_jax" in (module.__doc__ or ""), path
     assert isinstance(module.get_config(), ml_collections.ConfigDict), path
+
+
+def test_load_section_picks_the_stage_block(tmp_path):
+  default = config_lib.ConfigDict(dict(a=1))
+  assert config_lib.load_section(None, "world", default) is default
+  whole = tmp_path / "whole.py"
+  whole.write_text("from rew_jax import config as c\n"
+                   "def get_config(arg=None):\n"
+                   "  return c.ConfigDict(dict(world=dict(a=2), other=3))\n")
+  assert config_lib.load_section(str(whole), "world", default).a == 2
+  assert config_lib.load_section(str(whole), "candidates", default).other == 3

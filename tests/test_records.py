@@ -6,7 +6,6 @@ import os
 import pickle
 
 import msgpack
-import numpy as np
 import pytest
 from PIL import Image
 

@@ -456,10 +456,7 @@ def main(argv: Sequence[str]) -> int:
   parser.add_argument("--workdir", required=True, help="output: WORKDIR/world")
   overrides, rest = config_lib.split_overrides(argv)
   args = parser.parse_args(rest)
-  config = default_config()
-  if args.config:
-    loaded = config_lib.load_config(args.config)
-    config = loaded.world if "world" in loaded else loaded
+  config = config_lib.load_section(args.config, "world", default_config())
   config_lib.apply_overrides(config, overrides)
   summary = generate(config, os.path.join(args.workdir, "world"))
   print(format_summary(summary))

@@ -25,7 +25,6 @@ import time
 from typing import Sequence
 
 import jax
-import numpy as np
 
 from rew_jax import config as config_lib
 from rew_jax.errors import ConfigError
@@ -226,10 +225,7 @@ def main(argv: Sequence[str]) -> int:
   parser.add_argument("--workdir", required=True, help="output: WORKDIR/candidates")
   overrides, rest = config_lib.split_overrides(argv)
   args = parser.parse_args(rest)
-  config = default_config()
-  if args.config:
-    loaded = config_lib.load_config(args.config)
-    config = loaded.candidates if "candidates" in loaded else loaded
+  config = config_lib.load_section(args.config, "candidates", default_config())
   config_lib.apply_overrides(config, overrides)
   run_candidates(config, args.workdir)
   return 0

@@ -9,7 +9,7 @@ import pytest
 from rew_jax import registry
 from rew_jax.errors import ConfigError
 from rew_jax.models import convert, git, layers, text_decoder, vit
-from gitcase import random_params, tiny_config, tiny_inputs
+from gitcase import random_params, tiny_config
 
 
 @pytest.fixture(scope="module")
