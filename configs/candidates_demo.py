@@ -10,8 +10,11 @@ Variants (`--config configs/candidates_demo.py:method=bm25,k=20`):
   k        candidates kept per image
 
 Real data: point the KB and the captions at your files, e.g.
-  --config.kb.path=/data/Wiki6M_ver_1_0.jsonl.gz --config.kb.index_dir=/data/wiki6m_index
-  --config.data.format=webdataset --config.data.path=/data/laion/shards
+  --config.candidates.kb.path=/data/Wiki6M_ver_1_0.jsonl.gz
+  --config.candidates.kb.index_dir=/data/wiki6m_index
+  --config.candidates.data.format=webdataset --config.candidates.data.path=/data/laion/shards
+Your own copy of the text encoder (any local Hugging Face BERT/MiniLM folder):
+  --config.candidates.encoder.model_dir=/models/all-MiniLM-L6-v2
 """
 
 from rew_jax import config as config_lib
@@ -20,9 +23,9 @@ from rew_jax.kb import candidates
 
 def get_config(arg=None):
   arg = config_lib.parse_arg(arg, method="embedding", k=10)
-  config = candidates.default_config()
-  config.retrieval.method = arg.method
-  config.retrieval.k = arg.k
-  config.data.format = "world"
-  config.data.records_per_shard = 1000
-  return config
+  c = candidates.default_config()
+  c.retrieval.method = arg.method
+  c.retrieval.k = arg.k
+  c.data.format = "world"
+  c.data.records_per_shard = 1000
+  return config_lib.ConfigDict(dict(candidates=c))

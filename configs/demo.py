@@ -12,6 +12,8 @@ a report comparing both.
 
 Variants (`:arg`): `runlocal` (a small world and a few steps: a smoke test of every stage),
 `steps=N`, `seed=S`. Any key can be overridden, e.g. `--config.train.input.batch_size=32`.
+Sections: world, candidates, curation (each read by its stage as well), train (the template
+of both models), eval (the OVEN validation both get), demo (what differs for REW).
 """
 
 import os
@@ -19,6 +21,7 @@ import os
 from rew_jax import config as config_lib
 from rew_jax import optim
 from rew_jax.data import pipeline
+from rew_jax.data import tokenizers
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -32,7 +35,8 @@ def _pp(train: bool) -> str:
   #            would break the query split's "on the left" questions.
   return (f"decode|resize({IMAGE_SIZE})|normalize('clip')|"
           f"tokenize(key='prompt', bos=True)|pad({PROMPT_LEN}, key='prompt')|"
-          f"tokenize(key='target', eos=True)|pad({TARGET_LEN}, key='target', keep_eos=102)")
+          f"tokenize(key='target', eos=True)|"
+          f"pad({TARGET_LEN}, key='target', keep_eos={tokenizers.BERT_EOS_ID})")
 
 
 def train_config(steps: int, seed: int) -> config_lib.ConfigDict:
@@ -79,8 +83,8 @@ def get_config(arg=None):
   steps = 3 if arg.runlocal else arg.steps
   config.train = train_config(steps, arg.seed)
   # The REW model adds the curated rationale and QA tasks (the paper's multi-task recipe).
-  config.rew_task_weights = config_lib.ConfigDict(
-      dict(entity=1.0, rationale=0.25, qa=0.25, caption=0.0))
+  config.demo = config_lib.ConfigDict(dict(rew_task_weights=config_lib.ConfigDict(
+      dict(entity=1.0, rationale=0.25, qa=0.25, caption=0.0))))
   config.eval = config_lib.ConfigDict(dict(
       splits=("entity_val", "query_val"),  # oven_<split>.jsonl of the world.
       batch_size=64, num_beams=4, max_examples=0,

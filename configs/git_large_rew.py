@@ -1,7 +1,7 @@
 """GiT-Large pretraining on REW records: the paper's main recipe (GER-ALD's optimisation).
 
   python -m rew_jax train --config configs/git_large_rew.py --workdir gs://BUCKET/rew_gitl \
-      --config.input.data_dir=gs://BUCKET/rew/records
+      --config.train.input.data_dir=gs://BUCKET/rew/records
   ./launch/tpu_vm.sh all --tpu-name rew --accelerator-type v4-128 \
       --config configs/git_large_rew.py --workdir gs://BUCKET/rew_gitl   # see docs/launching.md
 
@@ -17,12 +17,13 @@ Variants (`--config configs/git_large_rew.py:data=rew,tasks=all,variant=L/14,mes
   variant  L/14 (GiT-Large) | B/16 | S/16 | Ti/16: the image encoder
   mesh     fsdp (all chips one FSDP axis: v4/v5p pods) | hybrid (data=2 × fsdp: two slices
            or GPU hosts) | tp (fsdp × tensor=4: tensor parallelism inside a host)
-  runlocal a tiny model for 3 steps on CPU (smoke test of the recipe; needs input.data_dir)
+  runlocal a tiny model for 3 steps on CPU (smoke test of the recipe; needs train.input.data_dir)
 """
 
 from rew_jax import config as config_lib
 from rew_jax import optim
 from rew_jax.data import pipeline
+from rew_jax.data import tokenizers
 from rew_jax.models import git
 
 TASKS = {
@@ -55,12 +56,13 @@ def get_config(arg=None):
   c.model.remat = True
 
   c.input = pipeline.default_config()
-  c.input.data_dir = ""  # REW (or candidate) records: --config.input.data_dir=...
+  c.input.data_dir = ""  # REW (or candidate) records: --config.train.input.data_dir=...
   c.input.batch_size = 4096
   c.input.num_workers = 8
   c.input.pp = ("decode_inception_crop(224, area_min=8)|normalize('clip')|"
                 "tokenize(key='prompt', bos=True)|pad(20, key='prompt')|"
-                "tokenize(key='target', eos=True)|pad(32, key='target', keep_eos=102)")
+                "tokenize(key='target', eos=True)|"
+                f"pad(32, key='target', keep_eos={tokenizers.BERT_EOS_ID})")
   if arg.data == "captions":
     c.input.tasks.weights = dict(entity=0.0, rationale=0.0, qa=0.0, caption=1.0)
   elif arg.data == "entity_webli":
@@ -91,7 +93,8 @@ def get_config(arg=None):
     c.input.batch_size, c.input.num_workers, c.input.num_threads = 8, 0, 1
     c.input.pp = ("decode_inception_crop(32, area_min=8)|normalize('clip')|"
                   "tokenize(key='prompt', bos=True)|pad(8, key='prompt')|"
-                  "tokenize(key='target', eos=True)|pad(8, key='target', keep_eos=102)")
+                  "tokenize(key='target', eos=True)|"
+                  f"pad(8, key='target', keep_eos={tokenizers.BERT_EOS_ID})")
     c.mesh = config_lib.ConfigDict(dict(data=2, fsdp=2, tensor=2))
     c.checkpoint.every = 3
-  return c
+  return config_lib.ConfigDict(dict(train=c))

@@ -3,9 +3,11 @@
   python -m rew_jax records from-oven --references OVEN/oven_entity_train.jsonl \
       OVEN/oven_query_train.jsonl --image-dir OVEN/images --out W/oven_train_records
   python -m rew_jax train --config configs/oven_finetune.py --workdir W/finetune \
-      --config.init_from=gs://BUCKET/rew_gitl --config.input.data_dir=W/oven_train_records \
-      --config.evals.oven_val.image_dir=OVEN/images \
-      --config.evals.oven_val.mapping.kb_dir=W/kb --config.predict.name_trie=W/kb/name_trie.npz
+      --config.train.init_from=gs://BUCKET/rew_gitl \
+      --config.train.input.data_dir=W/oven_train_records \
+      --config.train.evals.oven_val.image_dir=OVEN/images \
+      --config.train.evals.oven_val.mapping.kb_dir=W/kb \
+      --config.train.predict.name_trie=W/kb/name_trie.npz
   python -m rew_jax eval --config configs/oven_finetune.py --workdir W/finetune ...  # again
 
 Batch 256, lr 3e-7 (everything after the image encoder ×10), label smoothing 0.1, evaluated
@@ -14,7 +16,7 @@ early stopping when the final (query/entity) harmonic mean has not improved for 
 evaluations (GER-ALD stopped near 8.5k steps). Resize + centre crop at evaluation.
 
 Variants: `variant=L/14` (must match the checkpoint), `mesh=fsdp|hybrid|tp`, `runlocal`
-(a tiny model, 3 steps, no evaluation: a CPU smoke test; needs input.data_dir).
+(a tiny model, 3 steps, no evaluation: a CPU smoke test; needs train.input.data_dir).
 """
 
 import os
@@ -29,7 +31,7 @@ def get_config(arg=None):
   arg = config_lib.parse_arg(arg, variant="L/14", mesh="fsdp", runlocal=False,
                              oven_dir="OVEN")
   base = f"{os.path.join(_HERE, 'git_large_rew.py')}:variant={arg.variant},mesh={arg.mesh}"
-  c = config_lib.load_config(base + (",runlocal" if arg.runlocal else ""))
+  c = config_lib.load_config(base + (",runlocal" if arg.runlocal else "")).train
   c.input.tasks.weights = dict(entity=1.0, rationale=0.0, qa=0.0, caption=0.0)
   c.input.batch_size = 8 if arg.runlocal else 256
   c.loss.label_smoothing = 0.1
@@ -38,7 +40,7 @@ def get_config(arg=None):
     c.total_steps = 20_000
     c.log_every = 50
     c.checkpoint.every = 500
-  c.init_from = ""  # The pretraining workdir: --config.init_from=...
+  c.init_from = ""  # The pretraining workdir: --config.train.init_from=...
   c.predict = config_lib.ConfigDict(dict(name_trie="", num_beams=4, alpha=0.6))
   c.evals = config_lib.ConfigDict()
   if not arg.runlocal:
@@ -50,4 +52,4 @@ def get_config(arg=None):
         mapping=config_lib.ConfigDict(dict(mode="rows", kb_dir="")),
         pp=oven.DEFAULT_PP, batch_size=256, max_examples=0))
   c.early_stopping = config_lib.ConfigDict(dict(metric="oven_val/final_score", patience=4))
-  return c
+  return config_lib.ConfigDict(dict(train=c))

@@ -1,7 +1,8 @@
 """Command line: `python -m rew_jax STAGE [--config FILE.py:arg] [--workdir DIR] ...`.
 
-Each stage lives in its own module exposing `main(argv) -> int`; this file only dispatches.
-A stage whose module is not part of this installation exits with a one-line message.
+Stage NAME lives in `rew_jax/stages/NAME.py` and exposes `main(argv) -> int`; this file
+only dispatches (the `rew-jax` console command is the same). A stage whose module is not
+part of this installation exits with a one-line message.
 User errors (`rew_jax.errors.UserError`) print one line, never a traceback.
 """
 
@@ -9,74 +10,50 @@ from __future__ import annotations
 
 import importlib
 import sys
-from typing import NamedTuple, Sequence
+from typing import Sequence
 
 from rew_jax.errors import StageUnavailableError, UserError
 
 
-class Stage(NamedTuple):
-  module: str
-  help: str
-  provided_by: str  # What a user needs for the stage when it is missing.
-
-
 STAGES = {
-    "demo": Stage(
-        "rew_jax.demo",
-        "run the whole method on the embedded default world: world → candidates → curation "
-        "→ records → train (baseline and REW) → OVEN evaluation → report",
-        "the end-to-end demo"),
-    "world": Stage(
-        "rew_jax.data.synthetic",
-        "generate the embedded default world (KB, web images with noisy captions, OVEN files)",
-        "the embedded default world"),
-    "candidates": Stage(
-        "rew_jax.kb.candidates",
-        "Entity-WebLI step: retrieve top-k candidate entities for each web caption",
-        "the entity knowledge base and candidate retrieval"),
-    "curate": Stage(
-        "rew_jax.curation.run",
-        "LLM curation: verify/correct entities, write rationales and QA → REW records",
-        "LLM curation"),
-    "records": Stage(
-        "rew_jax.records",
-        "inspect REW record shards (`records inspect DIR`)",
-        "REW records and input pipelines"),
-    "train": Stage(
-        "rew_jax.train",
-        "train a GiT encoder-decoder on REW records (multi-task: entity, rationale, QA)",
-        "the training loop"),
-    "eval": Stage(
-        "rew_jax.evaluators.cli",
-        "evaluate a checkpoint (OVEN, zero-shot, kNN) or score OVEN prediction files",
-        "the evaluators"),
-    "plot": Stage(
-        "rew_jax.plot",
-        "write a PNG of the loss and evaluation curves of a workdir",
-        "training metrics"),
+    "demo": "run the whole method on the embedded default world: world → candidates → "
+            "curation → records → train (baseline and REW) → OVEN evaluation → report",
+    "world": "generate the embedded default world (KB, web images with noisy captions, OVEN "
+             "files)",
+    "candidates": "Entity-WebLI step: retrieve top-k candidate entities for each web caption",
+    "curate": "LLM curation: verify/correct entities, write rationales and QA → REW records",
+    "records": "inspect REW record shards, or make them from OVEN files",
+    "train": "train a GiT encoder-decoder on REW records (multi-task: entity, rationale, QA)",
+    "eval": "evaluate a checkpoint (OVEN, zero-shot, kNN) or score OVEN prediction files",
+    "plot": "write a PNG of the loss and evaluation curves of training runs",
 }
+
+
+def stage_module(name: str) -> str:
+  """Stage NAME lives in rew_jax/stages/NAME.py."""
+  return f"rew_jax.stages.{name}"
 
 
 def _usage() -> str:
   width = max(map(len, STAGES))
   lines = ["usage: python -m rew_jax STAGE [options]   (STAGE --help for its options)", "",
            "stages:"]
-  lines += [f"  {name:<{width}}  {stage.help}" for name, stage in STAGES.items()]
+  lines += [f"  {name:<{width}}  {help_text}" for name, help_text in STAGES.items()]
   return "\n".join(lines)
 
 
 def load_stage(name: str):
   """Imports the stage's module; a missing module is a StageUnavailableError."""
-  stage = STAGES[name]
+  module = stage_module(name)
   try:
-    return importlib.import_module(stage.module)
+    return importlib.import_module(module)
   except ModuleNotFoundError as e:
-    # Only the stage's own module (or its package) being absent means "not built yet";
-    # a missing third-party dependency inside it is a real error and keeps its traceback.
-    if e.name and stage.module.startswith(e.name):
+    # Only the stage's own module being absent means "not part of this installation"; a
+    # missing third-party dependency inside it is a real error and keeps its traceback.
+    if e.name and module.startswith(e.name) and e.name.startswith("rew_jax"):
       raise StageUnavailableError(
-          f"stage {name!r} is not available in this version of rew_jax "
-          f"(needs {stage.provided_by}: module {stage.module} is missing)") from None
+          f"stage {name!r} is not available in this installation of rew_jax "
+          f"(module {module} is missing)") from None
     raise
 
 

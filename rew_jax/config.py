@@ -89,11 +89,65 @@ def parse_arg(arg: str | None, **defaults: Any) -> ConfigDict:
   return result
 
 
+def _packaged_config_dirs() -> list[str]:
+  """The folders of the configs shipped with rew_jax: the repository's configs/, installed
+  as the `rew_jax.configs` package."""
+  try:
+    spec = importlib.util.find_spec("rew_jax.configs")
+  except ModuleNotFoundError:
+    spec = None
+  if spec is not None and spec.submodule_search_locations:
+    return [d for d in spec.submodule_search_locations if os.path.isdir(d)]
+  # An editable install maps only folders with an __init__.py, so there configs/ is not
+  # importable: it is then the folder beside the package in the checkout.
+  here = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+  return [here] if os.path.isdir(here) else []
+
+
+def packaged_config_names() -> list[str]:
+  """Names of the configs shipped with rew_jax (`demo.py`, `curate_demo.py`, ...)."""
+  return sorted({n for d in _packaged_config_dirs() for n in os.listdir(d)
+                 if n.endswith(".py") and not n.startswith("_")})
+
+
+def packaged_config_path(name: str) -> str:
+  """The file of the shipped config `name` (`demo.py` or `demo`), wherever rew_jax is
+  installed: a wheel, an editable install or a checkout."""
+  if not name.endswith(".py"):
+    name += ".py"
+  for folder in _packaged_config_dirs():
+    path = os.path.join(folder, name)
+    if os.path.isfile(path):
+      return path
+  raise ConfigError(f"rew_jax ships no config {name!r}; "
+                    f"packaged configs: {', '.join(packaged_config_names()) or 'none'}")
+
+
+def _config_file(path: str) -> str:
+  """`path` when it is a file; else, for `configs/NAME.py` or a bare `NAME.py`, the shipped
+  config of that name, so the documented commands work from any directory."""
+  if os.path.isfile(path):
+    return path
+  folder, name = os.path.split(path)
+  # Only a configs/ folder or no folder: a mistyped path to one's own config stays an error.
+  if folder in ("", ".") or os.path.basename(os.path.normpath(folder)) == "configs":
+    try:
+      return packaged_config_path(name)
+    except ConfigError:
+      pass
+  raise ConfigError(f"config file {path!r} does not exist; packaged configs (usable as "
+                    f"configs/NAME.py from any directory): "
+                    f"{', '.join(packaged_config_names()) or 'none'}")
+
+
 def load_config(spec: str) -> ConfigDict:
-  """Loads `path/to/config.py[:arg]` by calling its `get_config(arg)`."""
+  """Loads `path/to/config.py[:arg]` by calling its `get_config(arg)`.
+
+  A path that is not a file but names a shipped config (`configs/demo.py`, `demo.py`) loads
+  the copy installed with rew_jax.
+  """
   path, _, arg = spec.partition(":")
-  if not os.path.isfile(path):
-    raise ConfigError(f"config file {path!r} does not exist")
+  path = _config_file(path)
   name = "rew_jax_config_" + os.path.splitext(os.path.basename(path))[0]
   module_spec = importlib.util.spec_from_file_location(name, path)
   module = importlib.util.module_from_spec(module_spec)
@@ -106,13 +160,33 @@ def load_config(spec: str) -> ConfigDict:
   return config
 
 
-def load_section(spec: str | None, section: str, default: ConfigDict) -> ConfigDict:
-  """A stage's config: `default` without a file, else the file's `section` (a whole-pipeline
-  config such as configs/demo.py) or, when it has none, the whole file."""
-  if not spec:
-    return default
-  loaded = load_config(spec)
-  return loaded[section] if section in loaded else loaded
+def check_keys(config: ConfigDict, schema: ConfigDict, where: str) -> None:
+  """Raises a ConfigError for a key of `config` that `schema` (the section's defaults) does
+  not have, naming the closest valid keys. A group whose default is empty or None is open
+  (named evaluators, backend options, model overrides) and is not checked here."""
+  for key, value in config.items():
+    if key not in schema:
+      raise ConfigError(f"unknown config key {where}.{key}; {_suggest(key, schema.keys())}")
+    default = schema[key]
+    if isinstance(default, ConfigDict) and len(default) and isinstance(value, ConfigDict):
+      check_keys(value, default, f"{where}.{key}")
+
+
+def section(config: ConfigDict, name: str, schema: ConfigDict | None = None,
+            source: str = "the config") -> ConfigDict:
+  """The `name` section of a pipeline config, checked against `schema` when given.
+
+  Every config has one section per stage (`world`, `candidates`, `curation`, `train`, ...),
+  whether the file holds the whole pipeline or a single stage, so that a key is spelled the
+  same for every stage: `--config.world.num_web_images=500`.
+  """
+  if name not in config:
+    raise ConfigError(f"{source} has no `{name}` section (it has: "
+                      f"{', '.join(config.keys()) or 'nothing'})")
+  value = config[name]
+  if schema is not None:
+    check_keys(value, schema, name)
+  return value
 
 
 def flat_keys(config: ConfigDict, prefix: str = "") -> list[str]:

@@ -1,4 +1,4 @@
-"""`python -m rew_jax plot --workdir W [W2 ...]`: loss and evaluation curves as a PNG.
+"""Loss and evaluation curves of training runs as a PNG (the `plot` stage and the demo).
 
 Reads `<workdir>/metrics.jsonl` (written by the train loop) of one or more runs and draws
 training loss against steps, and the evaluation metrics logged along the way.
@@ -6,9 +6,8 @@ training loss against steps, and the evaluation metrics logged along the way.
 
 from __future__ import annotations
 
-import argparse
 import os
-from typing import Mapping, Sequence
+from typing import Mapping
 
 import matplotlib
 
@@ -46,13 +45,3 @@ def plot_runs(runs: Mapping[str, str], out_path: str) -> str:
   fig.savefig(out_path, dpi=100)
   plt.close(fig)
   return out_path
-
-
-def main(argv: Sequence[str]) -> int:
-  parser = argparse.ArgumentParser(prog="python -m rew_jax plot", description=__doc__)
-  parser.add_argument("--workdir", nargs="+", required=True, help="one or more train workdirs")
-  parser.add_argument("--out", default="", help="PNG path (default: <first workdir>/curves.png)")
-  args = parser.parse_args(argv)
-  out = args.out or os.path.join(args.workdir[0], "curves.png")
-  print(plot_runs({os.path.basename(os.path.normpath(w)): w for w in args.workdir}, out))
-  return 0

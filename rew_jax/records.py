@@ -20,7 +20,6 @@ CLI: `python -m rew_jax records inspect DIR [--samples N] [--check-hashes]`.
 
 from __future__ import annotations
 
-import argparse
 import collections
 import dataclasses
 import hashlib
@@ -572,25 +571,3 @@ def inspect_directory(directory: str, samples: int = 3, check_hashes: bool = Fal
     for qa in r.qa[:2]:
       lines.append(f"    qa: {_short(qa.question, 40)!r} → {_short(qa.answer, 40)!r}")
   return "\n".join(lines)
-
-
-def main(argv: Sequence[str]) -> int:
-  parser = argparse.ArgumentParser(prog="python -m rew_jax records",
-                                   description="Inspect REW record shards, or make them from OVEN files.")
-  sub = parser.add_subparsers(dest="command", required=True)
-  p = sub.add_parser("inspect", help="print counts per curation status and a few samples")
-  p.add_argument("directory")
-  p.add_argument("--samples", type=int, default=3)
-  p.add_argument("--check-hashes", action="store_true", help="also verify every shard's sha256")
-  p = sub.add_parser("from-oven", help="OVEN annotation files → REW records (fine-tuning)")
-  p.add_argument("--references", nargs="+", required=True, help="oven_*_train.jsonl file(s)")
-  p.add_argument("--image-dir", required=True, help="OVEN images (its {xx}/{id}.jpg layout)")
-  p.add_argument("--out", required=True, help="output records directory")
-  args = parser.parse_args(argv)
-  if args.command == "from-oven":
-    from rew_jax.data import oven_records  # pylint: disable=g-import-not-at-top
-    manifest = oven_records.oven_to_records(args.references, args.image_dir, args.out)
-    print(f"{manifest.total} records in {len(manifest.shards)} shards → {args.out}")
-    return 0
-  print(inspect_directory(args.directory, samples=args.samples, check_hashes=args.check_hashes))
-  return 0

@@ -30,18 +30,18 @@ def test_stage_help_describes_it():
 
 
 def test_missing_stage_is_one_line_not_a_traceback(monkeypatch, capsys):
-  monkeypatch.setitem(cli.STAGES, "future", cli.Stage(
-      "rew_jax.not_built_yet", "a stage that does not exist", "the future issue"))
+  monkeypatch.setitem(cli.STAGES, "future", "a stage that does not exist")
   assert cli.main(["future", "--workdir", "x"]) == 2
   err = capsys.readouterr().err
   assert err.count("\n") == 1
-  assert "stage 'future' is not available" in err and "the future issue" in err
+  assert "stage 'future' is not available" in err and "rew_jax.stages.future" in err
 
 
 def test_missing_dependency_inside_a_stage_keeps_its_traceback(monkeypatch, tmp_path):
   (tmp_path / "stage_with_bad_import.py").write_text("import no_such_dependency_xyz\n")
   monkeypatch.syspath_prepend(str(tmp_path))
-  monkeypatch.setitem(cli.STAGES, "bad", cli.Stage("stage_with_bad_import", "h", "p"))
+  monkeypatch.setitem(cli.STAGES, "bad", "h")
+  monkeypatch.setattr(cli, "stage_module", lambda name: "stage_with_bad_import")
   with pytest.raises(ModuleNotFoundError, match="no_such_dependency_xyz"):
     cli.main(["bad"])
 
@@ -49,7 +49,7 @@ def test_missing_dependency_inside_a_stage_keeps_its_traceback(monkeypatch, tmp_
 def test_unknown_stage_and_config_errors_are_one_line():
   out = _run("trian")
   assert out.returncode == 2 and "unknown stage 'trian'" in out.stderr
-  out = _run("world", "--workdir", "/tmp/unused", "--config.num_web_imagse=3")
+  out = _run("world", "--workdir", "/tmp/unused", "--config.world.num_web_imagse=3")
   assert out.returncode == 2
   assert "Traceback" not in out.stderr
   assert "num_web_images" in out.stderr  # The closest valid key is named.
@@ -57,8 +57,17 @@ def test_unknown_stage_and_config_errors_are_one_line():
 
 def test_world_stage_writes_the_world(tmp_path):
   out = _run("world", "--workdir", str(tmp_path), "--config", "configs/demo.py:runlocal",
-             "--config.num_web_images=20")
+             "--config.world.num_web_images=20")
   assert out.returncode == 0, out.stderr
   assert "20" in out.stdout
   with open(tmp_path / "world" / "web" / "captions.jsonl") as f:
     assert len(f.readlines()) == 20
+  # The same command again reuses the world; another config regenerates it.
+  again = _run("world", "--workdir", str(tmp_path), "--config", "configs/demo.py:runlocal",
+               "--config.world.num_web_images=20")
+  assert again.returncode == 0 and "reusing" in again.stdout
+  other = _run("world", "--workdir", str(tmp_path), "--config", "configs/demo.py:runlocal",
+               "--config.world.num_web_images=12")
+  assert other.returncode == 0 and "reusing" not in other.stdout
+  with open(tmp_path / "world" / "web" / "captions.jsonl") as f:
+    assert len(f.readlines()) == 12

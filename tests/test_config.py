@@ -112,12 +112,16 @@ def test_shipped_configs_have_command_in_docstring():
     assert isinstance(module.get_config(), ml_collections.ConfigDict), path
 
 
-def test_load_section_picks_the_stage_block(tmp_path):
-  default = config_lib.ConfigDict(dict(a=1))
-  assert config_lib.load_section(None, "world", default) is default
-  whole = tmp_path / "whole.py"
-  whole.write_text("from rew_jax import config as c\n"
-                   "def get_config(arg=None):\n"
-                   "  return c.ConfigDict(dict(world=dict(a=2), other=3))\n")
-  assert config_lib.load_section(str(whole), "world", default).a == 2
-  assert config_lib.load_section(str(whole), "candidates", default).other == 3
+def test_section_checks_keys_against_the_defaults():
+  schema = config_lib.ConfigDict(dict(a=1, group=dict(b=2), open=config_lib.ConfigDict()))
+  whole = config_lib.ConfigDict(dict(world=dict(a=2, group=dict(b=3), open=dict(anything=1))))
+  assert config_lib.section(whole, "world", schema).group.b == 3
+  whole.world.group.c = 4
+  with pytest.raises(config_lib.ConfigError, match=r"unknown config key world\.group\.c"):
+    config_lib.section(whole, "world", schema)
+  whole = config_lib.ConfigDict(dict(world=dict(aa=1)))
+  with pytest.raises(config_lib.ConfigError, match="closest valid keys: a"):
+    config_lib.section(whole, "world", schema)
+  with pytest.raises(config_lib.ConfigError, match="has no `candidates` section"):
+    config_lib.section(whole, "candidates", schema)
+

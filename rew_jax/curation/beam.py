@@ -1,11 +1,11 @@
 """The curation step as an Apache Beam pipeline (extra `beam`): read → curate → write shards.
 
-    python -m rew_jax.curation.beam --config configs/curate_gemini.py --workdir W \
+    python -m rew_jax curate --runner beam --config configs/curate_gemini.py --workdir W \
         [-- --runner=DirectRunner --direct_num_workers=8 --direct_running_mode=multi_threading]
 
 On a cluster, pass the runner's options after `--`, e.g. Dataflow:
     -- --runner=DataflowRunner --project=P --region=R --temp_location=gs://B/tmp \
-       --setup_file=./setup.py --max_num_workers=64
+       --max_num_workers=64 --sdk_container_image=IMAGE_WITH_REW_JAX
 (or FlinkRunner / SparkRunner with their job endpoints). W must then be a path every worker
 can write (a shared filesystem mount; ArrayRecord writes local paths).
 
@@ -20,7 +20,6 @@ transient failures beyond `max_attempts` fail its bundle, which the runner retri
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import time
@@ -46,7 +45,7 @@ def _import_beam():
 def _context(config_dict: dict, workdir: str):
   config = config_lib.ConfigDict(config_dict)
   c = config.curation
-  paths = run._paths(c, workdir)  # pylint: disable=protected-access
+  paths = run.paths_of(c, workdir)
   return config, c, paths, c.image_root or paths["world"]
 
 
@@ -58,7 +57,7 @@ def build(pipeline, config, workdir: str, todo: Sequence[tuple[int, str]]):
   class CurateFn(beam.DoFn):
     def setup(self):
       cfg, c, paths, self.image_root = _context(config_dict, workdir)
-      self.backend = run.make_backend(cfg, workdir)
+      self.backend = run.make_backend(cfg, paths)
       kb = inputs.KBLookup.open(*run.kb_paths(c, paths))
       self.curator = core.Curator(self.backend, kb, core.Settings.from_config(c),
                                   core.RateLimiter(c.rate_limit_per_s))
@@ -115,7 +114,7 @@ def curate(config, workdir: str, *, pipeline_args: Sequence[str] = (), restart: 
   beam = _import_beam()
   from apache_beam.options.pipeline_options import PipelineOptions  # pylint: disable=g-import-not-at-top
   c = config.curation
-  paths = run._paths(c, workdir)  # pylint: disable=protected-access
+  paths = run.paths_of(c, workdir)
   shards = inputs.candidate_shards(paths["candidates"])
   state = run.run_state(config, shards)
   journal_dir = os.path.join(paths["curation"], run.JOURNAL_DIR)
@@ -148,29 +147,3 @@ def curate(config, workdir: str, *, pipeline_args: Sequence[str] = (), restart: 
   report_lib.write(report, paths["curation"], builder.chosen_examples(),
                    c.image_root or paths["world"])
   return report
-
-
-def main(argv: Sequence[str]) -> int:
-  argv = list(argv)
-  pipeline_args = argv[argv.index("--") + 1:] if "--" in argv else []
-  argv = argv[:argv.index("--")] if "--" in argv else argv
-  parser = argparse.ArgumentParser(prog="python -m rew_jax.curation.beam", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  config_lib.add_config_arguments(parser)
-  parser.add_argument("--restart", action="store_true")
-  args, config = config_lib.parse_stage_args(parser, argv)
-  run.prepare_world(config, args.workdir)
-  run.ensure_candidates(config, args.workdir)
-  report = curate(config, args.workdir, pipeline_args=pipeline_args, restart=args.restart)
-  print(report_lib.summary_line(report))
-  return 0
-
-
-if __name__ == "__main__":
-  import sys  # pylint: disable=g-import-not-at-top
-  from rew_jax.errors import UserError  # pylint: disable=g-import-not-at-top
-  try:
-    sys.exit(main(sys.argv[1:]))
-  except UserError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)

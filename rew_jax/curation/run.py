@@ -1,16 +1,10 @@
-"""`python -m rew_jax curate`: candidates → LLM curation → REW record shards + report.
+"""The curation runner: candidates → LLM curation → REW record shards + report.
 
-    python -m rew_jax curate --config configs/curate_demo.py --workdir W [--restart]
-
-Layout under W (directories configurable in `config.curation`):
-
-    world/                       the embedded world (made when the config has `world`)
-    candidates/                  candidate shards (`rew_jax.kb.candidates`; run when missing)
-    kb/                          the KB index the candidates step built (reused here)
-    records/rew-0000i.array_record + manifest.json     the output (one shard per input shard)
-    curation/journal/<input shard>.jsonl               per-record journal
-    curation/state.json, report.json, report.md, thumbs/
-    (with curation.out_dir=D: records in D, the rest in D_curation)
+Run by the `curate` stage (`rew_jax/stages/curate.py`). Its inputs and outputs are the
+`curation` section's paths or, by default, the workdir's (`rew_jax.workdir`): candidates
+from W/candidates, records to W/records (one shard per input shard, plus manifest.json),
+journals, state.json and the report to W/curation (beside a custom `curation.out_dir=D`: D
+for the records, D_curation for the rest).
 
 Exactly once, resumable. Input shard i becomes output shard i. Each curated record is
 appended to the shard's journal (one JSON line, flushed) as soon as its LLM calls finish;
@@ -28,11 +22,9 @@ finishes the other records, then exits with an error; rerunning retries just tho
 
 from __future__ import annotations
 
-import argparse
 import concurrent.futures
 import glob
 import json
-import logging
 import os
 import shutil
 import time
@@ -41,6 +33,7 @@ from typing import Sequence
 from rew_jax import config as config_lib
 from rew_jax import records as records_lib
 from rew_jax import registry
+from rew_jax import workdir as workdir_lib
 from rew_jax.curation import core
 from rew_jax.curation import inputs
 from rew_jax.curation import report as report_lib
@@ -85,35 +78,36 @@ def default_config() -> config_lib.ConfigDict:
   return c
 
 
-def _paths(c, workdir: str) -> dict[str, str]:
-  world = os.path.join(workdir, "world")
+def paths_of(c, workdir: str) -> dict[str, str]:
+  """Inputs and outputs of a curation: the `curation` section's paths, else the workdir's."""
+  wd = workdir_lib.Workdir(workdir)
   return {
-      "world": world,
-      "candidates": c.candidates_dir or os.path.join(workdir, "candidates"),
-      "out": c.out_dir or os.path.join(workdir, "records"),
-      # State, journals and report: W/curation beside the default W/records, else
-      # <out_dir>_curation, so that several curations (e.g. baseline and REW) share a W.
-      "curation": (os.path.normpath(c.out_dir) + "_curation" if c.out_dir
-                   else os.path.join(workdir, "curation")),
-      "kb_source": c.kb_source or os.path.join(world, "kb", "Wiki6M_ver_1_0.jsonl.gz"),
-      "kb_index": c.kb_index_dir or os.path.join(workdir, "kb"),
-      "truth": c.truth_path or os.path.join(world, "truth", "web_truth.jsonl"),
+      "world": wd.world,
+      "candidates": c.candidates_dir or wd.candidates,
+      "out": c.out_dir or wd.records(),
+      # State, journals and report beside a custom out_dir, so that several curations
+      # (e.g. baseline and REW) share a workdir.
+      "curation": workdir_lib.curation_dir_for(c.out_dir) if c.out_dir else wd.curation(),
+      "kb_source": c.kb_source or wd.world_kb,
+      "kb_index": c.kb_index_dir or wd.kb_index,
+      "truth": c.truth_path or wd.world_truth,
   }
 
 
-def backend_options(config, workdir: str) -> dict:
-  """The options of the configured backend (`config.curation.<backend>`), with defaults."""
+def backend_options(config, paths: dict[str, str] | None = None) -> dict:
+  """The options of the configured backend (`config.curation.<backend>`). An empty
+  `world_dir` option (the simulated LLM's) defaults to the workdir's world."""
   c = config.curation
   section = c.get(c.backend, None)
   opts = dict(section.to_dict() if hasattr(section, "to_dict") else section or {})
-  if c.backend == "simulated" and not opts.get("world_dir"):
-    opts["world_dir"] = os.path.join(workdir, "world")
+  if paths and "world_dir" in opts and not opts["world_dir"]:
+    opts["world_dir"] = paths["world"]
   return opts
 
 
-def make_backend(config, workdir: str):
+def make_backend(config, paths: dict[str, str] | None = None):
   return registry.CURATION_BACKENDS.get(config.curation.backend)(
-      **backend_options(config, workdir))
+      **backend_options(config, paths))
 
 
 def curation_hash(config) -> str:
@@ -271,14 +265,14 @@ def curate(config, workdir: str, *, restart: bool = False, backend=None,
   """Runs (or resumes) curation of W/candidates into REW records; returns the report."""
   c = config.curation
   settings = core.Settings.from_config(c)
-  paths = _paths(c, workdir)
+  paths = paths_of(c, workdir)
   journal_dir = os.path.join(paths["curation"], JOURNAL_DIR)
   os.makedirs(paths["curation"], exist_ok=True)
   shards = inputs.candidate_shards(paths["candidates"])
   state = run_state(config, shards)
   _check_state(os.path.join(paths["curation"], STATE_NAME), state, restart, paths["out"],
                journal_dir)
-  backend = backend or make_backend(config, workdir)
+  backend = backend or make_backend(config, paths)
   kb = inputs.KBLookup.open(*kb_paths(c, paths))
   curator = core.Curator(backend, kb, settings, core.RateLimiter(c.rate_limit_per_s))
   image_root = c.image_root or paths["world"]
@@ -327,52 +321,3 @@ def curate(config, workdir: str, *, restart: bool = False, backend=None,
   report = builder.finish(manifest, skipped=skipped, seconds=time.time() - start)
   report_lib.write(report, paths["curation"], builder.chosen_examples(), image_root)
   return report
-
-
-# ------------------------------------------------------------------------------ CLI
-
-
-def prepare_world(config, workdir: str) -> None:
-  """Generates the embedded world when the config describes one (the demo configs do)."""
-  if "world" in config:
-    from rew_jax import demo  # pylint: disable=g-import-not-at-top
-    demo.ensure_world(config.world, workdir)
-
-
-def ensure_candidates(config, workdir: str) -> str:
-  """Runs the candidates step (`rew_jax.kb.candidates`, config section `candidates`) unless
-  the candidates directory is already complete (has its manifest)."""
-  out_dir = _paths(config.curation, workdir)["candidates"]
-  if os.path.isfile(os.path.join(out_dir, "manifest.json")):
-    return out_dir
-  if "candidates" not in config:
-    raise ConfigError(f"{out_dir} holds no complete candidates (no manifest.json) and the "
-                      "config has no `candidates` section to make them")
-  from rew_jax.kb import candidates  # pylint: disable=g-import-not-at-top
-  print("== candidates ==")
-  made = candidates.run_candidates(config, workdir)
-  if os.path.abspath(made) != os.path.abspath(out_dir):
-    raise ConfigError(f"the candidates step wrote {made}, but curation.candidates_dir is "
-                      f"{out_dir}")
-  return out_dir
-
-
-def main(argv: Sequence[str]) -> int:
-  parser = argparse.ArgumentParser(prog="python -m rew_jax curate", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  config_lib.add_config_arguments(parser)
-  parser.add_argument("--restart", action="store_true",
-                      help="discard records and journals of an earlier run in this workdir")
-  parser.add_argument("--quiet", action="store_true", help="no progress bar")
-  args, config = config_lib.parse_stage_args(parser, argv)
-  logging.basicConfig(level=logging.WARNING)
-  logging.getLogger("bm25s").setLevel(logging.WARNING)
-  if "curation" not in config:
-    raise ConfigError(f"{args.config}: the config has no `curation` section")
-  prepare_world(config, args.workdir)
-  ensure_candidates(config, args.workdir)
-  report = curate(config, args.workdir, restart=args.restart, verbose=not args.quiet)
-  print(report_lib.summary_line(report))
-  paths = _paths(config.curation, args.workdir)
-  print(f"records: {paths['out']}; report: {os.path.join(paths['curation'], 'report.md')}")
-  return 0

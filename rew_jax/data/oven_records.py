@@ -4,7 +4,7 @@
         oven_query_train.jsonl --image-dir OVEN/images --out W/oven_train_records
 
 Each annotation becomes one record: the image bytes (OVEN layout, see
-`evaluators.oven.image_path`), `question` (the entity task's prompt), `entity_id`,
+`oven_files.image_path`), `question` (the entity task's prompt), `entity_id`,
 `entity_name` (the annotation's `entity_text`), `split` (its `data_split`), status `kept`
 and backend `oven`. A missing image is an error naming the annotation.
 """
@@ -14,17 +14,16 @@ from __future__ import annotations
 from typing import Sequence
 
 from rew_jax import records
-from rew_jax.evaluators import oven
-from rew_jax.evaluators import oven_metric
+from rew_jax.data import oven_files
 
 
 def oven_to_records(references: str | Sequence[str], image_dir: str, out_dir: str, *,
                     records_per_shard: int = 1000) -> records.Manifest:
-  refs = oven_metric.read_references(references, required=oven_metric.REFERENCE_KEYS)
+  refs = oven_files.read_references(references, required=oven_files.REFERENCE_KEYS)
 
   def gen():
     for ref in refs:
-      with open(oven.image_path(image_dir, ref["image_id"]), "rb") as f:
+      with open(oven_files.image_path(image_dir, ref["image_id"]), "rb") as f:
         image = f.read()
       yield records.RewRecord(
           image_id=ref["image_id"], image=image, entity_id=ref["entity_id"],

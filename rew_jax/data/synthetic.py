@@ -31,7 +31,6 @@ captions, smaller images. Generate with `python -m rew_jax world --workdir W`.
 
 from __future__ import annotations
 
-import argparse
 import collections
 import dataclasses
 import gzip
@@ -46,6 +45,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from rew_jax import config as config_lib
+from rew_jax import workdir as workdir_lib
 from rew_jax.data import synthetic_images as si
 from rew_jax.errors import ConfigError
 
@@ -327,7 +327,7 @@ def generate(config, out_dir: str) -> dict:
 
   # ---- Knowledge base (gzip without a timestamp so the bytes depend on the seed only).
   kb_rng = np.random.default_rng([config.seed, 4])
-  with open(os.path.join(out_dir, "kb", "Wiki6M_ver_1_0.jsonl.gz"), "wb") as raw:
+  with open(workdir_lib.world_kb_file(out_dir), "wb") as raw:
     with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz:
       for e in entities:
         gz.write((json.dumps(_kb_line(e, kb_rng), ensure_ascii=False) + "\n").encode())
@@ -443,22 +443,3 @@ def format_summary(summary: dict) -> str:
       "OVEN examples: " + ", ".join(f"{k} {v}" for k, v in summary["oven_examples"].items()),
   ]
   return "\n".join(lines)
-
-
-def main(argv: Sequence[str]) -> int:
-  """`python -m rew_jax world --workdir W [--config configs/demo.py] [--config.x=v]`."""
-  parser = argparse.ArgumentParser(
-      prog="python -m rew_jax world",
-      description="Generate the embedded default world into WORKDIR/world. Without --config "
-      "the defaults of rew_jax.data.synthetic are used; with a config file its `world` "
-      "section is. Override keys with --config.KEY=VALUE (e.g. --config.num_web_images=500).")
-  parser.add_argument("--config", default=None, help="optional config file (its .world is used)")
-  parser.add_argument("--workdir", required=True, help="output: WORKDIR/world")
-  overrides, rest = config_lib.split_overrides(argv)
-  args = parser.parse_args(rest)
-  config = config_lib.load_section(args.config, "world", default_config())
-  config_lib.apply_overrides(config, overrides)
-  summary = generate(config, os.path.join(args.workdir, "world"))
-  print(format_summary(summary))
-  print(f"written to {os.path.join(args.workdir, 'world')} in {summary['seconds']} s")
-  return 0

@@ -28,7 +28,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rew_jax import records as records_lib
 from rew_jax.data import ops as ops_lib
+from rew_jax.data import oven_files
 from rew_jax.errors import ConfigError, UserError
 from rew_jax.evaluators import common
 from rew_jax.registry import EVALUATORS
@@ -118,7 +120,6 @@ def knn_classify(queries: np.ndarray, memory: np.ndarray, labels: np.ndarray, *,
 def memory_from_records(directory: str, *, max_records: int = 0) -> list[dict[str, Any]]:
   """Memory items from REW records: candidate = top retrieval candidate, curated = the
   record's entity when its curation kept or corrected it (else no curated label)."""
-  from rew_jax import records as records_lib  # pylint: disable=g-import-not-at-top
   items = []
   for rec in records_lib.read_records(directory):
     curated = rec.entity_id if rec.curation_status in ("kept", "corrected") else None
@@ -133,13 +134,11 @@ def memory_from_records(directory: str, *, max_records: int = 0) -> list[dict[st
 def queries_from_oven(references: str | Sequence[str], image_dir: str, *,
                       max_examples: int = 0) -> list[dict[str, Any]]:
   """Query items from OVEN reference files: the image and its true entity."""
-  from rew_jax.evaluators import oven  # pylint: disable=g-import-not-at-top
-  from rew_jax.evaluators import oven_metric  # pylint: disable=g-import-not-at-top
-  refs = oven_metric.read_references(references, required=("data_id", "image_id", "entity_id"))
+  refs = oven_files.read_references(references, required=("data_id", "image_id", "entity_id"))
   if max_examples:
     refs = refs[:max_examples]
   return [{"query_id": r["data_id"], "image_id": r["image_id"], "entity_id": r["entity_id"],
-           "image_path": oven.image_path(image_dir, r["image_id"]),
+           "image_path": oven_files.image_path(image_dir, r["image_id"]),
            "data_split": r.get("data_split", "")} for r in refs]
 
 

@@ -26,30 +26,15 @@ import os
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from rew_jax.data import ops as ops_lib
+from rew_jax.data import oven_files
+from rew_jax.data.oven_files import OvenFormatError
 from rew_jax.evaluators import common
 from rew_jax.evaluators import mapping as mapping_lib
 from rew_jax.evaluators import oven_metric
-from rew_jax.evaluators.oven_metric import OvenFormatError
 from rew_jax.registry import EVALUATORS
 
 DEFAULT_PP = ("decode|resize_crop(224)|normalize('clip')|"
               "tokenize(key='prompt', bos=True, max_len=20)|pad(20, key='prompt')")
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".JPEG", ".JPG", ".webp")
-
-
-def image_path(image_dir: str, image_id: str) -> str:
-  """The file of `image_id` in the OVEN layout (or flat); OvenFormatError if absent."""
-  tried = []
-  for folder in (os.path.join(image_dir, image_id.split("_")[-1][:2]), image_dir):
-    for ext in IMAGE_EXTENSIONS:
-      path = os.path.join(folder, image_id + ext)
-      if os.path.isfile(path):
-        return path
-      tried.append(path)
-  raise OvenFormatError(f"image {image_id!r} not found under {image_dir!r} (looked for "
-                        f"{tried[0]} and other extensions/flat layout)")
-
-
 @EVALUATORS.register("oven")
 class Evaluator(common.Evaluator):
   """OVEN top-1 accuracy (seen/unseen), split HMs and the final HM; see the module docstring."""
@@ -64,7 +49,7 @@ class Evaluator(common.Evaluator):
                predict_kwargs: Mapping[str, Any] | None = None,
                name: str = "oven", workdir: str | None = None):
     self.predict_fn, self.name, self.workdir = predict_fn, name, workdir
-    self.references = oven_metric.read_references(references, required=oven_metric.REFERENCE_KEYS)
+    self.references = oven_files.read_references(references, required=oven_files.REFERENCE_KEYS)
     if max_examples:
       self.references = self.references[:max_examples]
     if not self.references:
@@ -86,7 +71,7 @@ class Evaluator(common.Evaluator):
       if image_id not in self.image_paths:
         raise OvenFormatError(f"image {image_id!r} is not in the image_paths map")
       return self.image_paths[image_id]
-    return image_path(self.image_dir, image_id)
+    return oven_files.image_path(self.image_dir, image_id)
 
   def _load(self, ref: Mapping[str, Any]) -> dict[str, Any]:
     with open(self._path(ref["image_id"]), "rb") as f:
@@ -125,7 +110,7 @@ class Evaluator(common.Evaluator):
     for (ref, _), pred in zip(pairs, predictions):
       by_task[oven_metric.task_of(ref["data_split"])].append(pred)
     for task, preds in by_task.items():
-      oven_metric.write_predictions(os.path.join(directory, f"predictions_{task}.jsonl"), preds)
+      oven_files.write_predictions(os.path.join(directory, f"predictions_{task}.jsonl"), preds)
     rows = []
     for ref, m in pairs:
       rows.append({"data_id": ref["data_id"], "image_id": ref["image_id"],

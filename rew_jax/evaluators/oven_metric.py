@@ -1,6 +1,6 @@
-"""OVEN files and scores, with the official evaluator's exact conventions.
+"""OVEN scores, with the official evaluator's exact conventions.
 
-Files (official formats):
+Files (official formats, read by `rew_jax.data.oven_files`):
   references   `oven_{entity,query}_{val,test}.jsonl`, one object per line with `data_id`,
                `image_id`, `question`, `entity_id`, `entity_text`, `data_split`
                (e.g. "entity_val_seen", "query_val_unseen");
@@ -27,101 +27,13 @@ official-compatible figures and, beside them, `strict` figures whose n is the nu
 from __future__ import annotations
 
 import collections
-import json
-import os
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
-from rew_jax.errors import UserError
+from rew_jax.data.oven_files import OvenFormatError, read_predictions, read_references
 
 TASKS = ("entity", "query")
 BUCKETS = ("seen", "unseen")
-REFERENCE_KEYS = ("data_id", "image_id", "question", "entity_id", "data_split")
 ZERO = 1e-12  # What the official harmonic mean puts in place of a zero.
-
-
-class OvenFormatError(UserError):
-  """An OVEN reference or prediction file, or a pair of them, that cannot be scored."""
-
-
-# --------------------------------------------------------------------------------------------
-# Files.
-# --------------------------------------------------------------------------------------------
-
-
-def _read_jsonl(path: str) -> Iterable[tuple[int, dict]]:
-  if not os.path.isfile(path):
-    raise OvenFormatError(f"{path}: no such file")
-  with open(path, encoding="utf-8") as f:
-    for lineno, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        row = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise OvenFormatError(f"{path}:{lineno}: not JSON ({e.msg})") from None
-      if not isinstance(row, dict):
-        raise OvenFormatError(f"{path}:{lineno}: expected a JSON object, got "
-                              f"{type(row).__name__}")
-      yield lineno, row
-
-
-def read_references(paths: str | Sequence[str], *,
-                    required: Sequence[str] = ("data_id", "entity_id", "data_split")) -> list[dict]:
-  """Reference rows of one or more files; `data_id`s must be unique over all of them.
-
-  `required` keys must be present as strings (evaluation also needs image_id and question:
-  pass REFERENCE_KEYS).
-  """
-  paths = [paths] if isinstance(paths, str) else list(paths)
-  rows, where = [], {}
-  for path in paths:
-    for lineno, row in _read_jsonl(path):
-      for key in required:
-        if not isinstance(row.get(key), str):
-          got = "missing" if key not in row else f"{type(row[key]).__name__} {row[key]!r}"
-          raise OvenFormatError(f"{path}:{lineno}: reference key {key!r} must be a string "
-                                f"({got})")
-      data_id = row["data_id"]
-      if data_id in where:
-        raise OvenFormatError(f"{path}:{lineno}: duplicate reference data_id {data_id!r} "
-                              f"(first at {where[data_id]})")
-      where[data_id] = f"{path}:{lineno}"
-      rows.append(row)
-  return rows
-
-
-def read_predictions(paths: str | Sequence[str]) -> list[dict]:
-  """Prediction rows `{"data_id", "pred_entity_id"}`; duplicates are an error."""
-  paths = [paths] if isinstance(paths, str) else list(paths)
-  rows, where = [], {}
-  for path in paths:
-    for lineno, row in _read_jsonl(path):
-      if not isinstance(row.get("data_id"), str):
-        raise OvenFormatError(f"{path}:{lineno}: prediction without a string 'data_id'")
-      if "pred_entity_id" not in row:  # The official validation step rejects this too.
-        raise OvenFormatError(f"{path}:{lineno}: pred_entity_id is missing for data_id "
-                              f"{row['data_id']!r}")
-      pred = row["pred_entity_id"]
-      if pred is not None and not isinstance(pred, str):
-        raise OvenFormatError(f"{path}:{lineno}: pred_entity_id must be a string or null, got "
-                              f"{type(pred).__name__} {pred!r}")
-      if row["data_id"] in where:
-        raise OvenFormatError(f"{path}:{lineno}: duplicate prediction for data_id "
-                              f"{row['data_id']!r} (first at {where[row['data_id']]})")
-      where[row["data_id"]] = f"{path}:{lineno}"
-      rows.append({"data_id": row["data_id"], "pred_entity_id": pred})
-  return rows
-
-
-def write_predictions(path: str, predictions: Iterable[Mapping[str, Any]]) -> str:
-  """Writes the official prediction format, atomically."""
-  tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    for p in predictions:
-      f.write(json.dumps({"data_id": p["data_id"], "pred_entity_id": p["pred_entity_id"]},
-                         ensure_ascii=False) + "\n")
-  os.replace(tmp, path)
-  return path
 
 
 # --------------------------------------------------------------------------------------------

@@ -18,7 +18,6 @@ next to the index (`kb.index_dir`, default W/kb) and reused afterwards.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import time
@@ -27,6 +26,7 @@ from typing import Sequence
 import jax
 
 from rew_jax import config as config_lib
+from rew_jax import workdir as workdir_lib
 from rew_jax.errors import ConfigError
 from rew_jax.kb import bm25 as bm25_lib
 from rew_jax.kb import codes as codes_lib
@@ -56,22 +56,24 @@ def default_config() -> config_lib.ConfigDict:
 
 
 class _Paths:
+  """Inputs and outputs of the step: the config's paths, else the workdir's layout."""
+
   def __init__(self, config, workdir: str):
-    self.data = config.data.path or (os.path.join(workdir, "world")
-                                     if config.data.format == "world" else "")
+    wd = workdir_lib.Workdir(workdir)
+    self.data = config.data.path or (wd.world if config.data.format == "world" else "")
     fmt = config.data.format
     if fmt == "auto" and self.data:
       fmt = sources.detect_format(self.data)
     self.format = fmt
     self.kb = config.kb.path
     if not self.kb and fmt == "world":
-      self.kb = os.path.join(self.data, "kb", "Wiki6M_ver_1_0.jsonl.gz")
+      self.kb = workdir_lib.world_kb_file(self.data)
     if not self.kb:
-      raise ConfigError("kb.path is empty: point it at Wiki6M_ver_1_0.jsonl(.gz)")
-    self.index = config.kb.index_dir or os.path.join(workdir, "kb")
+      raise ConfigError("candidates.kb.path is empty: point it at Wiki6M_ver_1_0.jsonl(.gz)")
+    self.index = config.kb.index_dir or wd.kb_index
     self.embeddings = config.embeddings.dir or os.path.join(
         self.index, f"embeddings-{config.embeddings.text}-{config.embeddings.dtype}")
-    self.out = os.path.join(workdir, "candidates")
+    self.out = wd.candidates
 
 
 def _shard_name(i: int, n: int) -> str:
@@ -173,9 +175,7 @@ def prepare_kb(config, paths: _Paths) -> wiki6m.EntityKB:
 
 def run_candidates(config, workdir: str, *, host_index: int | None = None,
                    host_count: int | None = None, log=print) -> str:
-  """Runs the step; returns W/candidates. `config` is `default_config()`-shaped."""
-  if "candidates" in config:
-    config = config.candidates
+  """Runs the step; returns W/candidates. `config` is the `candidates` section."""
   paths = _Paths(config, workdir)
   host_index = jax.process_index() if host_index is None else host_index
   host_count = jax.process_count() if host_count is None else host_count
@@ -213,19 +213,3 @@ def read_candidates(out_dir: str):
     with open(os.path.join(out_dir, shard["path"]), encoding="utf-8") as f:
       for line in f:
         yield json.loads(line)
-
-
-def main(argv: Sequence[str]) -> int:
-  parser = argparse.ArgumentParser(
-      prog="python -m rew_jax candidates", description=__doc__,
-      formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--config", default=None,
-                      help="config file (its .candidates section if it has one); default: "
-                      "rew_jax.kb.candidates.default_config() on W/world")
-  parser.add_argument("--workdir", required=True, help="output: WORKDIR/candidates")
-  overrides, rest = config_lib.split_overrides(argv)
-  args = parser.parse_args(rest)
-  config = config_lib.load_section(args.config, "candidates", default_config())
-  config_lib.apply_overrides(config, overrides)
-  run_candidates(config, args.workdir)
-  return 0

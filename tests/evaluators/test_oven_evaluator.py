@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+from rew_jax.data import oven_files
 from rew_jax.data import synthetic_images
 from rew_jax.evaluators import common
 from rew_jax.evaluators import mapping as mapping_lib
@@ -106,8 +107,8 @@ def test_from_config_builds_and_rejects_unknown_keys(world):
 
 
 def test_missing_image_is_a_clear_error(world, tmp_path):
-  with pytest.raises(oven_metric.OvenFormatError, match="image 'oven_00000005' not found"):
-    oven.image_path(str(tmp_path), "oven_00000005")
+  with pytest.raises(oven_files.OvenFormatError, match="image 'oven_00000005' not found"):
+    oven_files.image_path(str(tmp_path), "oven_00000005")
 
 
 def test_code_mapper_top_beam_and_first_valid():

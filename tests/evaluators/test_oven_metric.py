@@ -6,6 +6,7 @@ import sys
 
 import pytest
 
+from rew_jax.data import oven_files
 from rew_jax.evaluators import cli
 from rew_jax.evaluators import oven_metric as om
 
@@ -115,28 +116,28 @@ def test_file_round_trip_and_format_errors(tmp_path):
   refs = _refs("entity", "seen", 3) + _refs("entity", "unseen", 2, start=9)
   ref_path = _write(tmp_path / "oven_entity_val.jsonl", refs)
   preds = _preds(refs, 4)
-  pred_path = om.write_predictions(str(tmp_path / "pred.jsonl"), preds + [])
-  assert om.read_predictions(pred_path) == preds
-  assert om.read_references(ref_path, required=om.REFERENCE_KEYS) == refs
+  pred_path = oven_files.write_predictions(str(tmp_path / "pred.jsonl"), preds + [])
+  assert oven_files.read_predictions(pred_path) == preds
+  assert oven_files.read_references(ref_path, required=oven_files.REFERENCE_KEYS) == refs
   lines = open(pred_path).read().splitlines()
   assert json.loads(lines[0]) == {"data_id": "entity_seen_0", "pred_entity_id": "Q1"}
   assert om.score_files(ref_path, pred_path)["entity_result"] == {"seen": 100.0, "unseen": 50.0}
 
   bad = _write(tmp_path / "bad.jsonl", [{"data_id": "a"}])
   with pytest.raises(om.OvenFormatError, match=r"bad.jsonl:1: pred_entity_id is missing"):
-    om.read_predictions(bad)
+    oven_files.read_predictions(bad)
   dup = _write(tmp_path / "dup.jsonl", preds[:1] + preds[:1])
   with pytest.raises(om.OvenFormatError, match=r"dup.jsonl:2: duplicate prediction"):
-    om.read_predictions(dup)
+    oven_files.read_predictions(dup)
   dup_ref = _write(tmp_path / "dupref.jsonl", refs[:1] + refs[:1])
   with pytest.raises(om.OvenFormatError, match=r"dupref.jsonl:2: duplicate reference"):
-    om.read_references(dup_ref)
+    oven_files.read_references(dup_ref)
   no_split = _write(tmp_path / "nosplit.jsonl", [{"data_id": "a", "entity_id": "Q1"}])
   with pytest.raises(om.OvenFormatError, match=r"nosplit.jsonl:1: reference key 'data_split'"):
-    om.read_references(no_split)
+    oven_files.read_references(no_split)
   (tmp_path / "junk.jsonl").write_text("{not json\n")
   with pytest.raises(om.OvenFormatError, match=r"junk.jsonl:1: not JSON"):
-    om.read_predictions(str(tmp_path / "junk.jsonl"))
+    oven_files.read_predictions(str(tmp_path / "junk.jsonl"))
 
 
 def test_cli_prints_one_json_object(tmp_path, capsys):

@@ -6,6 +6,7 @@ import os
 import numpy as np
 import pytest
 
+from rew_jax.data import oven_files
 from rew_jax.data import synthetic
 from rew_jax.evaluators import cli
 from rew_jax.evaluators import mapping as mapping_lib
@@ -28,9 +29,9 @@ def world(tmp_path_factory):
 
 def test_world_references_perfect_and_partial_predictions(world, tmp_path, capsys):
   refs = [os.path.join(world, "oven", f"oven_{t}_val.jsonl") for t in ("entity", "query")]
-  rows = oven_metric.read_references(refs, required=oven_metric.REFERENCE_KEYS)
+  rows = oven_files.read_references(refs, required=oven_files.REFERENCE_KEYS)
   assert len(rows) == 16
-  perfect = oven_metric.write_predictions(
+  perfect = oven_files.write_predictions(
       str(tmp_path / "perfect.jsonl"),
       [{"data_id": r["data_id"], "pred_entity_id": r["entity_id"]} for r in rows])
   assert cli.main(["oven", "--references", *refs, "--predictions", perfect]) == 0
@@ -48,7 +49,7 @@ def test_world_references_perfect_and_partial_predictions(world, tmp_path, capsy
 
 def test_evaluator_on_world_images(world, tmp_path):
   refs = [os.path.join(world, "oven", f"oven_{t}_val.jsonl") for t in ("entity", "query")]
-  kb_ids = sorted({r["entity_id"] for r in oven_metric.read_references(refs)})
+  kb_ids = sorted({r["entity_id"] for r in oven_files.read_references(refs)})
   seen_shapes = []
 
   def predict(params, batch):

@@ -92,15 +92,16 @@ def test_resume_rewrites_only_missing_shards(embedding_run):
 
 def test_bm25_method_and_cli_entry(tmp_path, capsys):
   world = make_world(tmp_path / "world")
-  rc = cli.main(["candidates", "--workdir", str(tmp_path / "w"), "--config.data.path", world,
-                 "--config.retrieval.method=bm25", "--config.retrieval.k=2"])
+  rc = cli.main(["candidates", "--workdir", str(tmp_path / "w"),
+                 "--config.candidates.data.path", world,
+                 "--config.candidates.retrieval.method=bm25", "--config.candidates.retrieval.k=2"])
   assert rc == 0
   recs = list(candidates.read_candidates(str(tmp_path / "w" / "candidates")))
   assert recs[0]["candidates"][0]["entity_id"] == "Q1"
   assert recs[4]["candidates"] == []  # Empty caption: nothing lexical to match.
   assert cli.main(["candidates", "--workdir", str(tmp_path / "w"),
-                   "--config.retrieval.methd=bm25"]) == 2
-  assert "unknown config key 'retrieval.methd'" in capsys.readouterr().err
+                   "--config.candidates.retrieval.methd=bm25"]) == 2
+  assert "unknown config key 'candidates.retrieval.methd'" in capsys.readouterr().err
 
 
 def test_bad_caption_record_named_or_skipped(tmp_path):

@@ -1,0 +1,100 @@
+"""`python -m rew_jax curate`: LLM curation of the candidates into REW records + report.
+
+    python -m rew_jax curate --config configs/curate_demo.py --workdir W [--restart]
+    python -m rew_jax curate --runner beam --config configs/curate_gemini.py --workdir W \
+        -- --runner=DirectRunner --direct_num_workers=8     # Beam options after `--`
+
+Reads the config's `curation` section. A pipeline config with `world` and `candidates`
+sections (configs/curate_demo.py, configs/demo.py) makes those first when they are missing
+or were made by another config. Writes W/records and W/curation (see `rew_jax.workdir`).
+Exactly once and resumable: a rerun of the same command continues; a workdir curated under
+another `curation` section is refused unless `--restart` discards it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Sequence
+
+from rew_jax import config as config_lib
+from rew_jax import registry
+from rew_jax import workdir as workdir_lib
+from rew_jax.curation import report as report_lib
+from rew_jax.curation import run as run_lib
+from rew_jax.errors import ConfigError
+from rew_jax.stages import base
+from rew_jax.stages import candidates as candidates_stage
+
+ConfigDict = config_lib.ConfigDict
+
+SECTION = "curation"
+RUNNERS = ("local", "beam")
+
+
+def resolve(config):
+  """The checked `curation` section. Besides the runner's keys it may hold one options
+  group per backend (`curation.gemini`, `curation.simulated`), checked by the backend."""
+  section = base.section(config, SECTION, None, "the config")
+  schema = run_lib.default_config()
+  for key, value in section.items():
+    if key not in schema and isinstance(value, ConfigDict) and key in registry.CURATION_BACKENDS:
+      schema[key] = ConfigDict()
+  config_lib.check_keys(section, schema, SECTION)
+  return section
+
+
+def run(config, wd: workdir_lib.Workdir, *, runner: str = "local", restart: bool = False,
+        redo_changed: bool = False, pipeline_args: Sequence[str] = (),
+        progress: base.Progress | None = None, verbose: bool = True, backend=None) -> dict:
+  """Upstream stages the config describes, then curation; returns the curation report.
+
+  Records made from other candidates or by another `curation` section are refused (the
+  runner's state check) unless `restart`; `redo_changed` discards them instead (the demo).
+  """
+  progress = progress or base.Progress()
+  section = resolve(config)
+  paths = run_lib.paths_of(section, wd.root)
+  if candidates_stage.SECTION in config:
+    candidates_stage.ensure(config, wd, progress=progress)
+  elif not os.path.isfile(os.path.join(paths["candidates"], "manifest.json")):
+    raise ConfigError(
+        f"{paths['candidates']} holds no complete candidates (no manifest.json) and the "
+        "config has no `candidates` section to make them: run `python -m rew_jax "
+        "candidates` first")
+  digest = workdir_lib.fingerprint(section, workdir_lib.stamp_of(paths["candidates"]))
+  stamp = workdir_lib.read_stamp(paths["out"])
+  if redo_changed and stamp and stamp["fingerprint"] != digest:
+    restart = True
+  progress.header(f"curation ({section.backend})")
+  if runner == "beam":
+    from rew_jax.curation import beam  # pylint: disable=g-import-not-at-top  (extra `beam`)
+    report = beam.curate(config, wd.root, pipeline_args=pipeline_args, restart=restart)
+  else:
+    report = run_lib.curate(config, wd.root, restart=restart, verbose=verbose,
+                            backend=backend)
+  workdir_lib.write_stamp(paths["out"], "curate", digest)
+  return report
+
+
+def main(argv: Sequence[str]) -> int:
+  argv = list(argv)
+  pipeline_args = argv[argv.index("--") + 1:] if "--" in argv else []
+  argv = argv[:argv.index("--")] if "--" in argv else argv
+  p = base.parser("curate", __doc__)
+  base.add_config(p, required=True, sections="curation (and world, candidates)")
+  base.add_workdir(p, "output: WORKDIR/records and WORKDIR/curation")
+  p.add_argument("--runner", choices=RUNNERS, default="local",
+                 help="local (threads in this process) or beam (options after `--`)")
+  p.add_argument("--restart", action="store_true",
+                 help="discard records and journals of an earlier run in this workdir")
+  p.add_argument("--quiet", action="store_true", help="no progress bar")
+  args, config = base.parse(p, argv)
+  logging.getLogger("bm25s").setLevel(logging.WARNING)
+  wd = workdir_lib.Workdir(args.workdir)
+  report = run(config, wd, runner=args.runner, restart=args.restart,
+               pipeline_args=pipeline_args, verbose=not args.quiet)
+  print(report_lib.summary_line(report))
+  paths = run_lib.paths_of(config.curation, wd.root)
+  print(f"records: {paths['out']}; report: {os.path.join(paths['curation'], 'report.md')}")
+  return 0

@@ -1,0 +1,168 @@
+"""The workdir layout: the one module that knows where each stage's outputs live.
+
+    W/world/                       the embedded world (`world` stage)
+        kb/Wiki6M_ver_1_0.jsonl.gz   its knowledge base, in the Wiki6M format
+        images/ oven/ truth/         web and OVEN images, OVEN files, the world's answer key
+        world.json                   its summary
+    W/kb/                          the KB index, entity embeddings, codes, name trie
+    W/candidates/                  candidate shards + manifest.json (`candidates` stage)
+    W/records[_NAME]/              curated record shards + manifest.json (`curate` stage)
+    W/curation[_NAME]/             curation state, journals, report (beside the records)
+    W/train[_NAME]/                a training run: checkpoints/, metrics.jsonl, eval/
+    W/report.md, report.json, curves.png     the demo's report
+
+`NAME` tells several curations or runs of one pipeline apart (the demo's `entity_webli` and
+`rew`). A stage given `--workdir W` alone (`train`, `eval`) uses W itself as its run
+directory, so the documented `train --workdir gs://B/run` keeps its checkpoints in
+gs://B/run/checkpoints.
+
+Each stage also records what made its outputs (`stamp`): a hash of its config section and of
+its inputs' stamps. A rerun compares it and redoes the stage, reuses the outputs or refuses,
+as the stage decides; it never reports old results as new.
+
+Paths are joined as strings (never `os.path.abspath`), so a `gs://` workdir stays one;
+stamps are read and written through `etils.epath`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from typing import Any, Mapping
+
+from etils import epath
+
+STAMP_NAME = ".stage.json"
+WIKI6M_NAME = "Wiki6M_ver_1_0.jsonl.gz"
+
+
+def _join(*parts: str) -> str:
+  return os.path.join(*parts)
+
+
+def _named(base: str, name: str | None) -> str:
+  return f"{base}_{name}" if name else base
+
+
+@dataclasses.dataclass(frozen=True)
+class Workdir:
+  """Paths of one pipeline workdir; every stage asks this object where things are."""
+  root: str
+
+  # ---------------------------------------------------------------------- world
+  @property
+  def world(self) -> str:
+    return _join(self.root, "world")
+
+  @property
+  def world_kb(self) -> str:
+    """The world's knowledge base file (Wiki6M jsonl)."""
+    return world_kb_file(self.world)
+
+  @property
+  def world_images(self) -> str:
+    return _join(self.world, "images")
+
+  def world_oven(self, split: str) -> str:
+    """OVEN file of the world, e.g. split='entity_val' → world/oven/oven_entity_val.jsonl."""
+    return _join(self.world, "oven", f"oven_{split}.jsonl")
+
+  @property
+  def world_truth(self) -> str:
+    """The world's answer key of the web images. Only reports that score against the
+    truth read it."""
+    return _join(self.world, "truth", "web_truth.jsonl")
+
+  # ---------------------------------------------------------------------- KB and candidates
+  @property
+  def kb_index(self) -> str:
+    return _join(self.root, "kb")
+
+  def kb_file(self, name: str) -> str:
+    """An artifact of the KB index (e.g. name_trie.npz, codes.npz)."""
+    return _join(self.kb_index, name)
+
+  @property
+  def candidates(self) -> str:
+    return _join(self.root, "candidates")
+
+  # ---------------------------------------------------------------------- curation
+  def records(self, name: str | None = None) -> str:
+    return _join(self.root, _named("records", name))
+
+  def curation(self, name: str | None = None) -> str:
+    return _join(self.root, _named("curation", name))
+
+  # ---------------------------------------------------------------------- training
+  def train_run(self, name: str | None = None) -> str:
+    """A training run's directory: W/train_NAME, or W itself without a name (the `train`
+    and `eval` stages' own workdir)."""
+    return _join(self.root, _named("train", name)) if name else self.root
+
+  # ---------------------------------------------------------------------- reports
+  @property
+  def report_md(self) -> str:
+    return _join(self.root, "report.md")
+
+  @property
+  def report_json(self) -> str:
+    return _join(self.root, "report.json")
+
+  @property
+  def curves(self) -> str:
+    return _join(self.root, "curves.png")
+
+
+def world_kb_file(world_dir: str) -> str:
+  return _join(world_dir, "kb", WIKI6M_NAME)
+
+
+def curation_dir_for(records_dir: str) -> str:
+  """Where curation state lives for records written to a custom directory: beside it."""
+  return os.path.normpath(records_dir) + "_curation"
+
+
+# -------------------------------------------------------------------------- stage stamps
+
+
+def fingerprint(config: Any, *inputs: str) -> str:
+  """Hash of a config (section) and of the stamps of the stage's inputs."""
+  if hasattr(config, "to_dict"):
+    config = config.to_dict()
+  text = json.dumps([config, list(inputs)], sort_keys=True, default=repr)
+  return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def read_stamp(directory: str) -> dict | None:
+  """The stamp a finished stage left in `directory`, or None."""
+  path = epath.Path(directory) / STAMP_NAME
+  if not path.exists():
+    return None
+  return json.loads(path.read_text())
+
+
+def write_stamp(directory: str, stage: str, digest: str, **extra: Any) -> None:
+  """Marks `directory` as the output of `stage` with fingerprint `digest` (written whole,
+  through a temporary name where the filesystem renames)."""
+  folder = epath.Path(directory)
+  folder.mkdir(parents=True, exist_ok=True)
+  tmp = folder / (STAMP_NAME + ".tmp")
+  tmp.write_text(json.dumps(dict(stage=stage, fingerprint=digest, **extra), indent=1))
+  tmp.replace(folder / STAMP_NAME)
+
+
+def stamp_of(directory: str) -> str:
+  """The fingerprint stamped in `directory` ('' when it has none): an input of the next
+  stage's fingerprint."""
+  stamp = read_stamp(directory)
+  return stamp["fingerprint"] if stamp else ""
+
+
+def is_current(directory: str, digest: str) -> bool:
+  return stamp_of(directory) == digest
+
+
+def describe(stamps: Mapping[str, str]) -> str:
+  return ", ".join(f"{k}={v or '-'}" for k, v in stamps.items())
