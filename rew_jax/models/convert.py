@@ -1,5 +1,5 @@
 """Checkpoint converters: HF transformers GIT / CLIP vision weights → rew_jax GiT params,
-and the unrolled ↔ scanned layer layouts.
+HF BERT weights → the text encoder's params, and the unrolled ↔ scanned layer layouts.
 
 Weights come from a local directory (`model.safetensors`, sharded safetensors with an index,
 or a torch `pytorch_model.bin`); nothing is ever downloaded. All arrays are numpy float32.
@@ -10,6 +10,8 @@ Layout map (HF torch Linear stores weight [out, in]; flax Dense kernels are [in,
         kernel [D,H,K], bias [H,K];  out_proj / attention.output.dense → attn/out [H,K,D]
   CLIP layer_norm1/2 → ln_1/ln_2 (pre-LN); BERT attention.output.LayerNorm → ln_1,
   output.LayerNorm → ln_2 (post-LN); mlp.fc1/fc2 and intermediate.dense/output.dense → mlp.
+  BERT embeddings.{word,position}_embeddings / LayerNorm → embed/{word,position}_embeddings
+  / ln, the same for GIT and for BertModel (whose layers are the GIT decoder's layers).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import numpy as np
 
 from rew_jax.errors import UserError
 from rew_jax.models import git as git_lib
+from rew_jax.models import text_decoder
 from rew_jax.models import vit as vit_lib
 
 
@@ -152,6 +155,32 @@ def _vision(r: _Reader, prefix: str, spec: vit_lib.ViTSpec) -> dict:
   return out
 
 
+def _bert_embeddings(r: _Reader, prefix: str, rows: int | None = None) -> dict:
+  """BERT word + position embeddings and their LayerNorm → TextEmbed params; `rows` cuts
+  or pads the position table to another length."""
+  positions = r(prefix + "embeddings.position_embeddings.weight")
+  return {
+      "word_embeddings": {"embedding": r(prefix + "embeddings.word_embeddings.weight")},
+      "position_embeddings": {"embedding": positions if rows is None else
+                              _fit_rows(positions, rows)},
+      "ln": r.norm(prefix + "embeddings.LayerNorm"),
+  }
+
+
+def _bert_layer(r: _Reader, prefix: str, heads: int) -> dict:
+  """One post-LN BERT layer (`...encoder.layer.{i}.`) → DecoderLayer params."""
+  return {
+      "attn": {"query": r.heads_in(prefix + "attention.self.query", heads),
+               "key": r.heads_in(prefix + "attention.self.key", heads),
+               "value": r.heads_in(prefix + "attention.self.value", heads),
+               "out": r.heads_out(prefix + "attention.output.dense", heads)},
+      "ln_1": r.norm(prefix + "attention.output.LayerNorm"),
+      "mlp": {"fc1": r.dense(prefix + "intermediate.dense"),
+              "fc2": r.dense(prefix + "output.dense")},
+      "ln_2": r.norm(prefix + "output.LayerNorm"),
+  }
+
+
 def _fit_rows(table: np.ndarray, rows: int) -> np.ndarray:
   """Keeps the first `rows` rows (or pads with zeros): position tables of other lengths."""
   if table.shape[0] >= rows:
@@ -186,26 +215,11 @@ def git_to_params(state_dict: Mapping[str, np.ndarray], model_config,
       "encoder": _vision(r, "git.image_encoder.vision_model.", spec.vit),
       "visual_dense": r.dense("git.visual_projection.visual_projection.0"),
       "visual_ln": r.norm("git.visual_projection.visual_projection.1"),
-      "embed": {
-          "word_embeddings": {"embedding": r("git.embeddings.word_embeddings.weight")},
-          "position_embeddings": {"embedding": _fit_rows(
-              r("git.embeddings.position_embeddings.weight"), dec.max_positions)},
-          "ln": r.norm("git.embeddings.LayerNorm"),
-      },
-      "decoder": {},
+      "embed": _bert_embeddings(r, "git.", dec.max_positions),
+      "decoder": {f"layers_{i}": _bert_layer(r, f"git.encoder.layer.{i}.", dec.num_heads)
+                  for i in range(dec.num_layers)},
       "head": r.dense("output"),
   }
-  for i in range(dec.num_layers):
-    p = f"git.encoder.layer.{i}."
-    params["decoder"][f"layers_{i}"] = {
-        "attn": {"query": r.heads_in(p + "attention.self.query", dec.num_heads),
-                 "key": r.heads_in(p + "attention.self.key", dec.num_heads),
-                 "value": r.heads_in(p + "attention.self.value", dec.num_heads),
-                 "out": r.heads_out(p + "attention.output.dense", dec.num_heads)},
-        "ln_1": r.norm(p + "attention.output.LayerNorm"),
-        "mlp": {"fc1": r.dense(p + "intermediate.dense"), "fc2": r.dense(p + "output.dense")},
-        "ln_2": r.norm(p + "output.LayerNorm"),
-    }
   leftover = sorted(k for k in sd if k not in r.used and "position_ids" not in k and
                     "img_temporal_embedding" not in k)
   if leftover:
@@ -220,6 +234,72 @@ def load_hf_git(path: str, **config_kw) -> tuple[dict, dict]:
   """A local HF GIT directory → (config.model dict, params)."""
   model_config = model_config_from_hf(read_hf_config(path), **config_kw)
   return model_config, git_to_params(read_state_dict(path), model_config, source=path)
+
+
+# ---------------------------------------------------------------------------------------------
+# HF BERT (BertModel and heads on it) → text encoder params {embed, encoder}.
+
+# HF hidden_act → layers.ACTIVATIONS ("gelu_new" is the tanh approximation).
+_BERT_ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
+                     "relu": "relu"}
+
+
+def bert_spec_from_hf(hf: Mapping[str, Any], source: str = "config.json"
+                      ) -> text_decoder.DecoderSpec:
+  """The layer spec of an HF BertConfig (as a dict): BERT layers are the GIT decoder's."""
+  if hf.get("model_type", "bert") != "bert":
+    raise CheckpointError(f"{source}: model_type {hf.get('model_type')!r} is not 'bert'")
+  if hf.get("position_embedding_type", "absolute") != "absolute":
+    raise CheckpointError(f"{source}: only absolute position embeddings are supported")
+  act = hf.get("hidden_act", "gelu")
+  if act not in _BERT_ACTIVATIONS:
+    raise CheckpointError(f"{source}: hidden_act {act!r} is not supported "
+                          f"(known: {', '.join(_BERT_ACTIVATIONS)})")
+  spec = text_decoder.DecoderSpec(
+      num_layers=hf.get("num_hidden_layers", 12), hidden_size=hf.get("hidden_size", 768),
+      num_heads=hf.get("num_attention_heads", 12), mlp_dim=hf.get("intermediate_size", 3072),
+      dropout=hf.get("hidden_dropout_prob", 0.1),
+      attention_dropout=hf.get("attention_probs_dropout_prob", 0.1),
+      activation=_BERT_ACTIVATIONS[act], ln_eps=hf.get("layer_norm_eps", 1e-12),
+      vocab_size=hf.get("vocab_size", 30522),
+      max_positions=hf.get("max_position_embeddings", 512))
+  if spec.hidden_size % spec.num_heads:
+    raise CheckpointError(f"{source}: hidden_size {spec.hidden_size} is not divisible by "
+                          f"num_attention_heads {spec.num_heads}")
+  return spec
+
+
+def bert_to_params(state_dict: Mapping[str, np.ndarray], spec: text_decoder.DecoderSpec,
+                   source: str = "state dict") -> dict:
+  """HF BERT weights (names with or without "bert.") → {embed, encoder: {layers_i}}.
+
+  Heads on top (pooler, MLM, classifier) are ignored. Sentences are encoded as a single
+  segment, so only token type 0 is ever used: its vector is added to every row of the
+  position table, which leaves word + position + type unchanged without a type input.
+  """
+  sd = {k.removeprefix("bert."): np.asarray(v, np.float32) for k, v in state_dict.items()}
+  r = _Reader(sd, source)
+  embed = _bert_embeddings(r, "")
+  types = "embeddings.token_type_embeddings.weight"
+  if types in sd:
+    table = embed["position_embeddings"]["embedding"]
+    embed["position_embeddings"]["embedding"] = table + r(types)[:1]
+  params = {"embed": embed,
+            "encoder": {f"layers_{i}": _bert_layer(r, f"encoder.layer.{i}.", spec.num_heads)
+                        for i in range(spec.num_layers)}}
+  leftover = sorted(k for k in sd if k not in r.used and k.startswith(("embeddings.",
+                                                                       "encoder.")) and
+                    "position_ids" not in k)
+  if leftover:
+    raise CheckpointError(f"{source}: tensors not understood (more layers than config.json "
+                          f"says?): {leftover[:5]}{' ...' if len(leftover) > 5 else ''}")
+  return params
+
+
+def load_hf_bert(path: str) -> tuple[text_decoder.DecoderSpec, dict]:
+  """A local HF BERT directory (config.json + safetensors) → (spec, params)."""
+  spec = bert_spec_from_hf(read_hf_config(path), source=os.path.join(path, "config.json"))
+  return spec, bert_to_params(read_state_dict(path), spec, source=path)
 
 
 # ---------------------------------------------------------------------------------------------

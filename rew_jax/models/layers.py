@@ -38,6 +38,7 @@ ACTIVATIONS = {
     "gelu": lambda x: nn.gelu(x, approximate=False),  # Exact erf GELU (BERT, GIT decoder).
     "gelu_tanh": lambda x: nn.gelu(x, approximate=True),
     "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),  # CLIP.
+    "relu": jax.nn.relu,  # Some BERT checkpoints.
 }
 
 
@@ -46,6 +47,15 @@ def layer_norm(eps: float, dtype: Dtype, name: str | None = None) -> nn.LayerNor
       epsilon=eps, dtype=dtype, param_dtype=jnp.float32, name=name,
       scale_init=partitioned(nn.initializers.ones, ("norm",)),
       bias_init=partitioned(nn.initializers.zeros, ("norm",)))
+
+
+def padding_mask(valid: jax.Array) -> jax.Array:
+  """Bidirectional attention over real tokens: valid [B,L] → bool [B,1,1,L] (as in BERT).
+
+  Broadcasts against [B,H,S,L]; padded queries still attend to the real keys, so their
+  outputs stay finite (callers pool them away).
+  """
+  return (valid > 0)[:, None, None, :]
 
 
 def softmax_attention(q, k, v, mask, *, dropout_rate=0.0, deterministic=True,

@@ -1,6 +1,7 @@
 """Tokenizers: the packaged BERT-uncased WordPiece and an in-process sentencepiece."""
 
 import pickle
+import shutil
 
 import pytest
 
@@ -34,6 +35,24 @@ def test_bert_save_load_pickle(bert, tmp_path):
   vocab = tokenizers.WordPieceTokenizer(
       tokenizers.packaged_bert_vocab_dir() + "/vocab.txt")
   assert vocab.encode("Hello Eiffel Tower") == bert.encode("Hello Eiffel Tower")
+
+
+def test_bert_from_a_model_folder(bert, tmp_path):
+  packaged = tokenizers.packaged_bert_vocab_dir()
+  text = "Hello Eiffel Tower, café!"
+  # A folder with tokenizer.json (preferred) or only vocab.txt, e.g. a local HF model copy.
+  assert tokenizers.load_tokenizer("bert", packaged).path.endswith("tokenizer.json")
+  assert tokenizers.load_tokenizer("bert", packaged).encode(text) == bert.encode(text)
+  own = tmp_path / "my_bert"
+  own.mkdir()
+  shutil.copy(f"{packaged}/vocab.txt", own / "vocab.txt")
+  from_vocab = tokenizers.WordPieceTokenizer(str(own))
+  assert from_vocab.encode(text) == bert.encode(text) and from_vocab.eos_id == 102
+  # A cased model says so in tokenizer_config.json; this uncased vocabulary then lacks "H".
+  (own / "tokenizer_config.json").write_text('{"do_lower_case": false}')
+  assert tokenizers.WordPieceTokenizer(str(own)).encode("Hello") == [100]  # [UNK]
+  with pytest.raises(TokenizerError, match="neither tokenizer.json nor vocab.txt"):
+    tokenizers.load_tokenizer("bert", str(tmp_path))
 
 
 def test_sentencepiece_train_save_load(tmp_path):
