@@ -166,7 +166,10 @@ def prepare_kb(config, paths: _Paths) -> wiki6m.EntityKB:
   if config.artifacts.codes and not os.path.isfile(kb.path("code_trie.npz")):
     import tokenizers  # pylint: disable=g-import-not-at-top
     model_dir = config.encoder.model_dir or text_encoder.default_model_dir()
-    tok = tokenizers.Tokenizer.from_file(os.path.join(model_dir, "tokenizer.json"))
+    if os.path.isfile(os.path.join(model_dir, "tokenizer.json")):
+      tok = tokenizers.Tokenizer.from_file(os.path.join(model_dir, "tokenizer.json"))
+    else:  # A folder with only the WordPiece vocabulary.
+      tok = tokenizers.BertWordPieceTokenizer(os.path.join(model_dir, "vocab.txt"))
     tok.no_padding()
     codes_lib.build_name_artifacts(kb, tok, length=config.artifacts.code_length,
                                    seed=config.artifacts.seed)
