@@ -1,29 +1,62 @@
-"""Name → component registries, loud on unknown names.
+"""Name → component registries, resolved by convention and loud on unknown names.
 
 Components register themselves where they are defined:
 
-    @registry.PP_OPS.register("resize")
-    def get_resize(size): ...
+    @registry.EVALUATORS.register("oven")      # in rew_jax/evaluators/oven.py
+    class OvenEvaluator: ...
 
-and configs refer to them by string. Each registry knows which modules hold its
-components and imports them on first lookup, so that a config can name a component
-without the caller importing its module first.
+and configs refer to them by string. A lookup imports the module that holds the name, so a
+config can name a component without anyone importing its module first:
+
+  "oven"                  a registry with a package finds `<package>.oven`: one component per
+                          module, named like its file. Adding one is adding a file.
+  "resize"                a registry with default modules (many components per module, as pp
+                          ops) imports those modules on its first lookup.
+  "my_project.evals:foo"  imports `my_project.evals` (which registers "foo") and returns "foo":
+                          components outside this package, with nothing to edit here.
+
+An unknown name raises `UnknownNameError` listing what is known: the names registered so far
+plus the package's modules that follow the convention, found without importing them (an
+optional dependency is imported only when its component is chosen). A module that exists but
+fails on a missing dependency raises that ImportError unchanged, with its traceback.
 """
 
 from __future__ import annotations
 
 import difflib
 import importlib
+import importlib.util
+import pkgutil
+import re
 from typing import Any, Callable, Iterable
 
 from rew_jax.errors import UnknownNameError
 
 
-class Registry:
-  """A mapping from names to components of one kind (models, pp ops, ...)."""
+def _import(module: str) -> bool:
+  """Imports `module`; False if it does not exist, an ImportError from inside it propagates."""
+  try:
+    importlib.import_module(module)
+  except ModuleNotFoundError as e:
+    # Only `module` itself (or a parent package) missing means "no such name"; anything else
+    # is a dependency the module needs and keeps its traceback.
+    if e.name is None or not (module == e.name or module.startswith(e.name + ".")):
+      raise
+    return False
+  return True
 
-  def __init__(self, kind: str, modules: Iterable[str] = ()):
+
+class Registry:
+  """A mapping from names to components of one kind (models, pp ops, ...).
+
+  Attributes:
+    kind: what the components are, for messages ("evaluator").
+  """
+
+  def __init__(self, kind: str, *, package: str | None = None, modules: Iterable[str] = ()):
+    """`package`: where `name` lives as module `<package>.<name>`; `modules`: imported first."""
     self.kind = kind
+    self._package = package
     self._modules = list(modules)
     self._items: dict[str, Any] = {}
     self._imported = False
@@ -47,39 +80,68 @@ class Registry:
     self._items[name] = component
 
   def _import_modules(self) -> None:
-    if self._imported:
-      return
-    self._imported = True
-    for module in self._modules:
-      importlib.import_module(module)
+    if not self._imported:
+      for module in self._modules:
+        importlib.import_module(module)
+      self._imported = True
 
-  def add_module(self, module: str) -> None:
-    """Declares one more module that registers components of this kind."""
-    self._modules.append(module)
-    self._imported = False
+  def _package_modules(self) -> list[str]:
+    """The package's modules that register their own name, read from source, not imported."""
+    if self._package is None:
+      return []
+    out = []
+    for info in pkgutil.iter_modules(importlib.import_module(self._package).__path__):
+      if info.name.startswith("_"):
+        continue
+      spec = importlib.util.find_spec(f"{self._package}.{info.name}")
+      origin = spec.origin if spec else None
+      if origin and origin.endswith(".py"):
+        with open(origin, encoding="utf-8") as f:
+          # Helpers beside the components (`common`, `base`) register nothing and are skipped.
+          if not re.search(rf"""\.register\(\s*["']{re.escape(info.name)}["']""", f.read()):
+            continue
+      out.append(info.name)
+    return out
 
   def names(self) -> list[str]:
+    """Registered names and the package's conventional modules, without importing those."""
     self._import_modules()
-    return sorted(self._items)
+    return sorted(set(self._items) | set(self._package_modules()))
 
   def get(self, name: str) -> Any:
+    module, colon, key = name.rpartition(":")
+    if colon:
+      if not module or not _import(module):
+        raise self._unknown(name, f"there is no module {module!r}")
+      if key not in self._items:
+        raise self._unknown(name, f"module {module!r} registers no {key!r}")
+      return self._items[key]
     self._import_modules()
+    if name not in self._items and self._package and name.isidentifier():
+      _import(f"{self._package}.{name}")
     if name not in self._items:
-      known = sorted(self._items)
-      close = difflib.get_close_matches(name, known, n=3)
-      hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
-      raise UnknownNameError(
-          f"unknown {self.kind} {name!r}.{hint} Known {self.kind}s: {', '.join(known) or '(none)'}")
+      raise self._unknown(name)
     return self._items[name]
 
+  def _unknown(self, name: str, reason: str = "") -> UnknownNameError:
+    known = self.names()
+    close = difflib.get_close_matches(name, known, n=3)
+    hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+    reason = f" ({reason})" if reason else ""
+    return UnknownNameError(f"unknown {self.kind} {name!r}{reason}.{hint} "
+                            f"Known {self.kind}s: {', '.join(known) or '(none)'}")
+
   def __contains__(self, name: str) -> bool:
-    self._import_modules()
-    return name in self._items
+    try:
+      self.get(name)
+    except UnknownNameError:
+      return False
+    return True
 
 
-# The project's registries. Each lists the modules that register into it; a stage adds its
-# module here when it lands.
-MODELS = Registry("model", modules=["rew_jax.models.git"])
+# The project's registries. A component is one new module in the package (or a module
+# anywhere, named as "module:name"); nothing here changes when one is added.
+MODELS = Registry("model", package="rew_jax.models")
 PP_OPS = Registry("pp op", modules=["rew_jax.data.ops"])
-EVALUATORS = Registry("evaluator", modules=["rew_jax.evaluators.oven", "rew_jax.evaluators.knn_matching", "rew_jax.evaluators.zeroshot"])
-CURATION_BACKENDS = Registry("curation backend", modules=["rew_jax.curation.backends"])
+EVALUATORS = Registry("evaluator", package="rew_jax.evaluators")
+CURATION_BACKENDS = Registry("curation backend", package="rew_jax.curation.backends")

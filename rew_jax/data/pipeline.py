@@ -38,17 +38,18 @@ import numpy as np
 from rew_jax.config import ConfigDict
 from rew_jax.data import ops as ops_lib
 from rew_jax.data import tasks as tasks_lib
+from rew_jax.data import tokenizers
 from rew_jax.errors import ConfigError
 from rew_jax.records import RecordError, RecordSource, decode
 
 DEFAULT_TRAIN_PP = (
     "decode_inception_crop(224)|normalize('clip')|"
     "tokenize(key='prompt', bos=True)|pad(20, key='prompt')|"
-    "tokenize(key='target', eos=True)|pad(32, key='target', keep_eos=102)")
+    f"tokenize(key='target', eos=True)|pad(32, key='target', keep_eos={tokenizers.BERT_EOS_ID})")
 DEFAULT_EVAL_PP = (
     "decode|resize_crop(224)|normalize('clip')|"
     "tokenize(key='prompt', bos=True)|pad(20, key='prompt')|"
-    "tokenize(key='target', eos=True)|pad(32, key='target', keep_eos=102)")
+    f"tokenize(key='target', eos=True)|pad(32, key='target', keep_eos={tokenizers.BERT_EOS_ID})")
 STRING_FIELDS = ("image_id", "entity_id", "split", "task")
 
 

@@ -24,9 +24,10 @@ from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
+from rew_jax.data import tokenizers
 from rew_jax.errors import ConfigError
 
-EOS_ID = 102  # BERT [SEP], the GiT decoder's EOS.
+EOS_ID = tokenizers.BERT_EOS_ID  # BERT [SEP], the GiT decoder's EOS.
 MODES = ("rows", "codes", "text")
 
 

@@ -23,9 +23,12 @@ from typing import Sequence
 
 import numpy as np
 
+from rew_jax.data import tokenizers
 from rew_jax.kb import trie as trie_lib
 
-PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID = 0, 100, 101, 102, 103
+# The decoder's special ids; [UNK] and [MASK] are BERT-uncased's, which only this module uses.
+PAD_ID, CLS_ID, SEP_ID = tokenizers.BERT_PAD_ID, tokenizers.BERT_BOS_ID, tokenizers.BERT_EOS_ID
+UNK_ID, MASK_ID = 100, 103
 FIRST_WORD_ID = 999  # BERT uncased: ids below are [PAD], [unused*], [UNK], [CLS], ... .
 
 

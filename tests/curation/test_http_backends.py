@@ -10,7 +10,7 @@ import pytest
 from rew_jax import records
 from rew_jax.curation import core, run
 from rew_jax.curation.backends.base import BackendError
-from rew_jax.curation.backends.openai_compat import OpenAICompatible
+from rew_jax.curation.backends.openai import OpenAICompatible
 from rew_jax.errors import UserError
 from rew_jax.records import Candidate
 

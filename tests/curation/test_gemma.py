@@ -6,7 +6,7 @@ import threading
 import pytest
 
 from rew_jax.curation.backends import base
-from rew_jax.curation.backends.gemma_local import GemmaLocal, MicroBatcher
+from rew_jax.curation.backends.gemma import GemmaLocal, MicroBatcher
 
 HAS_GEMMA = importlib.util.find_spec("gemma") is not None
 
