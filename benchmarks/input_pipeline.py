@@ -36,9 +36,7 @@ if __name__ == "__main__":
 from rew_jax import records  # noqa: E402
 from rew_jax.data import pipeline  # noqa: E402
 
-PP = ("decode_inception_crop(224)|normalize('clip')|"
-      "tokenize(key='prompt', bos=True)|pad(20, key='prompt')|"
-      "tokenize(key='target', eos=True)|pad(32, key='target', keep_eos=102)")
+PP = pipeline.DEFAULT_TRAIN_PP  # The train spec: inception crop at 224, prompt 20, target 32.
 
 
 def synthetic_jpeg(rng: np.random.Generator, size: int) -> bytes:

@@ -24,6 +24,7 @@ sent to Grain worker processes.
 from __future__ import annotations
 
 import ast
+import re
 import io
 import logging
 from typing import Any, Callable, Sequence
@@ -61,22 +62,32 @@ class PreprocessError(ConfigError):
 # --------------------------------------------------------------------------------------------
 
 
+_OP_NAME = re.compile(r"^([A-Za-z_][\w.]*:)?[A-Za-z_]\w*$")
+
+
 def parse_spec(spec: str) -> list[tuple[str, tuple, dict]]:
-  """`"a(1)|b(k=2)|c"` → [("a", (1,), {}), ("b", (), {"k": 2}), ("c", (), {})]."""
+  """`"a(1)|b(k=2)|c"` → [("a", (1,), {}), ("b", (), {"k": 2}), ("c", (), {})].
+
+  An op registered outside the package is named `some.module:op(...)`.
+  """
   calls = []
   for part in spec.split("|"):
     part = part.strip()
     if not part:
       continue
+    name, paren, rest = part.partition("(")
+    name = name.strip()
     try:
-      node = ast.parse(part if "(" in part else part + "()", mode="eval").body
+      if not _OP_NAME.match(name):
+        raise ValueError(f"{name!r} is not an op name (name or module:name)")
+      node = ast.parse("op" + paren + rest if paren else "op()", mode="eval").body
       if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Name):
         raise ValueError("expected name(args)")
       args = tuple(ast.literal_eval(a) for a in node.args)
       kwargs = {k.arg: ast.literal_eval(k.value) for k in node.keywords}
     except (SyntaxError, ValueError) as e:
       raise PreprocessError(f"pp spec {spec!r}: cannot parse op {part!r} ({e})") from None
-    calls.append((node.func.id, args, kwargs))
+    calls.append((name, args, kwargs))
   return calls
 
 

@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from rew_jax.data import ops
+from rew_jax.data.tokenizers import BERT_EOS_ID as EOS
 from rew_jax.errors import ConfigError, UnknownNameError
 from rew_jax.registry import PP_OPS
 
@@ -43,6 +44,22 @@ def test_parse_spec():
   with pytest.raises(ConfigError, match="pp op resize"):
     ops.get_preprocess("resize(1, 2, 3, 4, 5)")
   assert {"decode", "resize", "inception_crop", "normalize", "tokenize", "pad"} <= set(PP_OPS.names())
+
+
+def test_op_from_another_module_by_module_colon_name(tmp_path, monkeypatch):
+  (tmp_path / "my_pp_ops.py").write_text(
+      "from rew_jax.registry import PP_OPS\n"
+      "@PP_OPS.register('times')\n"
+      "def get_times(k, key='x'):\n"
+      "  def op(ex, rng):\n"
+      "    return dict(ex, **{key: ex[key] * k})\n"
+      "  return op\n")
+  monkeypatch.syspath_prepend(str(tmp_path))
+  assert ops.parse_spec("my_pp_ops:times(3, key='x')") == [
+      ("my_pp_ops:times", (3,), {"key": "x"})]
+  assert run("my_pp_ops:times(3)", {"x": 2})["x"] == 6
+  with pytest.raises(ConfigError, match="is not an op name"):
+    ops.parse_spec("my pp:times(3)")
 
 
 def test_decode_png_exact_and_grey_to_rgb():
@@ -131,11 +148,11 @@ def test_tokenize_pad_prompt():
   ex = {"task": "qa", "prompt": "What colour?", "target": "Red brick"}
   out = run("task_prompt({'qa': 'question: {prompt}'})|"
             "tokenize(key='prompt', bos=True)|pad(6, key='prompt')|"
-            "tokenize(key='target', eos=True)|pad(3, key='target', keep_eos=102)", ex)
+            f"tokenize(key='target', eos=True)|pad(3, key='target', keep_eos={EOS})", ex)
   # question : what colour ? → 3160 1024 2054 6120 1029
   np.testing.assert_array_equal(out["prompt"], [101, 3160, 1024, 2054, 6120, 1029])
   np.testing.assert_array_equal(out["target"], [2417, 5318, 102])
-  out = run("tokenize(key='target', eos=True, bos=True)|pad(6, key='target', keep_eos=102)",
+  out = run(f"tokenize(key='target', eos=True, bos=True)|pad(6, key='target', keep_eos={EOS})",
             {"target": "Red brick"})
   np.testing.assert_array_equal(out["target"], [101, 2417, 5318, 102, 0, 0])
   assert out["target"].dtype == np.int32
