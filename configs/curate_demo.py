@@ -4,9 +4,9 @@
 
 Generates the world (when missing), the candidates, then REW records in W/records and the
 report in W/curation/report.md (entity-label accuracy next to the top-1 candidates').
-Variants (`:arg`): `small` (60 entities, 300 images), `backend=top1_candidate` (the
-Entity-WebLI baseline, no LLM), `mode=multi_call` or `mode=direct` (the ablation),
-`retrieval=bm25` (lexical candidates instead of MiniLM embeddings).
+Variants (`:arg`): `runlocal` (a small world: 60 entities, 300 images),
+`backend=top1_candidate` (the Entity-WebLI baseline, no LLM), `mode=multi_call` or
+`mode=direct` (the ablation), `retrieval=bm25` (lexical candidates instead of MiniLM).
 The simulator's error modes: `--config.curation.simulated.wrong_pick=0.1` etc.
 """
 
@@ -17,12 +17,12 @@ from rew_jax.data import synthetic
 
 
 def get_config(arg=None):
-  arg = config_lib.parse_arg(arg, small=False, seed=0, backend="simulated", mode="one_call",
+  arg = config_lib.parse_arg(arg, runlocal=False, seed=0, backend="simulated", mode="one_call",
                              retrieval="embedding")
   config = config_lib.ConfigDict()
   config.world = synthetic.default_config()
   config.world.seed = arg.seed
-  if arg.small:
+  if arg.runlocal:
     config.world.num_entities = 60
     config.world.num_web_images = 300
     config.world.oven = config_lib.ConfigDict(dict(

@@ -73,7 +73,7 @@ def train_config(steps: int, seed: int) -> config_lib.ConfigDict:
 def get_config(arg=None):
   arg = config_lib.parse_arg(arg, runlocal=False, steps=600, seed=0)
   base = f"{os.path.join(_HERE, 'curate_demo.py')}:seed={arg.seed}"
-  config = config_lib.load_config(base + (",small" if arg.runlocal else ""))
+  config = config_lib.load_config(base + (",runlocal" if arg.runlocal else ""))
   if not arg.runlocal:
     # A world a tiny GiT trained from scratch learns to see in a few CPU minutes: 60
     # entities (48 seen), 3000 web images (the default world's 300 entities need far more

@@ -8,15 +8,19 @@
       --config.train.evals.oven_val.image_dir=OVEN/images \
       --config.train.evals.oven_val.mapping.kb_dir=W/kb \
       --config.train.predict.name_trie=W/kb/name_trie.npz
-  python -m rew_jax eval --config configs/oven_finetune.py --workdir W/finetune ...  # again
+  python -m rew_jax eval --config configs/oven_finetune.py --workdir W/finetune \
+      --config.train.evals.oven_val.image_dir=OVEN/images \
+      --config.train.evals.oven_val.mapping.kb_dir=W/kb \
+      --config.train.predict.name_trie=W/kb/name_trie.npz
 
 Batch 256, lr 3e-7 (everything after the image encoder ×10), label smoothing 0.1, evaluated
 on the OVEN validation splits every 500 steps with KB-constrained beam search (beam 4),
 early stopping when the final (query/entity) harmonic mean has not improved for 4
 evaluations (GER-ALD stopped near 8.5k steps). Resize + centre crop at evaluation.
 
-Variants: `variant=L/14` (must match the checkpoint), `mesh=fsdp|hybrid|tp`, `runlocal`
-(a tiny model, 3 steps, no evaluation: a CPU smoke test; needs train.input.data_dir).
+Variants: `variant=L/14` (must match the checkpoint), `mesh=fsdp|hybrid|tp`, `oven_dir=DIR`
+(where the OVEN files and images/ are; default ./OVEN), `runlocal` (a tiny model, 3 steps,
+evaluated on 8 validation examples: a CPU smoke test; needs train.input.data_dir).
 """
 
 import os
@@ -43,13 +47,18 @@ def get_config(arg=None):
   c.init_from = ""  # The pretraining workdir: --config.train.init_from=...
   c.predict = config_lib.ConfigDict(dict(name_trie="", num_beams=4, alpha=0.6))
   c.evals = config_lib.ConfigDict()
-  if not arg.runlocal:
-    c.evals.oven_val = config_lib.ConfigDict(dict(
-        type="oven", pred="decode_rows", every=500,
-        references=(os.path.join(arg.oven_dir, "oven_entity_val.jsonl"),
-                    os.path.join(arg.oven_dir, "oven_query_val.jsonl")),
-        image_dir=os.path.join(arg.oven_dir, "images"),
-        mapping=config_lib.ConfigDict(dict(mode="rows", kb_dir="")),
-        pp=oven.DEFAULT_PP, batch_size=256, max_examples=0))
+  c.evals.oven_val = config_lib.ConfigDict(dict(
+      type="oven", pred="decode_rows", every=500,
+      references=(os.path.join(arg.oven_dir, "oven_entity_val.jsonl"),
+                  os.path.join(arg.oven_dir, "oven_query_val.jsonl")),
+      image_dir=os.path.join(arg.oven_dir, "images"),
+      mapping=config_lib.ConfigDict(dict(mode="rows", kb_dir="")),
+      pp=oven.DEFAULT_PP, batch_size=256, max_examples=0))
+  if arg.runlocal:  # The runlocal model's image and prompt sizes; a few examples, 2 beams.
+    c.evals.oven_val.update(dict(
+        every=3, batch_size=8, max_examples=8,
+        pp=("decode|resize_crop(32)|normalize('clip')|"
+            "tokenize(key='prompt', bos=True, max_len=8)|pad(8, key='prompt')")))
+    c.predict.num_beams = 2
   c.early_stopping = config_lib.ConfigDict(dict(metric="oven_val/final_score", patience=4))
   return config_lib.ConfigDict(dict(train=c))

@@ -47,7 +47,7 @@ Options:
   --dry-run              print the commands instead of running them
   -h, --help             this help
 
-Anything after `--` goes to `python -m rew_jax train`, e.g. -- --config.total_steps=1000
+Anything after `--` goes to `python -m rew_jax train`, e.g. -- --config.train.total_steps=1000
 EOF
 }
 
