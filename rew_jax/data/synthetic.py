@@ -120,7 +120,10 @@ def default_config() -> config_lib.ConfigDict:
   c = config_lib.ConfigDict()
   c.seed = 0
   c.num_entities = 300          # Visual entities (of 14 shapes × 10 colours × 5 patterns).
-  c.unseen_fraction = 0.2       # Entities kept out of all training data (OVEN unseen).
+  c.unseen_fraction = 0.2       # Entities absent from OVEN's train split (OVEN "unseen");
+  #                               the web data shows them, as web-scale data does.
+  c.zero_shot_fraction = 0.0    # Of all entities, those also absent from the web data: seen
+  #                               nowhere (a subset of the unseen ones).
   c.num_web_images = 4000
   c.caption_rates = config_lib.ConfigDict(
       dict(correct=0.55, similar_wrong=0.25, irrelevant=0.20))
@@ -141,7 +144,8 @@ class Entity:
   shape: str = ""
   colour: str = ""
   pattern: str = ""
-  seen: bool = True
+  seen: bool = True      # In OVEN's train split.
+  on_web: bool = True    # Shown by web images and named by their captions.
 
   @property
   def look(self) -> si.Look:
@@ -178,14 +182,17 @@ def make_entities(config) -> list[Entity]:
   ids = rng.choice(np.arange(1000, 10_000_000), config.num_entities + len(CONCEPTS),
                    replace=False)
   num_unseen = int(round(config.unseen_fraction * config.num_entities))
-  unseen = set(rng.choice(config.num_entities, num_unseen, replace=False).tolist())
+  unseen_order = rng.choice(config.num_entities, num_unseen, replace=False).tolist()
+  unseen = set(unseen_order)
+  zero_shot = set(unseen_order[:int(round(config.zero_shot_fraction * config.num_entities))])
   entities = []
   for i, k in enumerate(picked):
     cat, word, shape, colour, pattern = combos[k]
     title = f"{colour.capitalize()} {ADJ[pattern]} {word}"
     if shared_words[word] > 1:
       title += f" ({cat})"
-    entities.append(Entity(f"Q{ids[i]}", title, cat, shape, colour, pattern, i not in unseen))
+    entities.append(Entity(f"Q{ids[i]}", title, cat, shape, colour, pattern,
+                           seen=i not in unseen, on_web=i not in zero_shot))
   for j, (title, _) in enumerate(CONCEPTS):
     entities.append(Entity(f"Q{ids[config.num_entities + j]}", title, "concept"))
   return entities
@@ -219,7 +226,7 @@ def image_relpath(image_id: str) -> str:
   return os.path.join("images", image_id.split("_")[-1][:2], image_id + ".jpg")
 
 
-def _caption(entity: Entity, kind: str, rng: np.random.Generator, seen: Sequence[Entity],
+def _caption(entity: Entity, kind: str, rng: np.random.Generator, pool: Sequence[Entity],
              concepts: Sequence[Entity]) -> tuple[str, str | None]:
   """A web caption of the given noise kind → (text, id of the entity it mentions)."""
   if kind == "irrelevant":
@@ -230,10 +237,10 @@ def _caption(entity: Entity, kind: str, rng: np.random.Generator, seen: Sequence
     return str(rng.choice(IRRELEVANT_TEMPLATES)).format(c=name), concept.entity_id
   mentioned = entity
   if kind == "similar_wrong":
-    options = similar_entities(entity, seen)
+    options = similar_entities(entity, pool)
     near = [e for e in options[:3]]
     if not options:  # No one-attribute neighbour: any other entity of the category.
-      options = [e for e in seen if e.category == entity.category and e != entity]
+      options = [e for e in pool if e.category == entity.category and e != entity]
     mentioned = (near[int(rng.integers(len(near)))] if near and rng.random() < 0.7
                  else options[int(rng.integers(len(options)))])
   name = mentioned.mention.lower() if rng.random() < 0.3 else mentioned.mention
@@ -310,6 +317,9 @@ def _validate(config) -> None:
     raise ConfigError(f"world.caption_rates must be >= 0 and sum to 1, got {rates}")
   if not 0 <= config.unseen_fraction < 1:
     raise ConfigError(f"world.unseen_fraction must be in [0, 1), got {config.unseen_fraction}")
+  if not 0 <= config.zero_shot_fraction <= config.unseen_fraction:
+    raise ConfigError("world.zero_shot_fraction must be in [0, unseen_fraction], got "
+                      f"{config.zero_shot_fraction}")
   if not 16 <= config.min_image_size <= config.max_image_size:
     raise ConfigError("world needs 16 <= min_image_size <= max_image_size")
 
@@ -321,6 +331,7 @@ def generate(config, out_dir: str) -> dict:
   entities = make_entities(config)
   visual = [e for e in entities if e.category != "concept"]
   seen = [e for e in visual if e.seen]
+  on_web = [e for e in visual if e.on_web]
   concepts = [e for e in entities if e.category == "concept"]
   for sub in ("kb", "web", "oven", "truth", "images"):
     os.makedirs(os.path.join(out_dir, sub), exist_ok=True)
@@ -342,9 +353,9 @@ def generate(config, out_dir: str) -> dict:
   web_rows, truth_rows = [], []
   for i in range(config.num_web_images):
     rng = np.random.default_rng([config.seed, _STREAM["web"], i])
-    entity = seen[int(rng.integers(len(seen)))]
+    entity = on_web[int(rng.integers(len(on_web)))]
     kind = kinds[int(rng.choice(len(kinds), p=probs))]
-    caption, mentioned = _caption(entity, kind, rng, seen, concepts)
+    caption, mentioned = _caption(entity, kind, rng, on_web, concepts)
     image_id = f"web_{i:08d}"
     pixels = si.draw([entity.look], rng, min_size=config.min_image_size,
                      max_size=config.max_image_size)
@@ -370,6 +381,7 @@ def generate(config, out_dir: str) -> dict:
   summary = {
       "seed": config.seed,
       "entities": {"visual": len(visual), "seen": len(seen), "unseen": len(visual) - len(seen),
+                   "on_web": len(on_web), "zero_shot": len(visual) - len(on_web),
                    "concepts": len(concepts),
                    "per_category": dict(collections.Counter(e.category for e in visual))},
       "web_images": config.num_web_images,
@@ -435,7 +447,8 @@ def format_summary(summary: dict) -> str:
   e, rates = summary["entities"], summary["caption_rates"]
   lines = [
       f"embedded world (seed {summary['seed']}): {e['visual']} visual entities "
-      f"({e['seen']} seen, {e['unseen']} unseen) + {e['concepts']} concepts; "
+      f"({e['seen']} in OVEN train, {e['unseen']} unseen there; {e.get('zero_shot', 0)} "
+      f"absent from the web data too) + {e['concepts']} concepts; "
       f"per category {e['per_category']}",
       f"web images: {summary['web_images']}; caption noise (configured → realised): " +
       ", ".join(f"{k} {rates['configured'][k]:.2f}→{rates['realised'][k]:.3f}"

@@ -89,7 +89,7 @@ def test_captions_are_consistent_with_their_noise_kind(world):
       wrong = entities[t["mentioned_entity_id"]]
       assert wrong.entity_id != truth.entity_id and wrong.category == truth.category
       assert wrong.mention.lower() in caption
-      assert wrong.seen
+      assert wrong.on_web
     else:
       mentioned = t["mentioned_entity_id"]
       assert mentioned is None or entities[mentioned].category == "concept"
@@ -106,19 +106,16 @@ def test_similar_wrong_mentions_differ_in_one_attribute_mostly(world):
   assert diffs and np.mean(np.array(diffs) == 1) > 0.9
 
 
-def test_unseen_entities_absent_from_all_training_data(world):
+def test_unseen_entities_are_on_the_web_but_not_in_oven_train(world):
+  """OVEN's meaning: an unseen entity is absent from OVEN train, while web data shows it."""
   root, _, summary = world
   entities = synthetic.load_entities(root)
   unseen = {e.entity_id for e in entities if not e.seen}
   assert len(unseen) == summary["entities"]["unseen"] == 60
-  for t in synthetic.read_jsonl(os.path.join(root, "truth", "web_truth.jsonl")):
-    assert t["entity_id"] not in unseen and t["mentioned_entity_id"] not in unseen
-  unseen_mentions = {e.mention.lower() for e in entities if not e.seen}
-  seen_mentions = {e.mention.lower() for e in entities if e.seen}
-  for row in synthetic.read_jsonl(os.path.join(root, "web", "captions.jsonl")):
-    low = row["caption"].lower()
-    # A mention of an unseen entity that is not also the mention of a seen one.
-    assert not any(m in low and m not in seen_mentions for m in unseen_mentions), row
+  assert summary["entities"]["zero_shot"] == 0
+  on_web = {t["entity_id"] for t in synthetic.read_jsonl(
+      os.path.join(root, "truth", "web_truth.jsonl"))}
+  assert len(unseen & on_web) > 0.9 * len(unseen)  # 4000 images over 300 entities.
   for kind in ("entity", "query"):
     for row in synthetic.read_jsonl(os.path.join(root, "oven", f"oven_{kind}_train.jsonl")):
       assert row["entity_id"] not in unseen
@@ -127,6 +124,28 @@ def test_unseen_entities_absent_from_all_training_data(world):
       assert (row["entity_id"] in unseen) == row["data_split"].endswith("_unseen")
     assert {r["data_split"] for r in val} == {f"{kind}_val_seen", f"{kind}_val_unseen"}
 
+
+def test_zero_shot_entities_are_seen_nowhere(tmp_path):
+  config = synthetic.default_config()
+  config.update(dict(num_entities=60, num_web_images=300, unseen_fraction=0.3,
+                     zero_shot_fraction=0.1, contact_sheet=False))
+  config.oven.update(dict(entity_train=20, entity_val=20, entity_test=2, query_train=2,
+                          query_val=2, query_test=2))
+  summary = synthetic.generate(config, str(tmp_path))
+  assert summary["entities"]["zero_shot"] == 6 and summary["entities"]["unseen"] == 18
+  entities = synthetic.load_entities(str(tmp_path))
+  nowhere = {e.entity_id for e in entities if not e.on_web}
+  assert nowhere <= {e.entity_id for e in entities if not e.seen}
+  nowhere_mentions = {e.mention.lower() for e in entities if not e.on_web}
+  web_mentions = {e.mention.lower() for e in entities if e.on_web}
+  for t in synthetic.read_jsonl(os.path.join(tmp_path, "truth", "web_truth.jsonl")):
+    assert t["entity_id"] not in nowhere and t["mentioned_entity_id"] not in nowhere
+  for row in synthetic.read_jsonl(os.path.join(tmp_path, "web", "captions.jsonl")):
+    low = row["caption"].lower()
+    assert not any(m in low and m not in web_mentions for m in nowhere_mentions), row
+  config.zero_shot_fraction = 0.5
+  with pytest.raises(synthetic.ConfigError, match="zero_shot_fraction"):
+    synthetic.generate(config, str(tmp_path / "bad"))
 
 def test_files_are_plain_json_in_official_formats(world):
   root, _, summary = world
