@@ -160,10 +160,10 @@ do_create() {
 }
 
 do_setup() {
-  # The jax pin comes from setup.cfg so that the TPU runtime matches the tested stack.
+  # The jax pin comes from constraints.txt so that the TPU runtime matches the tested stack.
   local jax_version
-  jax_version=$(sed -n 's/^[[:space:]]*jax==\([0-9][0-9.]*\)[[:space:]]*$/\1/p' setup.cfg)
-  [[ -n $jax_version ]] || die "setup.cfg has no 'jax==VERSION' pin"
+  jax_version=$(sed -n 's/^[[:space:]]*jax==\([0-9][0-9.]*\)[[:space:]]*$/\1/p' constraints.txt)
+  [[ -n $jax_version ]] || die "constraints.txt has no 'jax==VERSION' pin"
   if [[ -n $(git status --porcelain --untracked-files=no 2>/dev/null) ]]; then
     echo "$PROG: note: uncommitted changes are not copied (git archive $ref)" >&2
   fi

@@ -80,7 +80,7 @@ def records(path):
 
 def test_tpu_all_dry_run_prints_exact_commands():
   cmds = dry("tpu_vm.sh", "all", *TPU, "--accelerator-type", "v4-32", "--spot",
-             "--config", CONFIG, "--workdir", WORKDIR, "--", "--config.total_steps=1000")
+             "--config", CONFIG, "--workdir", WORKDIR, "--", "--config.train.total_steps=1000")
   tarball = os.path.join(os.environ.get("TMPDIR", "/tmp"), "rew_jax-rew-v4.tar.gz")
   assert cmds == [
       ["gcloud", "compute", "tpus", "tpu-vm", "create", "rew-v4", *WHERE,
@@ -95,7 +95,7 @@ def test_tpu_all_dry_run_prints_exact_commands():
           "python3.11 -m venv .venv; }; } && .venv/bin/python -m pip install -q --upgrade pip && "
           f".venv/bin/python -m pip install -q -e . 'jax[tpu]=={JAX_VERSION}' gcsfs==2026.10.1"),
       ssh("cd rew_jax && bash launch/run_tpu.sh --config " + CONFIG + " --workdir " + WORKDIR
-          + " --num-hosts 4 -- --config.total_steps=1000"),
+          + " --num-hosts 4 -- --config.train.total_steps=1000"),
   ]
 
 
@@ -201,13 +201,14 @@ def test_tpu_real_run_copies_and_trains_on_every_worker(tmp_path):
   repo = tmp_path / "repo"
   shutil.copytree(LAUNCH, repo / "launch")
   shutil.copy(os.path.join(REPO, "setup.cfg"), repo)
+  shutil.copy(os.path.join(REPO, "constraints.txt"), repo)
   git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com"]
   for args in (["init", "-q"], ["add", "."], ["commit", "-q", "-m", "launch"]):
     subprocess.run([*git, *args], cwd=repo, check=True, timeout=30, capture_output=True)
 
   for action, extra in [("setup", []), ("train", ["--accelerator-type", "v4-32",
                                                   "--config", CONFIG, "--workdir", WORKDIR,
-                                                  "--", "--config.total_steps=3"])]:
+                                                  "--", "--config.train.total_steps=3"])]:
     result = subprocess.run([BASH, "launch/tpu_vm.sh", action, *TPU, *extra], cwd=repo,
                             env={**os.environ, **env}, capture_output=True, text=True,
                             timeout=30, check=False)
@@ -229,7 +230,7 @@ def test_tpu_real_run_copies_and_trains_on_every_worker(tmp_path):
                  env={**os.environ, "RECORD": str(py_record)})
   (run,) = records(py_record)
   assert run["argv"] == ["-m", "rew_jax", "train", "--config", CONFIG, "--workdir", WORKDIR,
-                         "--config.total_steps=3"]
+                         "--config.train.total_steps=3"]
   assert run["env"] == {"REW_JAX_DISTRIBUTED": "1"}
   assert os.path.realpath(run["cwd"]) == os.path.realpath(code)
 
@@ -238,9 +239,9 @@ def test_tpu_real_run_copies_and_trains_on_every_worker(tmp_path):
 
 def test_run_tpu_dry_run():
   assert dry("run_tpu.sh", "--config", CONFIG, "--workdir", WORKDIR, "--num-hosts", "4",
-             "--", "--config.total_steps=5") == [[
+             "--", "--config.train.total_steps=5") == [[
                  "env", "REW_JAX_DISTRIBUTED=1", ".venv/bin/python", "-m", "rew_jax", "train",
-                 "--config", CONFIG, "--workdir", WORKDIR, "--config.total_steps=5"]]
+                 "--config", CONFIG, "--workdir", WORKDIR, "--config.train.total_steps=5"]]
   assert dry("run_tpu.sh", "--config", CONFIG, "--workdir", "runs/x", "--num-hosts", "1",
              "--venv", "/opt/venv") == [[
                  "env", "REW_JAX_DISTRIBUTED=0", "/opt/venv/bin/python", "-m", "rew_jax",
@@ -273,10 +274,10 @@ TRAIN = [".venv/bin/python", "-m", "rew_jax", "train", "--config", CONFIG, "--wo
 
 def test_gpu_multihost_dry_run_passes_the_layout_in_the_env():
   cmds = dry("gpu_multihost.sh", *GPU, "--coordinator-address", "node001:61443",
-             "--num-processes", "4", "--process-id", "2", "--", "--config.total_steps=5")
+             "--num-processes", "4", "--process-id", "2", "--", "--config.train.total_steps=5")
   assert cmds == [["env", "REW_JAX_DISTRIBUTED=1", "REW_JAX_COORDINATOR_ADDRESS=node001:61443",
                    "REW_JAX_NUM_PROCESSES=4", "REW_JAX_PROCESS_ID=2",
-                   "JAX_LOCAL_DEVICE_IDS=0,1,2,3,4,5,6,7", *TRAIN, "--config.total_steps=5"]]
+                   "JAX_LOCAL_DEVICE_IDS=0,1,2,3,4,5,6,7", *TRAIN, "--config.train.total_steps=5"]]
 
 
 def test_gpu_multihost_defaults_from_slurm_and_gpus_per_host():
@@ -335,11 +336,11 @@ def test_slurm_sbatch_dry_run_runs_one_task_per_node(tmp_path):
          "SLURM_JOB_NODELIST": "gpu-a[17-18],gpu-b02", "SLURM_NNODES": "3",
          "SLURM_GPUS_ON_NODE": "4"}
   cmds = dry("slurm_gpu.sbatch", "--config", CONFIG, "--workdir", "/shared/runs/x", "--",
-             "--config.total_steps=5", env=env)
+             "--config.train.total_steps=5", env=env)
   assert cmds == [["srun", "--nodes=3", "--ntasks-per-node=1", "--kill-on-bad-exit=1",
                    "launch/gpu_multihost.sh", "--config", CONFIG, "--workdir", "/shared/runs/x",
                    "--num-processes", "3", "--coordinator-address", "gpu-a17:61444", "--gpus-per-host", "4", "--venv",
-                   ".venv", "--", "--config.total_steps=5"]]
+                   ".venv", "--", "--config.train.total_steps=5"]]
   # The srun'd command, as task 2 of 3 sees it.
   (task,) = dry("gpu_multihost.sh", *cmds[0][5:], env={"SLURM_PROCID": "2", "SLURM_NTASKS": "3"})
   assert task[:6] == ["env", "REW_JAX_DISTRIBUTED=1",
