@@ -121,8 +121,8 @@ def run_hf(setup):
   import transformers
 
   dec, patch = setup["decoder"], int(setup["variant"].split("/")[1])
-  from rew_jax.models import git
-  vit = git.parse_config(model_config(setup)).vit
+  from rew_jax.models import git_config
+  vit = git_config.parse_config(model_config(setup)).vit
   config = transformers.GitConfig(
       vision_config=dict(hidden_size=vit.width, intermediate_size=vit.mlp_dim,
                          num_hidden_layers=vit.depth, num_attention_heads=vit.num_heads,
@@ -183,7 +183,7 @@ def run_mfu(batch, steps, smoke=False):
   import optax
 
   from rew_jax import sharding
-  from rew_jax.models import flops, git
+  from rew_jax.models import flops, git, git_config
 
   config = git.default_config()
   config.dtype, config.remat, config.scan_layers = "bfloat16", True, True
@@ -191,7 +191,7 @@ def run_mfu(batch, steps, smoke=False):
     config.variant, config.image_size, config.vit.depth = "Ti/16", 64, 2
     config.decoder.num_layers, config.max_prompt_len, config.max_target_len = 1, 4, 8
   model = git.GiT(config)
-  spec = git.parse_config(config)
+  spec = git_config.parse_config(config)
   mesh = sharding.make_mesh({"fsdp": -1})
   rules = sharding.DEFAULT_RULES
   images, prompt, target = git.dummy_inputs(spec, batch)

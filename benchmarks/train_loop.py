@@ -24,14 +24,13 @@ import numpy as np
 
 from rew_jax import config as config_lib
 from rew_jax import metrics as metrics_lib
+from rew_jax import model_setup
 from rew_jax import optim
 from rew_jax import records
-from rew_jax import registry
 from rew_jax import sharding
 from rew_jax import train as train_lib
 from rew_jax.data import pipeline
 from rew_jax.data import synthetic_images as si
-from rew_jax.models import git as git_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -50,15 +49,11 @@ def make_records(path: str, n: int = 256) -> str:
 
 def bare_steps_per_s(config, steps: int) -> float:
   """The same model, optimizer and step function on one fixed batch: no data, no logging."""
-  mesh = sharding.make_mesh(config.get("mesh"))
-  rules = sharding.logical_rules(config.get("sharding_rules"))
-  model = registry.MODELS.get(config.model.name)(config.model)
-  spec = git_lib.parse_config(config.model)
-  variables, _ = sharding.init_sharded(model, jax.random.key(0), *git_lib.dummy_inputs(spec),
-                                       mesh=mesh, rules=rules)
-  tx, schedule = optim.make(config.optim, variables["params"], config.total_steps)
-  state = train_lib.TrainState(jnp.zeros((), jnp.int32), variables["params"],
-                               tx.init(variables["params"]), jax.random.key(1))
+  setup = model_setup.setup_model(config, rng=jax.random.key(0))
+  mesh, rules, model, params = setup.mesh, setup.rules, setup.model, setup.params
+  tx, schedule = optim.make(config.optim, params, config.total_steps)
+  state = train_lib.TrainState(jnp.zeros((), jnp.int32), params, tx.init(params),
+                               jax.random.key(1))
   host = next(iter(pipeline.from_config(config.input, train=True)))
   batch = sharding.host_batch_to_global(
       {k: v for k, v in host.items() if np.asarray(v).dtype.kind not in "USO"}, mesh)

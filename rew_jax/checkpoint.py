@@ -1,10 +1,14 @@
 """Checkpoints with orbax: train state + Grain iterator state + config, in one step folder.
 
     manager = checkpoint.Manager(workdir, keep=3, every=1000)
-    state, step = manager.restore_or(abstract_state, data_iter)   # resume if any
+    start = manager.latest_step() or 0                            # resume if any
+    if start:
+      state = manager.restore(start, abstract_state, data_iter)   # iterator restored in place
     manager.maybe_save(step, state, data_iter)                    # async every `every` steps
     manager.save(step, state, data_iter, force=True)              # e.g. on SIGTERM
     manager.close()
+
+    params = checkpoint.load_params(other_workdir, abstract_params)  # params only (init_from)
 
 The state is restored onto the shardings carried by `abstract_state` (ShapeDtypeStructs with
 `.sharding`), so a run resumes on any mesh. Each process writes its own Grain iterator
@@ -69,13 +73,6 @@ class Manager:
                       f"config's state: {e}") from None
     return restored["state"]
 
-  def restore_or(self, abstract_state, data_iter=None, init_fn=None):
-    """→ (state, step): the latest checkpoint if there is one, else `init_fn()` at step 0."""
-    step = self.latest_step()
-    if step is None:
-      return (init_fn() if init_fn else None), 0
-    return self.restore(step, abstract_state, data_iter), step
-
   def wait(self) -> None:
     self._manager.wait_until_finished()
 
@@ -90,25 +87,58 @@ def abstract_with_shardings(tree, shardings):
                       tree, shardings)
 
 
+def latest_step(workdir: str) -> int | None:
+  """The latest checkpoint step in a run's workdir, None when it has none."""
+  directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+  if not os.path.isdir(directory):
+    return None
+  return ocp.CheckpointManager(directory, item_names=("state",)).latest_step()
+
+
+def _saved_params(state_dir: str):
+  """Shape and dtype metadata of the `params` saved in a step's state/ folder."""
+  metadata = ocp.PyTreeCheckpointer().metadata(state_dir)
+  tree = getattr(metadata, "item_metadata", metadata)
+  tree = getattr(tree, "tree", tree)
+  if "params" not in tree:
+    raise UserError(f"{state_dir}: the saved state has no params")
+  return tree["params"]
+
+
+def _mismatches(saved, abstract) -> list[str]:
+  """Key paths whose presence or shape differ between two trees of arrays or structs."""
+  shapes = lambda t: {jax.tree_util.keystr(p): tuple(x.shape)
+                      for p, x in jax.tree_util.tree_flatten_with_path(t)[0]}
+  a, b = shapes(saved), shapes(abstract)
+  return [f"{k}: saved {a.get(k, 'absent')}, expected {b.get(k, 'absent')}"
+          for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+
+
 def load_params(workdir_or_step_dir: str, abstract_params=None):
   """The `params` of another run's checkpoint (pretrain → fine-tune initialisation).
 
-  Accepts a workdir (its latest step is used) or a step directory; restores onto
-  `abstract_params`' shardings when given.
+  Accepts a workdir (its latest step is used) or a step directory. With `abstract_params`
+  (ShapeDtypeStructs carrying shardings) only the parameters are read, each straight onto
+  its sharding, and their names and shapes must match; without, the host arrays.
   """
   path = os.path.abspath(workdir_or_step_dir)
   if os.path.isdir(os.path.join(path, "checkpoints")):
-    manager = ocp.CheckpointManager(os.path.join(path, "checkpoints"),
-                                    item_names=("state",))
-    step = manager.latest_step()
+    step = latest_step(path)
     if step is None:
       raise UserError(f"{path}: no checkpoint to initialise from")
     path = os.path.join(path, "checkpoints", str(step))
   state_dir = os.path.join(path, "state")
   if not os.path.isdir(state_dir):
     raise UserError(f"{path}: not a rew_jax checkpoint (no state/ folder)")
-  restored = ocp.StandardCheckpointer().restore(state_dir)
-  params = restored["params"]
-  if abstract_params is not None:
-    params = jax.tree.map(lambda x, a: jax.device_put(x, a.sharding), params, abstract_params)
-  return params
+  if abstract_params is None:
+    return ocp.StandardCheckpointer().restore(state_dir)["params"]
+  wrong = _mismatches(_saved_params(state_dir), abstract_params)
+  if wrong:
+    raise UserError(f"{path}: its parameters do not match the model's ({len(wrong)} differ, "
+                    f"e.g. {'; '.join(wrong[:3])}); check config.model")
+  # partial_restore: the optimizer state and the rest of the train state are not read.
+  restored = ocp.PyTreeCheckpointer().restore(state_dir, args=ocp.args.PyTreeRestore(
+      item={"params": abstract_params},
+      restore_args={"params": ocp.checkpoint_utils.construct_restore_args(abstract_params)},
+      partial_restore=True))
+  return restored["params"]

@@ -1,23 +1,28 @@
-"""The train loop: `python -m rew_jax train --config configs/<recipe>.py[:arg] --workdir W`.
+"""The train loop: `train(config, workdir)` on a train config (a config file's `train` section;
+`python -m rew_jax train`, in rew_jax/stages/train.py, is its command line).
 
-One `main()` read top to bottom: mesh → input pipeline → model → shard & init → optimizer →
-checkpoint restore → evaluators → loop. The step is a pure function
-`(state, batch) -> (state, metrics)` under `jax.jit` with shardings and donation; side
-effects (data, logging, checkpoints, evaluation) stay in the loop.
+One `train()` read top to bottom: model on the mesh → input pipeline → init_from →
+optimizer → checkpoint restore → evaluators → loop. The model is whatever `config.model.name`
+names in `registry.MODELS` (rew_jax/models/base.py): the loop asks it for its flax module and
+dummy inputs, the logits, targets and weights of a training batch, its loaders of external
+weights and its prediction functions, and knows nothing else about it. The step is a pure
+function `(state, batch) -> (state, metrics)` under `jax.jit` with shardings and donation;
+side effects (data, logging, checkpoints, evaluation) stay in the loop.
 
 Resume is automatic: a workdir that holds checkpoints continues from the latest one, with
 the exact next batch (the Grain iterator state is checkpointed with the model). SIGTERM
-(preemption) saves a checkpoint and exits cleanly.
+(preemption) saves a checkpoint and raises `Preempted`.
+
+`default_config()` lists every key of a train config with its default.
 """
 
 from __future__ import annotations
 
-import argparse
 import functools
 import os
 import signal
 import time
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import flax
 import jax
@@ -27,17 +32,66 @@ import optax
 
 from rew_jax import checkpoint as ckpt_lib
 from rew_jax import config as config_lib
-from rew_jax import distributed
 from rew_jax import metrics as metrics_lib
+from rew_jax import model_setup
 from rew_jax import optim
-from rew_jax import registry
 from rew_jax import sharding
 from rew_jax.data import pipeline
 from rew_jax.data import tasks as tasks_lib
 from rew_jax.evaluators import common as eval_common
-from rew_jax.evaluators import predict_fns
-from rew_jax.models import convert
-from rew_jax.models import git as git_lib
+
+ConfigDict = config_lib.ConfigDict
+
+
+def default_config() -> ConfigDict:
+  """Every key of a train config, with its default.
+
+  Groups whose default is empty are open, checked by their readers: `model` (the registered
+  model's keys; `name` picks it), `evals` (named evaluator blocks, evaluators/common.py) and
+  `predict` (the model's prediction options).
+  """
+  return ConfigDict(dict(
+      seed=0,                       # Parameter init, dropout.
+      total_steps=1000,
+      log_every=100,                # Steps between train-metric rows (means over the steps).
+      model=ConfigDict(),
+      input=pipeline.default_config(),
+      optim=optim.default_config(),
+      loss=ConfigDict(dict(label_smoothing=0.0)),
+      mesh=ConfigDict(dict(data=-1, fsdp=1, tensor=1)),  # An absent axis has size 1.
+      sharding_rules=None,          # [(logical axis, mesh axes)]; None: the default rules.
+      checkpoint=ConfigDict(dict(every=1000, keep=3, async_save=True)),
+      # Parameters to start from: "" or "none" (from scratch), another run's workdir or
+      # checkpoint step directory, or "LOADER:PATH" with one of the model's loaders.
+      init_from="",
+      evals=ConfigDict(),
+      predict=ConfigDict(),
+      early_stopping=ConfigDict(dict(metric="", patience=0)),  # patience 0: never stops.
+      peak_flops_per_device=0.0,    # For MFU; 0: from a table of known chips.
+  ))
+
+
+# Groups taken whole: an absent mesh axis has size 1, so filling in defaults would change it.
+_WHOLE_GROUPS = ("mesh",)
+
+
+def with_defaults(config) -> ConfigDict:
+  """`config` with its keys checked and the absent ones filled from `default_config()`,
+  also inside the groups that have defaults (one level: input, optim, loss, ...)."""
+  defaults = default_config()
+  config_lib.check_keys(config, defaults, "train")
+  out = {}
+  for key in defaults.keys():
+    default = defaults[key]
+    if key not in config:
+      out[key] = default
+      continue
+    value = config[key]
+    if (isinstance(default, ConfigDict) and len(default) and key not in _WHOLE_GROUPS and
+        isinstance(value, ConfigDict)):
+      value = ConfigDict(dict(default.items(), **dict(value.items())))
+    out[key] = value
+  return ConfigDict(out)
 
 
 @flax.struct.dataclass
@@ -49,20 +103,12 @@ class TrainState:
 
 
 def loss_fn(model, params, batch, rng, *, label_smoothing: float, train: bool):
-  """Token-mean cross-entropy (label-smoothed) over real target tokens, and per-task sums.
-
-  `target` holds the tokens to predict, EOS included, 0 after it; the decoder reads them
-  shifted right behind BOS, as decoding feeds them.
-  """
-  target = batch["target"]
-  target_in = jnp.concatenate(
-      [jnp.full_like(target[:, :1], git_lib.BOS_ID), target[:, :-1]], axis=1)
-  logits = model.apply({"params": params}, batch["image"], batch["prompt"], target_in,
-                       train=train, rngs={"dropout": rng})
-  vocab = logits.shape[-1]
-  labels = optax.smooth_labels(jax.nn.one_hot(target, vocab), label_smoothing)
+  """Token-mean cross-entropy (label-smoothed) over the positions the model weights, in
+  real examples (`mask`), and per-task sums. `model` is the registered model."""
+  logits, targets, weights = model.logits_and_targets(params, batch, rng=rng, train=train)
+  labels = optax.smooth_labels(jax.nn.one_hot(targets, logits.shape[-1]), label_smoothing)
   token_loss = optax.softmax_cross_entropy(logits, labels)
-  weight = ((target != git_lib.PAD_ID) & (batch["mask"][:, None] > 0)).astype(jnp.float32)
+  weight = weights * (batch["mask"][:, None] > 0)
   loss = jnp.sum(token_loss * weight) / jnp.maximum(jnp.sum(weight), 1.0)
   task = jax.nn.one_hot(batch["task_id"], len(tasks_lib.TASKS))  # [B, tasks]
   aux = {"task_loss_sum": jnp.einsum("bt,bk->k", token_loss * weight, task),
@@ -122,34 +168,18 @@ class Preempted(Exception):
   """Raised by `train` after SIGTERM made it save a checkpoint: the caller should exit."""
 
 
-class _Preempted:
-  """Set by SIGTERM; the loop checkpoints and leaves at the next step boundary."""
+class SigtermFlag:
+  """Set by SIGTERM while installed; the loop checkpoints and leaves at the next step."""
 
   def __init__(self):
-    self.flag = False
+    self.raised = False
     self._old = signal.signal(signal.SIGTERM, self._handle)
 
   def _handle(self, *_):
-    self.flag = True
+    self.raised = True
 
   def restore(self):
     signal.signal(signal.SIGTERM, self._old)
-
-
-def config_evaluators(config, workdir: str):
-  """The evaluators of `config.evals` (see evaluators/common.py), as an evaluators_fn:
-  (model, mesh) → {name: (evaluator, every)}; `config.predict` configures decoding."""
-  if not config.get("evals"):
-    return None
-
-  def build(model, mesh):
-    del mesh  # Prediction runs on the params' own shardings.
-    fns = predict_fns.from_config(model, config.get("predict"))
-    evaluators = eval_common.from_config(config.evals, fns, workdir=workdir)
-    return {name: (ev, int(config.evals[name].get("every", config.total_steps)))
-            for name, ev in evaluators.items()}
-
-  return build
 
 
 class _EarlyStopping:
@@ -171,22 +201,24 @@ class _EarlyStopping:
     return self.bad >= self.patience
 
 
-def init_from(source: str, model_config, params, shardings):
-  """Parameters to start from, placed on `shardings`:
-    hf_git:DIR    a HF GitForCausalLM directory (all of the model; shapes must match);
-    hf_clip:DIR   a HF CLIP vision directory (the image encoder; the rest keeps `params`);
-    otherwise     another run's workdir or checkpoint step directory.
+def init_from(source: str, model, params, shardings):
+  """The parameters a run starts from, on `shardings` (`params` is the fresh init):
+    "" or "none"    `params` (from scratch);
+    LOADER:PATH     one of `model.loaders` (e.g. hf_git, hf_clip for GiT) on PATH;
+    otherwise       another run's workdir or checkpoint step directory (parameters only).
   """
+  if not source or source.lower() == "none":
+    return params
   kind, sep, path = source.partition(":")
-  if sep and kind == "hf_git":
-    new = convert.git_to_params(convert.read_state_dict(path), model_config, path)["params"]
-  elif sep and kind == "hf_clip":
-    encoder = convert.clip_vision_to_params(convert.read_state_dict(path), model_config, path)
-    new = dict(jax.device_get(params), encoder=encoder)
-  else:
+  if not (sep and kind.isidentifier() and not path.startswith("//")):  # gs://... is a path.
     return ckpt_lib.load_params(source, ckpt_lib.abstract_with_shardings(params, shardings))
+  if kind not in model.loaders:
+    raise config_lib.ConfigError(
+        f"init_from={source!r}: this model has no loader {kind!r} (it has: "
+        f"{', '.join(sorted(model.loaders)) or 'none'}); a workdir or checkpoint needs no prefix")
+  new = model.loaders[kind](path, params)
   expected = jax.tree.map(lambda x: x.shape, params)
-  got = jax.tree.map(lambda x: x.shape, new)
+  got = jax.tree.map(lambda x: np.shape(x), new)
   if expected != got:
     raise config_lib.ConfigError(f"init_from={source!r}: its parameter shapes do not match "
                                  "config.model (check variant, image_size, decoder, vocab)")
@@ -194,35 +226,37 @@ def init_from(source: str, model_config, params, shardings):
 
 
 def train(config, workdir: str, *, evaluators_fn=None) -> dict[str, Any]:
-  """Runs `config` in `workdir`; returns the last logged metrics (and eval results)."""
+  """Runs the train config `config` in `workdir` (keys checked, defaults filled in).
+
+  `evaluators_fn(model, mesh) -> {name: (evaluator, every)}` replaces the evaluators of
+  `config.evals` (`model` is the registered model).
+
+  Returns a dict: `state` (the final TrainState), `metrics` (the last logged train metrics,
+  the last results of every evaluator and, with early stopping, `best_step` and
+  `best_<metric>`), `model` (the registered model) and `mesh`. Raises `Preempted` after
+  SIGTERM, once the checkpoint is saved.
+  """
+  config = with_defaults(config)
   if "://" not in workdir:  # Object-store workdirs (gs://) need no directory.
     os.makedirs(workdir, exist_ok=True)
 
-  # ---------------------------------------------------------------------------- Mesh
-  mesh = sharding.make_mesh(config.get("mesh"))
-  rules = sharding.logical_rules(config.get("sharding_rules"))
+  # ---------------------------------------------------------------------------- Model on the mesh
+  rng = jax.random.key(config.seed)
+  init_rng, state_rng = jax.random.split(rng)
+  setup = model_setup.setup_model(config, rng=init_rng)
+  mesh, rules, model = setup.mesh, setup.rules, setup.model
 
   # ---------------------------------------------------------------------------- Input pipeline
   data = pipeline.from_config(config.input, train=True)
   data_iter = iter(data)
 
-  # ---------------------------------------------------------------------------- Model
-  model = registry.MODELS.get(config.model.name)(config.model)
-  spec = git_lib.parse_config(config.model)
-
-  # ---------------------------------------------------------------------------- Shard & init
-  rng = jax.random.key(config.seed)
-  init_rng, state_rng = jax.random.split(rng)
-  variables, variable_shardings = sharding.init_sharded(
-      model, init_rng, *git_lib.dummy_inputs(spec), mesh=mesh, rules=rules)
-  params, param_shardings = variables["params"], variable_shardings["params"]
-  if config.get("init_from"):
-    params = init_from(config.init_from, config.model, params, param_shardings)
+  # ---------------------------------------------------------------------------- Init from
+  param_shardings = setup.param_shardings
+  params = init_from(config.init_from, model, setup.params, param_shardings)
 
   # ---------------------------------------------------------------------------- Optimizer
   tx, schedule = optim.make(config.optim, params, config.total_steps)
-  abstract_params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
-  state_shardings = _state_shardings(tx, abstract_params, param_shardings, mesh)
+  state_shardings = _state_shardings(tx, setup.abstract_params, param_shardings, mesh)
   with sharding.use(mesh, rules):
     opt_state = jax.jit(tx.init, out_shardings=state_shardings.opt_state)(params)
   state = TrainState(jnp.zeros((), jnp.int32), params, opt_state, state_rng)
@@ -239,11 +273,12 @@ def train(config, workdir: str, *, evaluators_fn=None) -> dict[str, Any]:
     print(f"resumed from step {start} in {manager.directory}", flush=True)
 
   # ---------------------------------------------------------------------------- Evaluators
-  # name → (evaluator, every): evaluators need the model's prediction functions, which the
-  # caller builds (see rew_jax/predict.py); none means train only.
-  evaluators_fn = evaluators_fn or config_evaluators(config, workdir)
-  evaluators = evaluators_fn(model, mesh) if evaluators_fn else {}
-  early = _EarlyStopping(config.get("early_stopping"))
+  # name → (evaluator, every); the evaluators call the model's prediction functions.
+  if evaluators_fn is not None:
+    evaluators = evaluators_fn(model, mesh)
+  else:
+    evaluators = eval_common.from_train_config(config, model, workdir=workdir)
+  early = _EarlyStopping(config.early_stopping)
 
   # ---------------------------------------------------------------------------- Loop
   jitted_step = jax.jit(
@@ -253,7 +288,7 @@ def train(config, workdir: str, *, evaluators_fn=None) -> dict[str, Any]:
       out_shardings=(state_shardings, None), donate_argnums=(0,))
   writer = metrics_lib.Writer(workdir, config=config, total_steps=config.total_steps,
                               start_step=start)
-  preempted = _Preempted()
+  sigterm = SigtermFlag()
   last: dict[str, Any] = {}
   pending, step_fn, stop = [], None, False  # Device metrics of the steps since the last log.
   try:
@@ -287,8 +322,8 @@ def train(config, workdir: str, *, evaluators_fn=None) -> dict[str, Any]:
             last.update(results)
             stop = early.update(step, results) or stop
         manager.maybe_save(step, state, data_iter)
-        if preempted.flag or stop:
-          why = "SIGTERM" if preempted.flag else (
+        if sigterm.raised or stop:
+          why = "SIGTERM" if sigterm.raised else (
               f"early stopping ({early.metric} best {early.best} at step {early.best_step})")
           print(f"{why}: saving step {step} and exiting", flush=True)
           manager.save(step, state, data_iter, force=True)
@@ -297,46 +332,11 @@ def train(config, workdir: str, *, evaluators_fn=None) -> dict[str, Any]:
         if manager.latest_step() != config.total_steps:
           manager.save(config.total_steps, state, data_iter, force=True)
   finally:
-    preempted.restore()
+    sigterm.restore()
     manager.close()
     writer.close()
-  if preempted.flag:
+  if sigterm.raised:
     raise Preempted(f"preempted at step {step}; rerun the same command to resume")
   if early.best_step is not None:
     last["best_step"], last["best_" + early.metric] = early.best_step, early.best
   return {"state": state, "metrics": last, "model": model, "mesh": mesh}
-
-
-def evaluate(config, workdir: str, step: int | None = None) -> dict[str, float]:
-  """Runs `config.evals` on a checkpoint of `workdir` (the latest unless `step`)."""
-  mesh = sharding.make_mesh(config.get("mesh"))
-  rules = sharding.logical_rules(config.get("sharding_rules"))
-  model = registry.MODELS.get(config.model.name)(config.model)
-  spec = git_lib.parse_config(config.model)
-  variables, shardings = sharding.init_sharded(
-      model, jax.random.key(0), *git_lib.dummy_inputs(spec), mesh=mesh, rules=rules)
-  source = workdir if step is None else os.path.join(workdir, "checkpoints", str(step))
-  params = ckpt_lib.load_params(source, ckpt_lib.abstract_with_shardings(
-      variables["params"], shardings["params"]))
-  build = config_evaluators(config, workdir)
-  if build is None:
-    raise config_lib.ConfigError("the config has no `evals` block to evaluate with")
-  results = {}
-  with sharding.use(mesh, rules):
-    for _, (evaluator, _) in build(model, mesh).items():
-      results.update(evaluator.run(params, step=step))
-  return results
-
-
-def main(argv: Sequence[str]) -> int:
-  parser = argparse.ArgumentParser(prog="python -m rew_jax train", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  config_lib.add_config_arguments(parser)
-  args, config = config_lib.parse_stage_args(parser, argv)
-  # Multi-host: join the job before anything touches the XLA backend (launch/ sets the env).
-  distributed.initialize_from_env()
-  try:
-    train(config, args.workdir)
-  except Preempted as e:
-    print(e, flush=True)
-  return 0

@@ -37,8 +37,11 @@ def record_dir(tmp_path_factory):
     "oven_finetune.py:runlocal",
 ])
 def test_recipe_runs_three_steps_on_a_3d_mesh(spec, record_dir, tmp_path):
-  config = config_lib.load_config(os.path.join(REPO, "configs", spec))
+  config = config_lib.load_config(os.path.join(REPO, "configs", spec)).train
   config.input.data_dir = record_dir
+  # Training only: evaluation needs OVEN files and a KB (tests/test_docstring_commands.py
+  # runs oven_finetune's commands with them).
+  config.evals = config_lib.ConfigDict()
   assert dict(config.mesh) == dict(data=2, fsdp=2, tensor=2)
   out = train_lib.train(config, str(tmp_path))
   assert int(out["state"].step) == 3
@@ -61,13 +64,13 @@ def test_recipe_runs_three_steps_on_a_3d_mesh(spec, record_dir, tmp_path):
 
 
 def test_full_recipes_describe_the_paper():
-  c = config_lib.load_config(os.path.join(REPO, "configs", "git_large_rew.py"))
+  c = config_lib.load_config(os.path.join(REPO, "configs", "git_large_rew.py")).train
   assert (c.input.batch_size, c.total_steps, c.optim.lr, c.optim.warmup_steps) == (
       4096, 600_000, 1e-5, 250)
   assert tuple(map(tuple, c.optim.lr_mults)) == (("encoder/.*", 1.0), (".*", 10.0))
   assert c.model.variant == "L/14" and c.model.image_size == 224
   assert c.loss.label_smoothing == 0.3
-  f = config_lib.load_config(os.path.join(REPO, "configs", "oven_finetune.py"))
+  f = config_lib.load_config(os.path.join(REPO, "configs", "oven_finetune.py")).train
   assert (f.input.batch_size, f.optim.lr, f.evals.oven_val.every) == (256, 3e-7, 500)
   assert f.early_stopping.metric == "oven_val/final_score"
   with pytest.raises(config_lib.ConfigError, match="data="):

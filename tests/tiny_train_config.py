@@ -1,4 +1,4 @@
-"""A tiny training config for the train-loop tests.
+"""A tiny training config (its `train` section) for the train-loop tests.
 
   python -m rew_jax train --config tests/tiny_train_config.py:data_dir=D,steps=4 --workdir W
 """
@@ -33,4 +33,4 @@ def get_config(arg=None):
   c.mesh = config_lib.ConfigDict(sizes[arg.mesh])
   c.sharding_rules = None
   c.checkpoint = config_lib.ConfigDict(dict(every=arg.every, keep=2, async_save=True))
-  return c
+  return config_lib.ConfigDict(dict(train=c))

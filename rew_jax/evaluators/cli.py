@@ -44,9 +44,9 @@ def _checkpoint_main(argv: Sequence[str]) -> int:
   parser.add_argument("--workdir", required=True, help="the training run's workdir")
   parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
   from rew_jax import config as config_lib  # pylint: disable=g-import-not-at-top
-  from rew_jax import train  # pylint: disable=g-import-not-at-top
+  from rew_jax.evaluators import checkpoint_eval  # pylint: disable=g-import-not-at-top
   args, config = config_lib.parse_stage_args(parser, argv)
-  results = train.evaluate(config, args.workdir, args.step)
+  results = checkpoint_eval.evaluate(config, args.workdir, args.step)
   print(json.dumps(results, sort_keys=True))
   return 0
 

@@ -21,7 +21,9 @@ A training config holds its evaluators as a dict of blocks:
 `from_config(config.evals, predict_fns, workdir=...)` builds them; `pred` names an entry of
 `predict_fns`; `type` names a registered evaluator; `every` (steps) is for the train loop and
 is not passed on; every other key is a keyword argument of the evaluator's constructor, so
-an unknown key fails there, loudly.
+an unknown key fails there, loudly. `from_train_config(config, model, workdir=...)` does the
+same for a train config, with the registered model's prediction functions (configured by
+`config.predict`), and pairs each evaluator with its `every`.
 """
 
 from __future__ import annotations
@@ -84,6 +86,22 @@ def from_config(evals: Mapping[str, Any], predict_fns: Mapping[str, PredictFn], 
     except TypeError as e:
       raise ConfigError(f"evals.{name} ({block['type']}): {e}") from None
   return out
+
+
+def from_train_config(config, model, *, workdir: str | None = None
+                      ) -> dict[str, tuple[Evaluator, int]]:
+  """name → (evaluator, every) for the `evals` of a train config; empty when it has none.
+
+  `model` is the registered model (rew_jax.models.base.Model) whose `predict_fns` the
+  evaluators call; `every` defaults to config.total_steps (evaluate at the end only).
+  """
+  evals = config.get("evals")
+  if not evals:
+    return {}
+  fns = model.predict_fns(config.get("predict"))
+  evaluators = from_config(evals, fns, workdir=workdir)
+  return {name: (ev, int(evals[name].get("every", config.total_steps)))
+          for name, ev in evaluators.items()}
 
 
 # --------------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ import jax
 import numpy as np
 
 from rew_jax.errors import UserError
-from rew_jax.models import git as git_lib
+from rew_jax.models import git_config
 from rew_jax.models import text_decoder
 from rew_jax.models import vit as vit_lib
 
@@ -197,7 +197,7 @@ def clip_vision_to_params(state_dict: Mapping[str, np.ndarray], model_config,
   Accepts names with the `vision_model.` prefix (CLIPModel and older CLIPVisionModel
   checkpoints) and without it (CLIPVisionModel in transformers 5).
   """
-  spec = git_lib.parse_config(model_config)
+  spec = git_config.parse_config(model_config)
   sd = {k: np.asarray(v, np.float32) for k, v in state_dict.items()}
   prefix = "vision_model." if any(k.startswith("vision_model.") for k in sd) else ""
   encoder = _vision(_Reader(sd, source), prefix, spec.vit)
@@ -207,7 +207,7 @@ def clip_vision_to_params(state_dict: Mapping[str, np.ndarray], model_config,
 def git_to_params(state_dict: Mapping[str, np.ndarray], model_config,
                   source: str = "state dict") -> dict:
   """HF GitForCausalLM weights → GiT params {'params': ...} (unrolled or scanned per config)."""
-  spec = git_lib.parse_config(model_config)
+  spec = git_config.parse_config(model_config)
   sd = {k: np.asarray(v, np.float32) for k, v in state_dict.items()}
   r = _Reader(sd, source)
   dec = spec.decoder

@@ -1,6 +1,7 @@
 """Decoding from GiT with its KV cache: greedy, beam search, KB-constrained beam search,
-and ALD-code decoding. Pure functions of (model, params, inputs); wrap them in jax.jit with
-`model` and the keyword options static (e.g. functools.partial).
+and ALD-code decoding. Pure functions of (model, params, inputs), `model` the flax `git.GiT`
+(its `prefill` and `decode_step` are called by name); wrap them in jax.jit with `model` and
+the keyword options static (e.g. functools.partial).
 
 Dimensions:
   B  batch      R  beams      T  max generated length (EOS included)     V  vocabulary
@@ -13,13 +14,14 @@ Scores are sums of log-probabilities; beam scores divide them by the GNMT length
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
+from rew_jax.data.tokenizers import BERT_BOS_ID, BERT_EOS_ID, BERT_PAD_ID
 from rew_jax.kb import trie as trie_lib
-from rew_jax.models import git as git_lib
+from rew_jax.models import git_config
 
 NEG = -1.0e9  # "impossible" log-probability: finite so that sums never produce NaN.
 
@@ -34,8 +36,17 @@ def length_penalty(length, alpha: float):
   return ((5.0 + length) / 6.0)**alpha
 
 
+def init_target_cache(prefix: Mapping[str, jax.Array], num_beams: int, max_len: int,
+                      dtype=None) -> dict[str, jax.Array]:
+  """Adds zeroed target keys/values [NL,B,R,T,H,K] to a GiT `prefill` result."""
+  nl, batch, _, heads, head_dim = prefix["prefix_k"].shape
+  dtype = dtype or prefix["prefix_k"].dtype
+  zeros = jnp.zeros((nl, batch, num_beams, max_len, heads, head_dim), dtype)
+  return dict(prefix, k=zeros, v=zeros)
+
+
 def _check(model, prompt, max_len):
-  spec = git_lib.parse_config(model.config)
+  spec = git_config.parse_config(model.config)
   if max_len > spec.max_target_len:
     raise ValueError(f"max_len {max_len} exceeds model.max_target_len {spec.max_target_len}")
   if prompt.shape[1] > spec.max_prompt_len:
@@ -45,20 +56,20 @@ def _check(model, prompt, max_len):
 
 
 def _step_log_probs(model, params, tokens, cache, index, bos_id):
-  logits, cache = model.apply(params, tokens, cache, index, method=git_lib.GiT.decode_step)
+  logits, cache = model.apply(params, tokens, cache, index, method="decode_step")
   logp = jax.nn.log_softmax(logits, axis=-1)
   vocab = jnp.arange(logp.shape[-1])
-  banned = (vocab == git_lib.PAD_ID) | (vocab == bos_id)
+  banned = (vocab == BERT_PAD_ID) | (vocab == bos_id)
   return jnp.where(banned, NEG, logp), cache
 
 
 def greedy_decode(model, params, images, prompt_tokens, *, max_len: int,
-                  bos_id: int = git_lib.BOS_ID, eos_id: int = git_lib.EOS_ID):
+                  bos_id: int = BERT_BOS_ID, eos_id: int = BERT_EOS_ID):
   """→ (sequences int32 [B,T], scores float32 [B] = sum of log-probs up to EOS)."""
   _check(model, prompt_tokens, max_len)
   batch = images.shape[0]
-  cache = model.apply(params, images, prompt_tokens, method=git_lib.GiT.prefill)
-  cache = git_lib.init_target_cache(cache, 1, max_len)
+  cache = model.apply(params, images, prompt_tokens, method="prefill")
+  cache = init_target_cache(cache, 1, max_len)
   seqs = jnp.zeros((batch, max_len), jnp.int32)
 
   def cond(state):
@@ -71,7 +82,7 @@ def greedy_decode(model, params, images, prompt_tokens, *, max_len: int,
     logp = logp[:, 0]
     nxt = jnp.argmax(logp, axis=-1).astype(jnp.int32)
     score = score + jnp.where(done, 0.0, jnp.take_along_axis(logp, nxt[:, None], 1)[:, 0])
-    nxt = jnp.where(done, git_lib.PAD_ID, nxt)
+    nxt = jnp.where(done, BERT_PAD_ID, nxt)
     seqs = seqs.at[:, i].set(nxt)
     return i + 1, nxt, seqs, done | (nxt == eos_id), score, cache
 
@@ -93,8 +104,8 @@ def _beam_search(model, params, images, prompt_tokens, trie, *, num_beams, max_l
                  bos_id, eos_id):
   _check(model, prompt_tokens, max_len)
   batch, beams = images.shape[0], num_beams
-  cache = model.apply(params, images, prompt_tokens, method=git_lib.GiT.prefill)
-  cache = git_lib.init_target_cache(cache, beams, max_len)
+  cache = model.apply(params, images, prompt_tokens, method="prefill")
+  cache = init_target_cache(cache, beams, max_len)
   # Only beam 0 is live at the start: the others would duplicate it.
   alive_logp = jnp.tile(jnp.array([0.0] + [NEG] * (beams - 1)), (batch, 1))
   state = dict(
@@ -171,8 +182,8 @@ def _beam_search(model, params, images, prompt_tokens, trie, *, num_beams, max_l
 
 
 def beam_search(model, params, images, prompt_tokens, *, num_beams: int = 4, max_len: int,
-                alpha: float = 0.6, bos_id: int = git_lib.BOS_ID,
-                eos_id: int = git_lib.EOS_ID) -> BeamOutput:
+                alpha: float = 0.6, bos_id: int = BERT_BOS_ID,
+                eos_id: int = BERT_EOS_ID) -> BeamOutput:
   """Beam search with length penalty; hypotheses end at EOS or at max_len."""
   return _beam_search(model, params, images, prompt_tokens, None, num_beams=num_beams,
                       max_len=max_len, alpha=alpha, bos_id=bos_id, eos_id=eos_id)
@@ -180,8 +191,8 @@ def beam_search(model, params, images, prompt_tokens, *, num_beams: int = 4, max
 
 def constrained_beam_search(model, params, images, prompt_tokens, trie: trie_lib.TokenTrie, *,
                             num_beams: int = 4, max_len: int, alpha: float = 0.6,
-                            bos_id: int = git_lib.BOS_ID,
-                            eos_id: int = git_lib.EOS_ID) -> BeamOutput:
+                            bos_id: int = BERT_BOS_ID,
+                            eos_id: int = BERT_EOS_ID) -> BeamOutput:
   """Beam search that can only emit the token sequences of `trie` followed by EOS.
 
   The trie (built with the same eos_id) lives on device; each step masks each beam's
@@ -192,7 +203,7 @@ def constrained_beam_search(model, params, images, prompt_tokens, trie: trie_lib
                       max_len=max_len, alpha=alpha, bos_id=bos_id, eos_id=eos_id)
 
 
-def lookup_rows(trie: trie_lib.TokenTrie, sequences: jax.Array, eos_id: int = git_lib.EOS_ID):
+def lookup_rows(trie: trie_lib.TokenTrie, sequences: jax.Array, eos_id: int = BERT_EOS_ID):
   """int32 [...]: the trie row of each generated sequence [..., T] (tokens, EOS, PAD...),
   or -1 when it is not a complete entry of the trie (an invalid code or name)."""
   flat = sequences.reshape(-1, sequences.shape[-1])
@@ -215,8 +226,8 @@ class AldOutput(NamedTuple):
 
 def ald_decode(model, params, images, prompt_tokens, code_trie: trie_lib.TokenTrie, *,
                code_len: int, num_beams: int = 4, alpha: float = 0.6,
-               first_valid: bool = False, bos_id: int = git_lib.BOS_ID,
-               eos_id: int = git_lib.EOS_ID) -> AldOutput:
+               first_valid: bool = False, bos_id: int = BERT_BOS_ID,
+               eos_id: int = BERT_EOS_ID) -> AldOutput:
   """GER-ALD decoding: unconstrained beam search for code_len + 1 steps, then code → entity
   through `code_trie` (built from every entity's code). The top beam decides; an invalid
   code maps to no entity (-1). With `first_valid`, the best beam whose code exists decides

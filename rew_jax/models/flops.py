@@ -20,11 +20,12 @@ import jax
 import numpy as np
 
 from rew_jax.models import git as git_lib
+from rew_jax.models import git_config
 
 
 def param_count(config) -> dict[str, int]:
   """Exact parameter counts by top-level module, and the total (no allocation)."""
-  spec = git_lib.parse_config(config)
+  spec = git_config.parse_config(config)
   model = git_lib.GiT(spec)
   abstract = nn.unbox(jax.eval_shape(model.init, jax.random.key(0),
                                      *git_lib.dummy_inputs(spec)))["params"]
@@ -61,7 +62,7 @@ def _layer_flops(d, f, queries, keys) -> float:
 
 def forward_flops(config, prompt_len: int | None = None, target_len: int | None = None) -> Flops:
   """FLOPs of one training forward pass for one example."""
-  spec = git_lib.parse_config(config)
+  spec = git_config.parse_config(config)
   v, dec = spec.vit, spec.decoder
   p = spec.max_prompt_len if prompt_len is None else prompt_len
   t = spec.max_target_len if target_len is None else target_len
@@ -82,7 +83,7 @@ def decode_flops_per_example(config, *, max_len: int, num_beams: int = 1,
                              prompt_len: int | None = None) -> float:
   """FLOPs to decode one example with the KV cache: image + prompt encoded once, then
   max_len steps for each of num_beams beams (every step runs; early stops do less)."""
-  spec = git_lib.parse_config(config)
+  spec = git_config.parse_config(config)
   v, dec = spec.vit, spec.decoder
   p = spec.max_prompt_len if prompt_len is None else prompt_len
   prefix = v.num_tokens + p

@@ -1,4 +1,5 @@
-"""GiT: a CLIP-style ViT image encoder and a GIT text decoder (GER-ALD's model).
+"""GiT: a CLIP-style ViT image encoder and a GIT text decoder (GER-ALD's model), and
+`GiTModel`, the registered "git" model the train loop and the evaluators use.
 
 Dimensions:
   B  batch       I  image side      N  image tokens (G² + 1)   P  prompt length
@@ -7,18 +8,21 @@ Dimensions:
 
 Forward (training): images [B,I,I,3], prompt [B,P] int32, target_input [B,T] int32
 (0 = padding) → logits [B,T,V] over target positions only — the vocabulary projection
-never runs over image or prompt positions.
+never runs over image or prompt positions. Training feeds the target shifted right behind
+BOS ([CLS]) and predicts the target itself, EOS ([SEP]) included.
 
 Decoding with a KV cache (`decoding.py` drives it):
   prefill(images, prompt) → cache {prefix_k, prefix_v [NL,B,L,H,K], prefix_mask [B,L],
                                    prompt_len [B]}
   decode_step(tokens [B,R], cache + {k, v [NL,B,R,T,H,K]}, index) → logits [B,R,V], cache
 The image and prompt are encoded once per example and shared by all R beams.
+
+`config.model` is described by `git_config.default_config()`; special token ids are BERT's
+(`rew_jax.data.tokenizers.BERT_*_ID`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Mapping
 
 import flax.linen as nn
@@ -27,89 +31,25 @@ import jax.numpy as jnp
 import ml_collections
 
 from rew_jax import registry
-from rew_jax.errors import ConfigError
+from rew_jax.data.tokenizers import BERT_BOS_ID, BERT_PAD_ID
+from rew_jax.models import base
+from rew_jax.models import convert
+from rew_jax.models import git_config
+from rew_jax.models import git_predict
 from rew_jax.models import layers, text_decoder, vit
-
-BOS_ID = 101  # [CLS]
-EOS_ID = 102  # [SEP]
-PAD_ID = 0
-
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def default_config() -> ml_collections.ConfigDict:
-  """GiT-Large as in GER-ALD: ViT-L/14 at 224 px + 6-layer, 768-wide GIT decoder."""
-  return ml_collections.ConfigDict(dict(
-      name="git",
-      variant="L/14",
-      image_size=224,
-      vit=dict(activation="quick_gelu", ln_eps=1e-5, drop_path=0.0),
-      decoder=dict(num_layers=6, hidden_size=768, num_heads=12, mlp_dim=3072, dropout=0.1,
-                   attention_dropout=0.0, activation="gelu", ln_eps=1e-12),
-      vocab_size=30522,
-      max_prompt_len=20,
-      max_target_len=44,
-      dtype="float32",
-      remat=False,  # Saves activation memory only together with scan_layers (XLA).
-      scan_layers=False,
-  ))
+  """config.model of GiT-Large (see `git_config.default_config`)."""
+  return git_config.default_config()
 
 
-@dataclasses.dataclass(frozen=True)
-class GiTSpec:
-  vit: vit.ViTSpec
-  decoder: text_decoder.DecoderSpec
-  max_prompt_len: int
-  max_target_len: int
-  dtype: Any
-  remat: bool
-  scan_layers: bool
-
-
-_TOP_KEYS = {"name", "variant", "image_size", "vit", "decoder", "vocab_size", "max_prompt_len",
-             "max_target_len", "dtype", "remat", "scan_layers"}
-
-
-def parse_config(config: Mapping[str, Any] | GiTSpec) -> GiTSpec:
-  """config.model (ConfigDict or dict) → GiTSpec; unknown keys are a ConfigError."""
-  if isinstance(config, GiTSpec):
-    return config
-  config = dict(config.to_dict() if hasattr(config, "to_dict") else config)
-  unknown = set(config) - _TOP_KEYS
-  if unknown:
-    raise ConfigError(f"config.model has unknown keys {sorted(unknown)}; known: "
-                      f"{sorted(_TOP_KEYS)}")
-  base = default_config().to_dict()
-  base.update({k: v for k, v in config.items() if k not in ("vit", "decoder")})
-  vit_overrides = dict(base["vit"], **dict(config.get("vit") or {}))
-  dec = dict(base["decoder"], **dict(config.get("decoder") or {}))
-  known_dec = {f.name for f in dataclasses.fields(text_decoder.DecoderSpec)}
-  if set(dec) - known_dec:
-    raise ConfigError(f"config.model.decoder has unknown keys {sorted(set(dec) - known_dec)}")
-  if base["dtype"] not in DTYPES:
-    raise ConfigError(f"config.model.dtype {base['dtype']!r} not in {sorted(DTYPES)}")
-  dec.setdefault("vocab_size", base["vocab_size"])
-  dec["vocab_size"] = base["vocab_size"]
-  dec.setdefault("max_positions", base["max_prompt_len"] + base["max_target_len"])
-  if dec["hidden_size"] % dec["num_heads"]:
-    raise ConfigError("config.model.decoder.hidden_size must be a multiple of num_heads")
-  return GiTSpec(
-      vit=vit.parse_variant(base["variant"], base["image_size"], **vit_overrides),
-      decoder=text_decoder.DecoderSpec(**dec),
-      max_prompt_len=int(base["max_prompt_len"]),
-      max_target_len=int(base["max_target_len"]),
-      dtype=DTYPES[base["dtype"]],
-      remat=bool(base["remat"]),
-      scan_layers=bool(base["scan_layers"]))
-
-
-@registry.MODELS.register("git")
 class GiT(nn.Module):
   """The encoder-decoder; `config` is config.model (see `default_config`)."""
   config: Any
 
   def setup(self):
-    spec = self.spec = parse_config(self.config)
+    spec = self.spec = git_config.parse_config(self.config)
     dec = spec.decoder
     self.encoder = vit.VisionTransformer(spec.vit, dtype=spec.dtype, remat=spec.remat,
                                          scan_layers=spec.scan_layers)
@@ -164,7 +104,7 @@ class GiT(nn.Module):
     mask = text_decoder.git_mask(num_image, prompt_tokens, empty)
     _, (k, v) = self.decoder(x, mask)
     prefix_mask = mask[:, 0, 0]  # Row of the first image token: validity of each key.
-    prompt_len = jnp.sum(prompt_tokens != PAD_ID, axis=1).astype(jnp.int32)
+    prompt_len = jnp.sum(prompt_tokens != BERT_PAD_ID, axis=1).astype(jnp.int32)
     return dict(prefix_k=k, prefix_v=v, prefix_mask=prefix_mask, prompt_len=prompt_len)
 
   def decode_step(self, tokens, cache, decode_index):
@@ -176,22 +116,59 @@ class GiT(nn.Module):
     return self.logits(x), dict(cache, **updated)
 
 
-def init_target_cache(prefix: Mapping[str, jax.Array], num_beams: int, max_len: int,
-                      dtype=None) -> dict[str, jax.Array]:
-  """Adds zeroed target keys/values [NL,B,R,T,H,K] to a `prefill` result."""
-  nl, batch, _, heads, head_dim = prefix["prefix_k"].shape
-  dtype = dtype or prefix["prefix_k"].dtype
-  zeros = jnp.zeros((nl, batch, num_beams, max_len, heads, head_dim), dtype)
-  return dict(prefix, k=zeros, v=zeros)
-
-
-def build(config) -> GiT:
-  return GiT(config)
-
-
-def dummy_inputs(spec: GiTSpec, batch: int = 1):
+def dummy_inputs(spec: git_config.GiTSpec, batch: int = 1):
   """Zero inputs of the configured shapes (for init and eval_shape)."""
   size = spec.vit.image_size
   return (jnp.zeros((batch, size, size, 3), jnp.float32),
           jnp.zeros((batch, spec.max_prompt_len), jnp.int32),
           jnp.zeros((batch, spec.max_target_len), jnp.int32))
+
+
+# --------------------------------------------------------------------------------------------
+# The registered model: what the train loop and the evaluators use (see models/base.py).
+# --------------------------------------------------------------------------------------------
+
+
+@registry.MODELS.register("git")
+class GiTModel(base.Model):
+  """GiT behind the model interface: teacher forcing, HF weights and decoding by name.
+
+  `init_from` loaders: `hf_git:DIR` (a HF GitForCausalLM directory: all of the model) and
+  `hf_clip:DIR` (a HF CLIP vision directory: the image encoder; the rest keeps its init).
+  Prediction functions: see `git_predict` (decode_rows, ald_rows, generate, class_rows,
+  class_likelihood, embed), configured by `config.predict`.
+  """
+
+  def __init__(self, config):
+    super().__init__(config)
+    self.spec = git_config.parse_config(config)  # Unknown keys fail here, before any init.
+    self.module = GiT(config)
+
+  def dummy_inputs(self, batch: int = 1):
+    return dummy_inputs(self.spec, batch)
+
+  def logits_and_targets(self, params, batch, *, rng, train):
+    """The decoder reads `target` shifted right behind BOS, as decoding feeds it; PAD
+    positions (after EOS) do not count."""
+    target = batch["target"]
+    target_in = jnp.concatenate(
+        [jnp.full_like(target[:, :1], BERT_BOS_ID), target[:, :-1]], axis=1)
+    rngs = {"dropout": rng} if rng is not None else {}
+    logits = self.module.apply({"params": params}, batch["image"], batch["prompt"], target_in,
+                               train=train, rngs=rngs)
+    return logits, target, (target != BERT_PAD_ID).astype(jnp.float32)
+
+  @property
+  def loaders(self) -> Mapping[str, base.Loader]:
+    return {"hf_git": self._load_hf_git, "hf_clip": self._load_hf_clip}
+
+  def _load_hf_git(self, path: str, params) -> Any:
+    del params  # Every weight comes from the checkpoint.
+    return convert.git_to_params(convert.read_state_dict(path), self.config, path)["params"]
+
+  def _load_hf_clip(self, path: str, params) -> Any:
+    encoder = convert.clip_vision_to_params(convert.read_state_dict(path), self.config, path)
+    return dict(jax.device_get(params), encoder=encoder)
+
+  def predict_fns(self, predict_config=None):
+    return git_predict.from_config(self.module, predict_config)

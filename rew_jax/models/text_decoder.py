@@ -19,9 +19,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from rew_jax.data.tokenizers import BERT_PAD_ID
 from rew_jax.models import layers
-
-PAD_ID = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,8 +40,8 @@ class DecoderSpec:
 def git_mask(num_image: int, prompt: jax.Array, target: jax.Array) -> jax.Array:
   """bool [B,1,S,S]: may query q attend to key k? (see the module docstring)."""
   batch = prompt.shape[0]
-  valid = jnp.concatenate([jnp.ones((batch, num_image), bool), prompt != PAD_ID,
-                           target != PAD_ID], axis=1)
+  valid = jnp.concatenate([jnp.ones((batch, num_image), bool), prompt != BERT_PAD_ID,
+                           target != BERT_PAD_ID], axis=1)
   seq = valid.shape[1]
   is_target = jnp.arange(seq) >= num_image + prompt.shape[1]
   idx = jnp.arange(seq)
@@ -53,7 +52,7 @@ def git_mask(num_image: int, prompt: jax.Array, target: jax.Array) -> jax.Array:
 
 def text_positions(prompt: jax.Array, target: jax.Array) -> jax.Array:
   """int32 [B,P+T]: index of each token among the real (non-pad) text tokens."""
-  valid = jnp.concatenate([prompt, target], axis=1) != PAD_ID
+  valid = jnp.concatenate([prompt, target], axis=1) != BERT_PAD_ID
   return jnp.maximum(jnp.cumsum(valid, axis=1) - 1, 0).astype(jnp.int32)
 
 

@@ -4,7 +4,7 @@ import flax.linen as nn
 import jax
 import pytest
 
-from rew_jax.models import flops, git
+from rew_jax.models import flops, git, git_config
 
 
 def test_git_large_parameter_count():
@@ -18,7 +18,7 @@ def test_forward_flops_match_xla_cost_analysis():
                 decoder=dict(num_layers=2, hidden_size=128, num_heads=4, mlp_dim=512),
                 vocab_size=1000, max_prompt_len=8, max_target_len=8)
   model = git.GiT(config)
-  inputs = git.dummy_inputs(git.parse_config(config), 2)
+  inputs = git.dummy_inputs(git_config.parse_config(config), 2)
   params = nn.unbox(jax.eval_shape(model.init, jax.random.key(0), *inputs))
   xla = jax.jit(model.apply).lower(params, *inputs).compile().cost_analysis()["flops"] / 2
   ours = flops.forward_flops(config).total

@@ -8,7 +8,7 @@ import pytest
 
 from rew_jax import registry
 from rew_jax.errors import ConfigError
-from rew_jax.models import convert, git, layers, text_decoder, vit
+from rew_jax.models import convert, decoding, git, git_config, layers, text_decoder, vit
 from gitcase import random_params, tiny_config
 
 
@@ -19,14 +19,30 @@ def forward(tiny):
 
 
 def test_registered():
-  assert registry.MODELS.get("git") is git.GiT
+  assert registry.MODELS.get("git") is git.GiTModel
+
+
+def test_registered_model_teacher_forces_behind_bos(tiny):
+  module, params, (images, prompts, targets) = tiny
+  model = registry.MODELS.get("git")(tiny_config())
+  batch = {"image": images, "prompt": prompts, "target": targets}
+  logits, got_targets, weights = model.logits_and_targets(params["params"], batch, rng=None,
+                                                          train=False)
+  shifted = jnp.concatenate([jnp.full((3, 1), 101, jnp.int32), targets[:, :-1]], axis=1)
+  np.testing.assert_allclose(logits, module.apply(params, images, prompts, shifted),
+                             rtol=1e-5, atol=1e-5)
+  np.testing.assert_array_equal(got_targets, targets)
+  np.testing.assert_array_equal(weights, np.asarray(targets) != 0)  # PAD does not count.
+  assert [x.shape for x in model.dummy_inputs(2)] == [(2, 32, 32, 3), (2, 5), (2, 6)]
+  assert set(model.loaders) == {"hf_git", "hf_clip"}
+  assert {"generate", "class_rows", "class_likelihood", "embed"} <= set(model.predict_fns())
 
 
 def test_unknown_config_key_is_an_error():
   with pytest.raises(ConfigError, match="unknown keys"):
-    git.parse_config(dict(tiny_config(), colour="red"))
+    git_config.parse_config(dict(tiny_config(), colour="red"))
   with pytest.raises(ConfigError, match="variant"):
-    git.parse_config(dict(tiny_config(), variant="Q/3"))
+    git_config.parse_config(dict(tiny_config(), variant="Q/3"))
 
 
 def test_shapes(tiny, forward):
@@ -151,7 +167,7 @@ def test_cache_equals_no_cache(tiny, forward, scan):
   full = np.asarray(jax.jit(model.apply)(params, images, prompts, targets))
   cache = jax.jit(lambda p, i, t: model.apply(p, i, t, method=git.GiT.prefill))(
       params, images, prompts)
-  cache = git.init_target_cache(cache, 1, targets.shape[1])
+  cache = decoding.init_target_cache(cache, 1, targets.shape[1])
   step = jax.jit(lambda p, tok, c, i: model.apply(p, tok, c, i, method=git.GiT.decode_step))
   valid = np.asarray(targets) != 0
   for i in range(targets.shape[1]):

@@ -11,7 +11,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from rew_jax.models import convert, decoding, git, vit  # noqa: E402
+from rew_jax.models import convert, decoding, git, git_config, vit  # noqa: E402
 
 VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
               image_size=32, patch_size=8)
@@ -97,7 +97,7 @@ def test_clip_vision_matches():
   jax.tree.map(np.testing.assert_array_equal, params, prefixed)
   scanned = convert.clip_vision_to_params(sd, dict(model_config, scan_layers=True))
   assert scanned["blocks"]["mlp"]["fc1"]["kernel"].shape == (2, 32, 64)
-  spec = git.parse_config(model_config).vit
+  spec = git_config.parse_config(model_config).vit
   out = jax.jit(vit.VisionTransformer(spec).apply)({"params": params},
                                                   jnp.asarray(pixels.transpose(0, 2, 3, 1)))
   assert np.abs(np.asarray(out) - ref).max() <= 1e-4

@@ -10,9 +10,9 @@ import pytest
 pytestmark = pytest.mark.slow  # Compiles a tiny GiT's decoding (seconds, more on a busy CPU).
 
 from rew_jax.evaluators import knn_matching
-from rew_jax.evaluators import predict_fns
 from rew_jax.evaluators import zeroshot
 from rew_jax.models import git
+from rew_jax.models import git_predict
 
 TINY = dict(variant="mu/8", image_size=32, vit=dict(width=32, depth=2, num_heads=2, mlp_dim=64),
             decoder=dict(num_layers=2, hidden_size=32, num_heads=4, mlp_dim=64, dropout=0.0),
@@ -43,7 +43,7 @@ def tiny():
 def test_class_likelihood_equals_teacher_forced_forward(tiny):
   model, params, images, prompts = tiny
   table = zeroshot.class_token_table(CLASS_IDS, 102)  # [4, 4]
-  got = jax.jit(lambda *a: predict_fns.class_log_likelihood(model, *a))(
+  got = jax.jit(lambda *a: git_predict.class_log_likelihood(model, *a))(
       params, images, prompts, jnp.asarray(table))
   # All (image, class) pairs in one teacher-forced forward: row b * 4 + c.
   inputs = np.concatenate([np.full((4, 1), 101), table[:, :-1]], axis=1)
@@ -58,7 +58,7 @@ def test_class_likelihood_equals_teacher_forced_forward(tiny):
 
 def test_zeroshot_with_real_decoding(tiny):
   model, params, images, _ = tiny
-  fns = predict_fns.make(model, num_beams=2, max_len=4)
+  fns = git_predict.make(model, num_beams=2, max_len=4)
   source = [{"image": np.asarray(images[i]), "label": i} for i in range(3)]
   common = dict(source=source, class_names=[f"c{i}" for i in range(4)],
                 tokenizer=TinyTokenizer(), prompt="", batch_size=2,
@@ -82,7 +82,7 @@ def test_zeroshot_with_real_decoding(tiny):
 
 def test_embed_for_knn(tiny):
   model, params, images, _ = tiny
-  embed = jax.jit(predict_fns.make(model)["embed"])
+  embed = jax.jit(git_predict.make(model)["embed"])
   emb = np.asarray(embed(params, {"image": images})["embedding"])
   assert emb.shape == (3, 32)
   pred = knn_matching.knn_classify(emb, emb, np.array([0, 1, 2]), k=1, num_classes=3)

@@ -1,4 +1,5 @@
-"""The GiT prediction functions the evaluators call, by name (`pred` in an evals block).
+"""GiT's prediction functions, which the evaluators call by name (`pred` in an evals block)
+through `GiTModel.predict_fns` (rew_jax/models/git.py).
 
 Dimensions: B batch, R beams, T generated length, C classes, L class-name length + 1 (EOS),
 V vocabulary, D embedding width.
@@ -22,13 +23,14 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from rew_jax.data.tokenizers import BERT_BOS_ID, BERT_PAD_ID
 from rew_jax.kb import trie as trie_lib
 from rew_jax.models import decoding
-from rew_jax.models import git as git_lib
+from rew_jax.models import git_config
 
 
 def class_log_likelihood(model, params, images, prompt_tokens, class_tokens, *,
-                         length_norm: bool = False, bos_id: int = git_lib.BOS_ID):
+                         length_norm: bool = False, bos_id: int = BERT_BOS_ID):
   """float32 [B, C]: summed (or, with `length_norm`, mean) log-probability of each class's
   tokens (class_tokens int32 [C, L]: tokens, EOS, then 0-padding) after the image and prompt.
 
@@ -36,25 +38,25 @@ def class_log_likelihood(model, params, images, prompt_tokens, class_tokens, *,
   "beams" of the KV cache, one decoder step per position.
   """
   num_classes, length = class_tokens.shape
-  cache = model.apply(params, images, prompt_tokens, method=git_lib.GiT.prefill)
-  cache = git_lib.init_target_cache(cache, num_classes, length)
+  cache = model.apply(params, images, prompt_tokens, method="prefill")
+  cache = decoding.init_target_cache(cache, num_classes, length)
   inputs = jnp.concatenate([jnp.full((num_classes, 1), bos_id, jnp.int32),
                             class_tokens[:, :-1].astype(jnp.int32)], axis=1)
   batch = images.shape[0]
 
   def step(cache, i):
     tokens = jnp.broadcast_to(inputs[:, i], (batch, num_classes))
-    logits, cache = model.apply(params, tokens, cache, i, method=git_lib.GiT.decode_step)
+    logits, cache = model.apply(params, tokens, cache, i, method="decode_step")
     logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)  # [B, C, V]
     target = class_tokens[:, i]
     picked = jnp.take_along_axis(logp, jnp.broadcast_to(target[None, :, None],
                                                         (batch, num_classes, 1)), axis=-1)[..., 0]
-    return cache, jnp.where(target[None] != git_lib.PAD_ID, picked, 0.0)
+    return cache, jnp.where(target[None] != BERT_PAD_ID, picked, 0.0)
 
   _, per_step = jax.lax.scan(step, cache, jnp.arange(length))
   total = per_step.sum(axis=0)
   if length_norm:
-    total = total / jnp.maximum((class_tokens != git_lib.PAD_ID).sum(axis=1), 1)[None]
+    total = total / jnp.maximum((class_tokens != BERT_PAD_ID).sum(axis=1), 1)[None]
   return total
 
 
@@ -62,9 +64,9 @@ def make(model, *, name_trie: trie_lib.TokenTrie | None = None,
          code_trie: trie_lib.TokenTrie | None = None, code_len: int = 3, num_beams: int = 4,
          max_len: int | None = None, alpha: float = 0.6, first_valid: bool = False,
          length_norm: bool = False) -> dict[str, Callable]:
-  """name → prediction function for `model` (a `GiT`); functions needing an absent trie
-  are left out. `max_len` defaults to the model's max_target_len."""
-  max_len = max_len or git_lib.parse_config(model.config).max_target_len
+  """name → prediction function for `model` (the flax `git.GiT`); functions needing an
+  absent trie are left out. `max_len` defaults to the model's max_target_len."""
+  max_len = max_len or git_config.parse_config(model.config).max_target_len
   fns: dict[str, Callable] = {}
 
   def generate(params, batch):

@@ -1,0 +1,40 @@
+"""Evaluating a training run's checkpoint with its config's evaluators.
+
+    results = checkpoint_eval.evaluate(config.train, workdir)           # the latest step
+    results = checkpoint_eval.evaluate(config.train, workdir, step=500)
+
+The model is built and placed as the train loop places it (`model_setup.setup_model`); only
+the checkpoint's parameters are read, straight onto their shardings. The evaluators are the
+train config's `evals` blocks, predicting with the model's functions configured by
+`config.predict`; their files go to `<workdir>/eval/<name>/step_<step>/` as in training.
+"""
+
+from __future__ import annotations
+
+import os
+
+from rew_jax import checkpoint
+from rew_jax import model_setup
+from rew_jax import sharding
+from rew_jax.errors import ConfigError, UserError
+from rew_jax.evaluators import common
+
+
+def evaluate(config, workdir: str, step: int | None = None) -> dict[str, float]:
+  """Runs `config.evals` on the parameters of `workdir`'s checkpoint `step` (default: the
+  latest); returns {metric name: value} over all evaluators (names carry their prefix)."""
+  if not config.get("evals"):
+    raise ConfigError("the config has no `evals` block to evaluate with")
+  if step is None:
+    step = checkpoint.latest_step(workdir)
+    if step is None:
+      raise UserError(f"{workdir}: no checkpoint to evaluate")
+  setup = model_setup.setup_model(config, init=False)
+  params = checkpoint.load_params(os.path.join(workdir, "checkpoints", str(step)),
+                                  setup.abstract_params)
+  results = {}
+  with sharding.use(setup.mesh, setup.rules):
+    for evaluator, _ in common.from_train_config(config, setup.model,
+                                                 workdir=workdir).values():
+      results.update(evaluator.run(params, step=step))
+  return results

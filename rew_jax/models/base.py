@@ -1,0 +1,81 @@
+"""What the train loop, `model_setup` and the evaluators need from a registered model.
+
+A model registers a `Model` subclass under the name that `config.model.name` gives, in the
+module of that name (`rew_jax/models/git.py` registers "git"; a module elsewhere is named as
+"my_project.models:name"):
+
+    @registry.MODELS.register("git")
+    class GiTModel(base.Model): ...
+
+and everything else reads it through this interface, never through the model's own modules:
+
+    model = registry.MODELS.get(config.model.name)(config.model)
+    variables = model.module.init(rng, *model.dummy_inputs())        # shapes and shardings
+    logits, targets, weights = model.logits_and_targets(params, batch, rng=rng, train=True)
+    params = model.loaders["hf_git"](path, params)                   # init_from="hf_git:path"
+    fns = model.predict_fns(config.predict)                          # name → fn(params, batch)
+
+Dimensions: B batch, T target positions, V classes (the vocabulary for a text decoder).
+
+The loop owns the loss (label-smoothed cross-entropy over `weights`, times the batch's `mask`
+of real examples) and per-task bookkeeping, so a model only says what its logits predict.
+`params` is always the `params` collection (not the variables dict), as trained and saved.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+import flax.linen as nn
+import jax
+
+# fn(path, params) → params: weights from outside the project, as a host tree with the
+# structure and shapes of `params` (the fresh initialisation, for loaders that replace only
+# part of the model).
+Loader = Callable[[str, Any], Any]
+# fn(params, batch, **kw) → dict of arrays with a leading batch dimension; jitted.
+PredictFn = Callable[..., Mapping[str, Any]]
+
+
+class Model:
+  """Base class of registered models: a flax module and what the loop needs around it.
+
+  Subclasses set `module` in `__init__` and implement `dummy_inputs` and
+  `logits_and_targets`; `loaders` and `predict_fns` are optional (none by default).
+
+  Attributes:
+    config: the `config.model` block the model was built from.
+    module: the flax linen module; its parameters carry logical axis names only.
+  """
+
+  config: Any
+  module: nn.Module
+
+  def __init__(self, config):
+    self.config = config
+
+  def dummy_inputs(self, batch: int = 1) -> tuple[Any, ...]:
+    """Arguments of `module.init(rng, *inputs)`, of the configured shapes (zeros)."""
+    raise NotImplementedError
+
+  def logits_and_targets(self, params, batch: Mapping[str, jax.Array], *, rng: jax.Array | None,
+                         train: bool) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The teacher-forced forward pass of a training batch.
+
+    Returns logits float32 [B,T,V], targets int32 [B,T] (the class to predict at each
+    position) and weights float32 [B,T] (1 where a position counts in the loss). `rng`
+    drives dropout when `train`.
+    """
+    raise NotImplementedError
+
+  @property
+  def loaders(self) -> Mapping[str, Loader]:
+    """name → loader of external weights, for `init_from="name:path"`."""
+    return {}
+
+  def predict_fns(self, predict_config: Mapping[str, Any] | None = None
+                  ) -> dict[str, PredictFn]:
+    """name → jitted prediction function over `params`, configured by `config.predict`;
+    evaluators pick theirs by name (`pred` in an evals block)."""
+    del predict_config
+    return {}

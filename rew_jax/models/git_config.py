@@ -1,0 +1,83 @@
+"""GiT's `config.model` block: its defaults and its parsed, checked form (`GiTSpec`).
+
+Kept apart from the network so that the weight converters and decoding read a GiT config
+without importing the registered model (which imports them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+import jax.numpy as jnp
+import ml_collections
+
+from rew_jax.errors import ConfigError
+from rew_jax.models import text_decoder, vit
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """GiT-Large as in GER-ALD: ViT-L/14 at 224 px + 6-layer, 768-wide GIT decoder."""
+  return ml_collections.ConfigDict(dict(
+      name="git",
+      variant="L/14",
+      image_size=224,
+      vit=dict(activation="quick_gelu", ln_eps=1e-5, drop_path=0.0),
+      decoder=dict(num_layers=6, hidden_size=768, num_heads=12, mlp_dim=3072, dropout=0.1,
+                   attention_dropout=0.0, activation="gelu", ln_eps=1e-12),
+      vocab_size=30522,
+      max_prompt_len=20,
+      max_target_len=44,
+      dtype="float32",
+      remat=False,  # Saves activation memory only together with scan_layers (XLA).
+      scan_layers=False,
+  ))
+
+
+@dataclasses.dataclass(frozen=True)
+class GiTSpec:
+  vit: vit.ViTSpec
+  decoder: text_decoder.DecoderSpec
+  max_prompt_len: int
+  max_target_len: int
+  dtype: Any
+  remat: bool
+  scan_layers: bool
+
+
+_TOP_KEYS = {"name", "variant", "image_size", "vit", "decoder", "vocab_size", "max_prompt_len",
+             "max_target_len", "dtype", "remat", "scan_layers"}
+
+
+def parse_config(config: Mapping[str, Any] | GiTSpec) -> GiTSpec:
+  """config.model (ConfigDict or dict) → GiTSpec; unknown keys are a ConfigError."""
+  if isinstance(config, GiTSpec):
+    return config
+  config = dict(config.to_dict() if hasattr(config, "to_dict") else config)
+  unknown = set(config) - _TOP_KEYS
+  if unknown:
+    raise ConfigError(f"config.model has unknown keys {sorted(unknown)}; known: "
+                      f"{sorted(_TOP_KEYS)}")
+  base = default_config().to_dict()
+  base.update({k: v for k, v in config.items() if k not in ("vit", "decoder")})
+  vit_overrides = dict(base["vit"], **dict(config.get("vit") or {}))
+  dec = dict(base["decoder"], **dict(config.get("decoder") or {}))
+  known_dec = {f.name for f in dataclasses.fields(text_decoder.DecoderSpec)}
+  if set(dec) - known_dec:
+    raise ConfigError(f"config.model.decoder has unknown keys {sorted(set(dec) - known_dec)}")
+  if base["dtype"] not in DTYPES:
+    raise ConfigError(f"config.model.dtype {base['dtype']!r} not in {sorted(DTYPES)}")
+  dec["vocab_size"] = base["vocab_size"]
+  dec.setdefault("max_positions", base["max_prompt_len"] + base["max_target_len"])
+  if dec["hidden_size"] % dec["num_heads"]:
+    raise ConfigError("config.model.decoder.hidden_size must be a multiple of num_heads")
+  return GiTSpec(
+      vit=vit.parse_variant(base["variant"], base["image_size"], **vit_overrides),
+      decoder=text_decoder.DecoderSpec(**dec),
+      max_prompt_len=int(base["max_prompt_len"]),
+      max_target_len=int(base["max_target_len"]),
+      dtype=DTYPES[base["dtype"]],
+      remat=bool(base["remat"]),
+      scan_layers=bool(base["scan_layers"]))
