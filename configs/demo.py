@@ -7,11 +7,14 @@ Run it (the README's first command does exactly this):
 
 world → candidates (Entity-WebLI: MiniLM retrieval of each caption against the KB) →
 curation (the simulated LLM, and the no-LLM top-1-candidate baseline) → REW records →
-train one tiny GiT on each → OVEN entity and query validation with KB-constrained decoding →
-a report comparing both.
+pretrain one tiny GiT on each → OVEN entity and query validation with KB-constrained
+decoding → fine-tune both on the world's OVEN train splits → validation again → a report
+comparing both, every figure with its 95 % interval.
 
 Variants (`:arg`): `runlocal` (a small world and a few steps: a smoke test of every stage),
-`steps=N`, `seed=S`. Any key can be overridden, e.g. `--config.train.input.batch_size=32`.
+`steps=N` (pretraining), `finetune_steps=N` (0: no fine-tuning), `seed=S` (the world and
+the first training seed), `seeds=N` (train every model with seeds S..S+N-1: mean ± std).
+Any key can be overridden, e.g. `--config.train.input.batch_size=32`.
 Sections: world, candidates, curation (each read by its stage as well), train (the template
 of both models), eval (the OVEN validation both get), demo (what differs for REW).
 """
@@ -71,7 +74,8 @@ def train_config(steps: int, seed: int) -> config_lib.ConfigDict:
 
 
 def get_config(arg=None):
-  arg = config_lib.parse_arg(arg, runlocal=False, steps=600, seed=0)
+  arg = config_lib.parse_arg(arg, runlocal=False, steps=600, seed=0, seeds=1,
+                             finetune_steps=150)
   base = f"{os.path.join(_HERE, 'curate_demo.py')}:seed={arg.seed}"
   config = config_lib.load_config(base + (",runlocal" if arg.runlocal else ""))
   if not arg.runlocal:
@@ -83,8 +87,14 @@ def get_config(arg=None):
   steps = 3 if arg.runlocal else arg.steps
   config.train = train_config(steps, arg.seed)
   # The REW model adds the curated rationale and QA tasks (the paper's multi-task recipe).
-  config.demo = config_lib.ConfigDict(dict(rew_task_weights=config_lib.ConfigDict(
-      dict(entity=1.0, rationale=0.25, qa=0.25, caption=0.0))))
+  # Both pretrained models are then fine-tuned on the world's OVEN entity and query train
+  # splits (the paper's Table 1: before and after fine-tuning); `seeds` repeats the training.
+  config.demo = config_lib.ConfigDict(dict(
+      rew_task_weights=config_lib.ConfigDict(dict(entity=1.0, rationale=0.25, qa=0.25,
+                                                  caption=0.0)),
+      seeds=arg.seeds,
+      finetune=config_lib.ConfigDict(dict(
+          total_steps=2 if arg.runlocal else arg.finetune_steps, lr=1e-3, warmup_steps=10))))
   config.eval = config_lib.ConfigDict(dict(
       splits=("entity_val", "query_val"),  # oven_<split>.jsonl of the world.
       batch_size=64, num_beams=4, max_examples=0,

@@ -8,7 +8,9 @@
     W/candidates/                  candidate shards + manifest.json (`candidates` stage)
     W/records[_NAME]/              curated record shards + manifest.json (`curate` stage)
     W/curation[_NAME]/             curation state, journals, report (beside the records)
+    W/oven_train_records/          the world's OVEN train splits as records (fine-tuning)
     W/train[_NAME]/                a training run: checkpoints/, metrics.jsonl, eval/
+    W/finetune_NAME/               a fine-tuning run of train_NAME on OVEN train
     W/report.md, report.json, curves.png     the demo's report
 
 `NAME` tells several curations or runs of one pipeline apart (the demo's `entity_webli` and
@@ -96,6 +98,13 @@ class Workdir:
     return _join(self.root, _named("curation", name))
 
   # ---------------------------------------------------------------------- training
+  @property
+  def oven_records(self) -> str:
+    return _join(self.root, "oven_train_records")
+
+  def finetune_run(self, name: str) -> str:
+    return _join(self.root, f"finetune_{name}")
+
   def train_run(self, name: str | None = None) -> str:
     """A training run's directory: W/train_NAME, or W itself without a name (the `train`
     and `eval` stages' own workdir)."""

@@ -1,4 +1,5 @@
-"""The demo end to end in its runlocal form: every stage runs and the report is measured."""
+"""The demo end to end in its runlocal form: every stage runs, the report is measured, and a
+rerun reuses what the same config made and redoes what another config changes."""
 
 import json
 import os
@@ -7,40 +8,51 @@ import pytest
 
 from rew_jax import __main__ as cli
 from rew_jax import config as config_lib
-from rew_jax import demo
-from rew_jax import train as train_lib
+from rew_jax import workdir as workdir_lib
+from rew_jax.evaluators import checkpoint_eval
+from rew_jax.stages import demo
 
 
 @pytest.mark.slow
 def test_demo_runlocal_end_to_end(tmp_path, capsys):
   workdir = str(tmp_path / "demo")
-  assert cli.main(["demo", "--workdir", workdir, "--config", "configs/demo.py:runlocal"]) == 0
+  argv = ["demo", "--workdir", workdir, "--config", "configs/demo.py:runlocal"]
+  assert cli.main(argv) == 0
   out = capsys.readouterr().out
-  assert "# rew_jax demo report" in out
+  assert "# rew_jax demo report" in out and "Total demo time" in out
+  assert "Chance: 1.7 %" in out  # 60 visual entities.
   with open(os.path.join(workdir, "report.json")) as f:
     report = json.load(f)
   curation = report["curation"]
-  # The simulated LLM fixes most of what retrieval gets wrong; the top-1 baseline cannot.
-  rew, base = curation["rew"]["accuracy_vs_truth"], curation["entity_webli"]["accuracy_vs_truth"]
-  assert rew["records_labelled_precision_pct"] > base["records_labelled_precision_pct"]
-  assert base["records_pct"] == base["candidates_top1_pct"]
+  base = curation["entity_webli"]["accuracy_vs_truth"]
+  assert base["records_pct"] == base["candidates_top1_pct"]  # The baseline is the top-1.
   for name in ("rew", "entity_webli"):
-    result = report["results"][name]
-    assert "oven_val/entity_seen" in result and result["loss"] > 0
-    assert os.path.exists(os.path.join(workdir, f"train_{name}", "eval", "oven_val", "step_3",
-                                       "predictions_entity.jsonl"))
+    for phase, run in (("before", "train"), ("after", "finetune")):
+      cells = report["results"][name][phase][0]
+      seen = cells["entity_seen"]
+      assert seen["low"] <= seen["value"] <= seen["high"]  # Every cell carries its interval.
+      assert os.path.exists(os.path.join(workdir, f"{run}_{name}", "eval", "oven_val",
+                                         f"step_{3 if run == 'train' else 2}",
+                                         "predictions_entity.jsonl"))
   assert os.path.getsize(os.path.join(workdir, "curves.png")) > 1000
-  # `eval` of the trained checkpoint with the same evaluators reproduces the in-loop figures.
+  # `eval` of a trained checkpoint with the same evaluators reproduces the in-loop figures.
   config = config_lib.load_config("configs/demo.py:runlocal")
-  train_config = config.train
-  evals, predict = demo.oven_eval_blocks(config, workdir)
-  train_config.evals = config_lib.ConfigDict(evals)
-  train_config.predict = config_lib.ConfigDict(predict)
-  train_config.input.data_dir = os.path.join(workdir, "records_entity_webli")
-  again = train_lib.evaluate(train_config, os.path.join(workdir, "train_entity_webli"))
+  wd = workdir_lib.Workdir(workdir)
+  section = demo.train_config(config, wd, "entity_webli")
+  again = checkpoint_eval.evaluate(section, wd.train_run("entity_webli"))
+  with open(os.path.join(wd.train_run("entity_webli"), demo.RESULT_NAME)) as f:
+    in_loop = json.load(f)
   for key, value in again.items():
-    assert report["results"]["entity_webli"][key] == value, key
-  # A second run reuses every finished stage (resume) and reports the same numbers.
-  assert cli.main(["demo", "--workdir", workdir, "--config", "configs/demo.py:runlocal"]) == 0
+    assert in_loop[key] == value, key
+  # A second run reuses every finished stage and reports the same numbers.
+  assert cli.main(argv) == 0
+  out = capsys.readouterr().out
+  assert out.count("reusing") >= 6  # world, candidates, 2 pretrainings, 2 fine-tunings.
   with open(os.path.join(workdir, "report.json")) as f:
     assert json.load(f)["results"] == report["results"]
+  # Another fine-tuning config redoes the fine-tunings, and only them: no stale figures.
+  assert cli.main(argv + ["--config.demo.finetune.total_steps=1"]) == 0
+  out = capsys.readouterr().out
+  assert "fine-tune rew on OVEN train" in out and "pretrain rew, seed +0 (" not in out
+  assert os.path.isdir(os.path.join(workdir, "finetune_rew", "eval", "oven_val", "step_1"))
+  assert not os.path.isdir(os.path.join(workdir, "finetune_rew", "eval", "oven_val", "step_2"))

@@ -1,6 +1,6 @@
 """The package's import graph: no cycles, and every import points down the layers.
 
-    stages → train, plot → curation, evaluators, model_setup → models → data, kb
+    stages → train, plot → curation, evaluators → kb, model_setup → models → data
            → records, sharding, metrics, checkpoint, optim
            → config, registry, workdir, distributed → errors
 
@@ -21,9 +21,10 @@ LAYERS = (
     ("errors", "__init__"),
     ("config", "registry", "workdir", "distributed"),
     ("records", "sharding", "metrics", "checkpoint", "optim"),
-    ("data", "kb"),
+    ("data",),
     ("models",),
-    ("curation", "evaluators", "model_setup"),
+    ("kb", "model_setup"),
+    ("curation", "evaluators"),
     ("train", "plot"),
     ("stages",),
     ("__main__",),

@@ -30,7 +30,7 @@ from PIL import Image
 from rew_jax.data import ops as ops_lib
 from rew_jax.errors import ConfigError, UserError
 from rew_jax.evaluators import common
-from rew_jax.kb import trie as trie_lib
+from rew_jax.models import trie as trie_lib
 from rew_jax.registry import EVALUATORS
 
 DEFAULT_PP = ("resize_crop(224)|normalize('clip')|"

@@ -24,7 +24,7 @@ from typing import Sequence
 import numpy as np
 
 from rew_jax.data import tokenizers
-from rew_jax.kb import trie as trie_lib
+from rew_jax.models import trie as trie_lib
 
 # The decoder's special ids; [UNK] and [MASK] are BERT-uncased's, which only this module uses.
 PAD_ID, CLS_ID, SEP_ID = tokenizers.BERT_PAD_ID, tokenizers.BERT_BOS_ID, tokenizers.BERT_EOS_ID

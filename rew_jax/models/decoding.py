@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from rew_jax.data.tokenizers import BERT_BOS_ID, BERT_EOS_ID, BERT_PAD_ID
-from rew_jax.kb import trie as trie_lib
+from rew_jax.models import trie as trie_lib
 from rew_jax.models import git_config
 
 NEG = -1.0e9  # "impossible" log-probability: finite so that sums never produce NaN.

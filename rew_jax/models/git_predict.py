@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from rew_jax.data.tokenizers import BERT_BOS_ID, BERT_PAD_ID
-from rew_jax.kb import trie as trie_lib
+from rew_jax.models import trie as trie_lib
 from rew_jax.models import decoding
 from rew_jax.models import git_config
 

@@ -3,8 +3,10 @@
     python -m rew_jax demo --workdir runs/demo [--config configs/demo.py:runlocal]
 
   world → candidates (Entity-WebLI) → curation: the simulated LLM (REW records) and the
-  no-LLM top-1 candidate (Entity-WebLI records) → train one GiT on each → OVEN validation
-  with KB-constrained decoding → a report comparing both, with loss curves.
+  no-LLM top-1 candidate (Entity-WebLI records) → pretrain one GiT on each → OVEN validation
+  with KB-constrained decoding → fine-tune each on the world's OVEN train splits → OVEN
+  validation again → the paper's Table 1 in miniature, every cell with its 95 % interval,
+  and loss curves. `:seeds=N` repeats the training for N seeds and reports mean ± std.
 
 Every number in the report is measured in the run that writes it. Each stage stamps its
 outputs with a hash of its config section and inputs (`rew_jax.workdir`): a rerun reuses
@@ -27,10 +29,11 @@ from rew_jax import config as config_lib
 from rew_jax import plot
 from rew_jax import train as train_lib
 from rew_jax import workdir as workdir_lib
-from rew_jax.data import synthetic
+from rew_jax.data import oven_records
 from rew_jax.stages import base
 from rew_jax.stages import candidates as candidates_stage
 from rew_jax.stages import curate as curate_stage
+from rew_jax.stages import demo_report
 from rew_jax.stages import world as world_stage
 
 # (name in the report, curation backend; None: the config's LLM backend).
@@ -63,9 +66,13 @@ def oven_eval_blocks(config, wd: workdir_lib.Workdir) -> tuple[dict, dict]:
   return evals, predict
 
 
-def train_config(config, wd: workdir_lib.Workdir, name: str) -> config_lib.ConfigDict:
-  """The `train` section for one of the demo's models: its records, tasks and evaluators."""
+def train_config(config, wd: workdir_lib.Workdir, name: str, seed: int = 0
+                 ) -> config_lib.ConfigDict:
+  """The `train` section for one of the demo's models: its records, tasks and evaluators.
+  `seed` counts from the config's seed (0: the config's own)."""
   c = copy.deepcopy(config.train)
+  c.seed += seed
+  c.input.seed += seed
   c.input.data_dir = wd.records(name)
   if name == "rew":
     c.input.tasks.weights = config.demo.rew_task_weights
@@ -74,64 +81,62 @@ def train_config(config, wd: workdir_lib.Workdir, name: str) -> config_lib.Confi
   return c
 
 
-def train_one(config, wd: workdir_lib.Workdir, name: str, progress: base.Progress) -> dict:
-  """Trains and evaluates one model, or reuses the result the same config and records made."""
-  c = train_config(config, wd, name)
-  run_dir = wd.train_run(name)
-  digest = workdir_lib.fingerprint(c, workdir_lib.stamp_of(wd.records(name)))
-  result_path = os.path.join(run_dir, RESULT_NAME)
-  if workdir_lib.is_current(run_dir, digest) and os.path.isfile(result_path):
-    with open(result_path) as f:
-      progress.line(f"train {name}: reusing {run_dir} (same config and records)")
-      return json.load(f)
-  stamp = workdir_lib.read_stamp(run_dir)
-  if stamp is None and os.path.isdir(run_dir) or stamp and stamp["fingerprint"] != digest:
-    shutil.rmtree(run_dir)  # Another config's run: resuming it would mix the two.
-  workdir_lib.write_stamp(run_dir, "train", digest)
-  progress.header(f"train: {name} ({c.total_steps} steps on {c.input.data_dir})")
-  start = time.time()
-  out = train_lib.train(c, run_dir)
-  result = dict(out["metrics"], seconds=round(time.time() - start, 1))
-  with open(result_path, "w") as f:
-    json.dump(result, f, indent=1)
-  return result
+def finetune_config(config, wd: workdir_lib.Workdir, name: str, seed: int = 0
+                    ) -> config_lib.ConfigDict:
+  """The fine-tuning of a pretrained model on the world's OVEN entity and query train splits
+  (the records' questions are the prompts), evaluated like the pretrained one."""
+  c = train_config(config, wd, name, seed)
+  f = config.demo.finetune
+  c.init_from = run_dir(wd, "train", name, seed)
+  c.input.data_dir = wd.oven_records
+  c.input.tasks.weights = dict(entity=1.0, rationale=0.0, qa=0.0, caption=0.0)
+  c.total_steps = f.total_steps
+  c.log_every = max(1, min(c.log_every, f.total_steps // 4))
+  c.evals.oven_val.every = f.total_steps
+  c.checkpoint.every = f.total_steps
+  c.optim.update(dict(lr=f.lr, warmup_steps=f.warmup_steps))
+  return c
 
 
-def _fmt(value) -> str:
-  return "—" if value is None else f"{value:.2f}"
+def run_dir(wd: workdir_lib.Workdir, phase: str, name: str, seed: int) -> str:
+  """W/train_NAME or W/finetune_NAME, with a suffix for the seeds after the first."""
+  base_dir = wd.train_run(name) if phase == "train" else wd.finetune_run(name)
+  return base_dir if seed == 0 else f"{base_dir}_s{seed}"
 
 
-def report(summary: dict, curation: dict[str, dict], results: dict[str, dict]) -> str:
-  lines = ["# rew_jax demo report", "",
-           synthetic.format_summary(summary).replace("\n", "  \n"), "",
-           "## Curation (label accuracy against the world's truth)", "",
-           "| records | backend | labelled | label accuracy (all images) | precision of labelled |",
-           "|---|---|---:|---:|---:|"]
-  for name, rep in curation.items():
-    acc = rep.get("accuracy_vs_truth", {})
-    lines.append(f"| {name} | {rep['backend']} | {acc.get('records_labelled_pct')}% | "
-                 f"{acc.get('records_pct')}% | {acc.get('records_labelled_precision_pct')}% |")
-  first = next(iter(curation.values())).get("accuracy_vs_truth", {})
-  lines += ["", f"Top-1 candidate accuracy {first.get('candidates_top1_pct')}%, recall@k "
-            f"{first.get('candidates_recall_at_k_pct')}%. REW status counts: "
-            f"{curation['rew']['counts_by_status']}.", "",
-            "## OVEN validation (top-1 %, KB-constrained beam search)", "",
-            "| trained on | entity seen | entity unseen | entity HM | query seen | "
-            "query unseen | query HM | final HM | final loss |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-  for name, r in results.items():
-    g = lambda k: r.get(f"oven_val/{k}")  # pylint: disable=cell-var-from-loop
-    lines.append(f"| {name} | {_fmt(g('entity_seen'))} | {_fmt(g('entity_unseen'))} | "
-                 f"{_fmt(g('entity_score'))} | {_fmt(g('query_seen'))} | "
-                 f"{_fmt(g('query_unseen'))} | {_fmt(g('query_score'))} | "
-                 f"{_fmt(g('final_score'))} | {r.get('loss', float('nan')):.3f} |")
-  rew, baseline = results.get("rew", {}), results.get("entity_webli", {})
-  a, b = rew.get("oven_val/entity_score"), baseline.get("oven_val/entity_score")
-  if a is not None and b is not None:
-    verdict = "ahead of" if a > b else "not ahead of"
-    lines += ["", f"The REW-trained model is {verdict} the Entity-WebLI baseline on the "
-              f"entity split HM ({a:.2f} vs {b:.2f})."]
-  return "\n".join(lines) + "\n"
+def ensure_oven_records(wd: workdir_lib.Workdir, progress: base.Progress) -> str:
+  """The world's OVEN entity and query train splits as records, for fine-tuning."""
+  digest = workdir_lib.fingerprint("oven_train", workdir_lib.stamp_of(wd.world))
+  if not workdir_lib.is_current(wd.oven_records, digest):
+    if os.path.isdir(wd.oven_records):
+      shutil.rmtree(wd.oven_records)
+    manifest = oven_records.oven_to_records(
+        [wd.world_oven("entity_train"), wd.world_oven("query_train")], wd.world_images,
+        wd.oven_records)
+    workdir_lib.write_stamp(wd.oven_records, "oven_records", digest)
+    progress.line(f"OVEN train records: {manifest.total} → {wd.oven_records}")
+  return wd.oven_records
+
+
+def train_one(c, directory: str, inputs: str, progress: base.Progress, what: str) -> dict:
+  """Trains and evaluates one model, or reuses what the same config and inputs made; returns
+  the last evaluation's figures with their intervals."""
+  digest = workdir_lib.fingerprint(c, inputs)
+  result_path = os.path.join(directory, RESULT_NAME)
+  if workdir_lib.is_current(directory, digest) and os.path.isfile(result_path):
+    progress.line(f"{what}: reusing {directory} (same config and inputs)")
+  else:
+    stamp = workdir_lib.read_stamp(directory)
+    if stamp is None and os.path.isdir(directory) or stamp and stamp["fingerprint"] != digest:
+      shutil.rmtree(directory)  # Another config's run: resuming it would mix the two.
+    workdir_lib.write_stamp(directory, "train", digest)
+    progress.header(f"{what} ({c.total_steps} steps on {c.input.data_dir})")
+    start = time.time()
+    out = train_lib.train(c, directory)
+    metrics = dict(out["metrics"], seconds=round(time.time() - start, 1))
+    with open(result_path, "w") as f:
+      json.dump(metrics, f, indent=1)
+  return demo_report.cell_intervals(demo_report.eval_result(directory))
 
 
 def run(config, wd: workdir_lib.Workdir) -> dict:
@@ -145,14 +150,36 @@ def run(config, wd: workdir_lib.Workdir) -> dict:
   for name, backend in DATASETS:
     curation[name] = curate_stage.run(curation_config(config, wd, name, backend), wd,
                                       redo_changed=True, progress=progress, verbose=False)
-  results = {name: train_one(config, wd, name, progress) for name, _ in DATASETS}
-  text = report(summary, curation, results)
-  png = plot.plot_runs({name: wd.train_run(name) for name, _ in DATASETS}, wd.curves)
+  finetune = config.demo.finetune.total_steps > 0
+  if finetune:
+    ensure_oven_records(wd, progress)
+  seeds = list(range(config.demo.seeds))  # Offsets from the config's training seed.
+  results = {name: {"before": [], "after": []} for name, _ in DATASETS}
+  for seed in seeds:
+    for name, _ in DATASETS:
+      pre_dir = run_dir(wd, "train", name, seed)
+      results[name]["before"].append(train_one(
+          train_config(config, wd, name, seed), pre_dir, workdir_lib.stamp_of(wd.records(name)),
+          progress, f"pretrain {name}, seed +{seed}"))
+      if finetune:
+        results[name]["after"].append(train_one(
+            finetune_config(config, wd, name, seed), run_dir(wd, "finetune", name, seed),
+            workdir_lib.stamp_of(pre_dir) + workdir_lib.stamp_of(wd.oven_records), progress,
+            f"fine-tune {name} on OVEN train, seed +{seed}"))
+  text = demo_report.markdown(summary, curation, results,
+                              [config.train.seed + s for s in seeds])
+  png = plot.plot_runs({f"{name} ({phase})": run_dir(wd, phase, name, 0)
+                        for name, _ in DATASETS for phase in ("train", "finetune")
+                        if phase == "train" or finetune}, wd.curves)
   text += f"\nLoss curves: {png}. Total demo time {progress.elapsed():.0f} s.\n"
   with open(wd.report_md, "w") as f:
     f.write(text)
+  as_json = {name: {phase: [{k: v._asdict() for k, v in cells.items()} for cells in runs]
+                    for phase, runs in phases.items()} for name, phases in results.items()}
   with open(wd.report_json, "w") as f:
-    json.dump({"world": summary, "curation": curation, "results": results}, f, indent=1,
+    json.dump({"world": summary, "curation": curation, "results": as_json, "seeds": seeds,
+               "chance_pct": demo_report.chance(summary),
+               "seconds": round(progress.elapsed(), 1)}, f, indent=1,
               default=lambda x: x.item() if isinstance(x, np.generic) else str(x))
   progress.line("\n" + text)
   return {"curation": curation, "results": results, "report": text}
@@ -161,7 +188,8 @@ def run(config, wd: workdir_lib.Workdir) -> dict:
 def check(config, source: str) -> None:
   """Checks the demo's own sections (the stages check theirs when they run)."""
   base.section(config, "demo", config_lib.ConfigDict(dict(
-      rew_task_weights=config_lib.ConfigDict())), source)
+      rew_task_weights=config_lib.ConfigDict(), seeds=1, finetune=config_lib.ConfigDict(dict(
+          total_steps=0, lr=0.0, warmup_steps=0)))), source)
   base.section(config, "eval", config_lib.ConfigDict(dict(
       splits=(), batch_size=0, num_beams=0, max_examples=0, pp="")), source)
   base.section(config, "train", train_lib.default_config(), source)

@@ -7,8 +7,8 @@ import sys
 import pytest
 
 from rew_jax.data import oven_files
-from rew_jax.evaluators import cli
 from rew_jax.evaluators import oven_metric as om
+from rew_jax.stages import eval as eval_stage
 
 
 def _refs(task, split, n, start=0):
@@ -147,7 +147,7 @@ def test_cli_prints_one_json_object(tmp_path, capsys):
   ref_q = _write(tmp_path / "oven_query_val.jsonl", qs + qu)
   pred = _write(tmp_path / "pred.jsonl", _preds(es, 1) + _preds(eu, 2) + _preds(qs, 2)
                 + _preds(qu, 1, count=1))
-  assert cli.main(["oven", "--references", ref_e, ref_q, "--predictions", pred]) == 0
+  assert eval_stage.main(["oven", "--references", ref_e, ref_q, "--predictions", pred]) == 0
   out = json.loads(capsys.readouterr().out)
   assert out["entity_result"] == {"seen": 50.0, "unseen": 100.0}
   assert out["query_result"] == {"seen": 100.0, "unseen": 100.0}

@@ -8,10 +8,10 @@ import pytest
 
 from rew_jax.data import oven_files
 from rew_jax.data import synthetic
-from rew_jax.evaluators import cli
 from rew_jax.evaluators import mapping as mapping_lib
 from rew_jax.evaluators import oven
 from rew_jax.evaluators import oven_metric
+from rew_jax.stages import eval as eval_stage
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +34,7 @@ def test_world_references_perfect_and_partial_predictions(world, tmp_path, capsy
   perfect = oven_files.write_predictions(
       str(tmp_path / "perfect.jsonl"),
       [{"data_id": r["data_id"], "pred_entity_id": r["entity_id"]} for r in rows])
-  assert cli.main(["oven", "--references", *refs, "--predictions", perfect]) == 0
+  assert eval_stage.main(["oven", "--references", *refs, "--predictions", perfect]) == 0
   out = json.loads(capsys.readouterr().out)
   assert out["final_score"] == 100.0 and out["strict"]["final_score"] == 100.0
   # Dropping every unseen entity prediction: the official figure cannot be computed for

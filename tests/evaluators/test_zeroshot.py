@@ -9,7 +9,7 @@ import tensorflow_datasets as tfds
 
 from rew_jax.data.tokenizers import load_tokenizer
 from rew_jax.evaluators import zeroshot
-from rew_jax.kb import trie as trie_lib
+from rew_jax.models import trie as trie_lib
 from rew_jax.registry import EVALUATORS
 
 NAMES = ["rose", "rose hip", "sunflower", "pink primrose"]  # "rose" is a prefix of "rose hip".

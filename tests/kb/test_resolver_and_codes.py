@@ -11,7 +11,7 @@ from rew_jax.kb import bm25 as bm25_lib
 from rew_jax.kb import codes as codes_lib
 from rew_jax.kb import resolver as resolver_lib
 from rew_jax.kb import retrieval, text_encoder, wiki6m
-from rew_jax.kb import trie as trie_lib
+from rew_jax.models import trie as trie_lib
 
 TITLES = [
     "Crimson Striped Kestrel",            # 0

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from gitcase import random_params, tiny_config
-from rew_jax.kb import trie as trie_lib
+from rew_jax.models import trie as trie_lib
 from rew_jax.models import decoding, git
 
 PAD, BOS, EOS = 0, 1, 2

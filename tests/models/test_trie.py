@@ -5,7 +5,7 @@ import jax
 import numpy as np
 import pytest
 
-from rew_jax.kb import trie as trie_lib
+from rew_jax.models import trie as trie_lib
 
 EOS = 9
 NAMES = [[1, 2, 3], [1, 2], [1, 4], [5], [1, 2, 3], [6, 2, 3, 7]]

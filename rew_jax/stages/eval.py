@@ -1,0 +1,56 @@
+"""`python -m rew_jax eval`: evaluate a checkpoint, or score OVEN prediction files.
+
+    # A training run's latest (or --step N) checkpoint, with its config's evaluators:
+    python -m rew_jax eval --config configs/oven_finetune.py --workdir W
+
+    # Two files (or several of each) → one JSON object on stdout:
+    python -m rew_jax eval oven --references oven_entity_val.jsonl oven_query_val.jsonl \
+        --predictions pred_entity.jsonl pred_query.jsonl
+
+A checkpoint is evaluated with the `train` section of its config (its model, `evals` and
+`predict` blocks); evaluator outputs go to W/eval/<name>/step_<step>/.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Sequence
+
+from rew_jax import train as train_lib
+from rew_jax.evaluators import checkpoint_eval
+from rew_jax.evaluators import oven_metric
+from rew_jax.stages import base
+
+
+def _oven_main(argv: Sequence[str]) -> int:
+  p = base.parser("eval oven", "Score OVEN predictions against references with the official "
+                  "conventions (and the strict variant where a missing prediction counts as "
+                  "wrong).")
+  p.add_argument("--references", nargs="+", required=True,
+                 help="reference jsonl file(s), e.g. oven_entity_val.jsonl oven_query_val.jsonl")
+  p.add_argument("--predictions", nargs="+", required=True,
+                 help='prediction jsonl file(s): {"data_id": ..., "pred_entity_id": ...}')
+  p.add_argument("--indent", type=int, default=None, help="pretty-print the JSON")
+  args = p.parse_args(list(argv))
+  result = oven_metric.score_files(args.references, args.predictions)
+  print(json.dumps(result, indent=args.indent, sort_keys=True))
+  return 0
+
+
+def _checkpoint_main(argv: Sequence[str]) -> int:
+  p = base.parser("eval", __doc__)
+  base.add_config(p, required=True, sections="train")
+  base.add_workdir(p, "the training run's workdir")
+  p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+  args, config = base.parse(p, argv)
+  section = base.section(config, "train", train_lib.default_config(), args.config_source)
+  results = checkpoint_eval.evaluate(train_lib.with_defaults(section), args.workdir, args.step)
+  print(json.dumps(results, sort_keys=True))
+  return 0
+
+
+def main(argv: Sequence[str]) -> int:
+  argv = list(argv)
+  if argv and argv[0] == "oven":
+    return _oven_main(argv[1:])
+  return _checkpoint_main(argv)
