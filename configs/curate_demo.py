@@ -7,7 +7,7 @@ report in W/curation/report.md (entity-label accuracy next to the top-1 candidat
 Variants (`:arg`): `runlocal` (a small world: 60 entities, 300 images),
 `backend=top1_candidate` (the Entity-WebLI baseline, no LLM), `mode=multi_call` or
 `mode=direct` (the ablation), `retrieval=bm25` (lexical candidates instead of MiniLM).
-The simulator's error modes: `--config.curation.simulated.wrong_pick=0.1` etc.
+The simulated LLM's reply-format faults: `--config.curation.simulated.malformed=0.1` etc.
 """
 
 from rew_jax import config as config_lib
@@ -38,7 +38,9 @@ def get_config(arg=None):
   config.curation.mode = arg.mode
   config.curation.concurrency = 4
   config.curation.backoff_initial_s = 0.01
+  # The simulated LLM perceives the image; only the form of its replies is seeded.
+  # kb_path: a Wiki6M file it knows (e.g. W/world/kb/Wiki6M_ver_1_0.jsonl.gz); without one
+  # it names entities outside the candidates by the world's naming convention.
   config.curation.simulated = config_lib.ConfigDict(dict(
-      world_dir="", seed=arg.seed, wrong_pick=0.05, hallucinate=0.02, generic=0.02,
-      malformed=0.04, refusal=0.01, outside_recall=0.7, latency_s=0.0))
+      seed=arg.seed, kb_path="", malformed=0.04, refusal=0.01, latency_s=0.0))
   return config

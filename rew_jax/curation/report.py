@@ -4,7 +4,10 @@ Counts per status, correction rate, parse failures by reason, retries and transi
 token usage and a cost estimate (when the backend reports usage), how names were resolved,
 and a few examples. When ground truth is available (the embedded world), the entity-label
 accuracy of the curated records is reported next to that of the raw top-1 candidates (the
-Entity-WebLI label), over all images and over labelled records only.
+Entity-WebLI label), over all images and over labelled records only, and per caption noise
+kind (`caption_kind` of truth/web_truth.jsonl: correct, similar_wrong, irrelevant): how
+often curation kept a right caption's label and fixed a wrong one. This module is the only
+reader of the world's truth: curation backends never see it.
 """
 
 from __future__ import annotations
@@ -24,11 +27,13 @@ def _pct(a: int, b: int) -> float:
   return round(100.0 * a / b, 2) if b else 0.0
 
 
-def _read_truth(path: str) -> dict[str, str]:
+def _read_truth(path: str) -> dict[str, tuple[str, str]]:
+  """image id → (true entity id, caption noise kind or "")."""
   if not path or not os.path.isfile(path):
     return {}
   with open(path, encoding="utf-8") as f:
-    return {r["image_id"]: r["entity_id"] for r in map(json.loads, f) if r}
+    return {r["image_id"]: (r["entity_id"], r.get("caption_kind") or "")
+            for r in map(json.loads, f) if r}
 
 
 class ReportBuilder:
@@ -47,6 +52,8 @@ class ReportBuilder:
     self.reasons = collections.Counter()
     self.sums = collections.Counter()
     self.acc = collections.Counter()
+    self.acc_by_kind: dict[str, collections.Counter] = collections.defaultdict(
+        collections.Counter)
     self.examples: dict[str, list] = collections.defaultdict(list)  # status → [(item, out)]
 
   def add(self, item: Item, out: Outcome) -> None:
@@ -66,25 +73,34 @@ class ReportBuilder:
     s["latency_s"] += out.latency_s
     if len(self.examples[out.status]) < max(1, self.num_examples // 2):
       self.examples[out.status].append((item, out))
-    t = self.truth.get(item.image_id)
-    if t is not None:
-      a = self.acc
+    truth = self.truth.get(item.image_id)
+    if truth is not None:
+      t, kind = truth
       labelled = out.status in LABELLED
-      a["n"] += 1
-      a["labelled"] += labelled
-      a["right"] += labelled and out.entity_id == t
-      a["top1"] += bool(item.candidates) and item.candidates[0].entity_id == t
-      a["recall"] += any(c.entity_id == t for c in item.candidates)
+      for a in (self.acc, self.acc_by_kind[kind]) if kind else (self.acc,):
+        a["n"] += 1
+        a["labelled"] += labelled
+        a["right"] += labelled and out.entity_id == t
+        a["top1"] += bool(item.candidates) and item.candidates[0].entity_id == t
+        a["recall"] += any(c.entity_id == t for c in item.candidates)
 
-  def accuracy(self) -> dict:
-    """Entity-label accuracy of the records and of the top-1 candidates against the truth."""
-    a = self.acc
+  @staticmethod
+  def _figures(a: collections.Counter) -> dict:
     return {"images_with_truth": a["n"],
             "records_pct": _pct(a["right"], a["n"]),
             "records_labelled_precision_pct": _pct(a["right"], a["labelled"]),
             "records_labelled_pct": _pct(a["labelled"], a["n"]),
             "candidates_top1_pct": _pct(a["top1"], a["n"]),
             "candidates_recall_at_k_pct": _pct(a["recall"], a["n"])}
+
+  def accuracy(self) -> dict:
+    """Entity-label accuracy of the records and of the top-1 candidates against the truth,
+    overall and per caption noise kind (`by_caption_kind`)."""
+    figures = self._figures(self.acc)
+    if self.acc_by_kind:
+      figures["by_caption_kind"] = {k: self._figures(self.acc_by_kind[k])
+                                    for k in sorted(self.acc_by_kind)}
+    return figures
 
   def finish(self, manifest, *, skipped=None, seconds: float = 0.0) -> dict[str, Any]:
     s, status = self.sums, self.status
@@ -192,6 +208,15 @@ def write(report: dict, directory: str, examples: Sequence[tuple[Item, Outcome]]
               f"({acc['records_labelled_pct']}% labelled) |", "",
               f"The truth is among the candidates for {acc['candidates_recall_at_k_pct']}% "
               f"of the {acc['images_with_truth']} images."]
+    kinds = acc.get("by_caption_kind")
+    if kinds:
+      lines += ["", "Per caption noise kind (label accuracy over the images of that kind):", "",
+                "| caption kind | images | top-1 candidate | curated records | "
+                "precision of labelled | truth in candidates |", "|---|---:|---:|---:|---:|---:|"]
+      for kind, k in kinds.items():
+        lines.append(f"| {kind} | {k['images_with_truth']} | {k['candidates_top1_pct']}% | "
+                     f"{k['records_pct']}% | {k['records_labelled_precision_pct']}% | "
+                     f"{k['candidates_recall_at_k_pct']}% |")
   lines += ["", "## Examples", ""]
   for ex in examples:
     img = f"![{ex['image_id']}]({ex['thumbnail']}) " if ex["thumbnail"] else ""

@@ -11,13 +11,14 @@ NUM_IMAGES = 48
 PER_SHARD = 20
 
 
-def world_config():
+def world_config(**overrides):
   c = synthetic.default_config()
   c.num_entities = 40
   c.num_web_images = NUM_IMAGES
   c.contact_sheet = False
   c.oven = config_lib.ConfigDict(dict(entity_train=1, entity_val=2, entity_test=2,
                                       query_train=1, query_val=2, query_test=2))
+  c.update(overrides)
   return c
 
 
@@ -30,20 +31,19 @@ def curate_config(backend="simulated", **curation):
   config.curation.backoff_max_s = 0.01
   config.curation.concurrency = 4
   config.curation.simulated = config_lib.ConfigDict(dict(
-      world_dir="", seed=0, wrong_pick=0.1, hallucinate=0.05, generic=0.05, malformed=0.1,
-      refusal=0.05, outside_recall=0.7, latency_s=0.0))
+      seed=0, kb_path="", malformed=0.1, refusal=0.05, latency_s=0.0))
   for k, v in curation.items():
     config.curation[k] = v
   return config
 
 
-def build_world(root):
-  """W/world, W/kb and W/candidates (3 shards) under `root`; returns root."""
-  synthetic.generate(world_config(), os.path.join(root, "world"))
+def build_world(root, config=None, per_shard=PER_SHARD):
+  """W/world, W/kb and W/candidates (3 shards by default) under `root`; returns root."""
+  synthetic.generate(config or world_config(), os.path.join(root, "world"))
   cc = candidates.default_config()
   cc.retrieval.method = "bm25"
   cc.retrieval.k = 5
-  cc.data.records_per_shard = PER_SHARD
+  cc.data.records_per_shard = per_shard
   cc.artifacts.codes = False
   candidates.run_candidates(cc, root, log=lambda *_: None)
   return root

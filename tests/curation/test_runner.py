@@ -51,7 +51,7 @@ def test_records_manifest_and_report(world, finished):
   counts = collections.Counter(r.curation_status for r in out)
   assert counts == collections.Counter(manifest.counts_by_status)
   assert set(counts) <= {"kept", "corrected", "abstained", "unresolved"}
-  assert counts["kept"] and counts["corrected"] and counts["unresolved"]
+  assert counts["kept"] and counts["corrected"]
   for r in out:
     assert r.image[:2] == b"\xff\xd8" and r.backend == "simulated"
     assert bool(r.entity_id) == (r.curation_status in ("kept", "corrected"))
@@ -76,17 +76,26 @@ def test_records_manifest_and_report(world, finished):
 
 def test_accuracy_matches_truth_by_hand(world, finished):
   work, report = finished
-  truth = {}
+  truth, kind = {}, {}
   with open(os.path.join(world, "world", "truth", "web_truth.jsonl")) as f:
     for line in f:
       row = json.loads(line)
       truth[row["image_id"]] = row["entity_id"]
+      kind[row["image_id"]] = row["caption_kind"]
   out = output(work)
-  right = sum(r.entity_id == truth[r.image_id] for r in out)
-  top1 = sum(bool(r.candidates) and r.candidates[0].entity_id == truth[r.image_id] for r in out)
   acc = report["accuracy_vs_truth"]
-  assert acc["records_pct"] == round(100 * right / len(out), 2)
-  assert acc["candidates_top1_pct"] == round(100 * top1 / len(out), 2)
+  for name, figures in [("all", acc)] + sorted(acc["by_caption_kind"].items()):
+    rows = [r for r in out if name == "all" or kind[r.image_id] == name]
+    right = sum(r.entity_id == truth[r.image_id] for r in rows)
+    top1 = sum(bool(r.candidates) and r.candidates[0].entity_id == truth[r.image_id]
+               for r in rows)
+    assert figures["images_with_truth"] == len(rows)
+    assert figures["records_pct"] == round(100 * right / len(rows), 2)
+    assert figures["candidates_top1_pct"] == round(100 * top1 / len(rows), 2)
+  assert set(acc["by_caption_kind"]) == set(kind.values())
+  md = open(os.path.join(work, "curation", "report.md")).read()
+  for name in acc["by_caption_kind"]:
+    assert f"| {name} | " in md
 
 
 def test_rerun_is_a_no_op_and_config_change_is_refused(world, finished, tmp_path):
@@ -124,8 +133,7 @@ def test_transient_failures_are_retried_then_left_for_the_rerun(world, finished,
   reference = [records.encode(r) for r in output(finished[0])]
   work = link_inputs(world, tmp_path / "w")
   ids = input_ids(world)
-  sim = SimulatedLLM(world_dir=os.path.join(world, "world"), **{
-      k: v for k, v in curate_config().curation.simulated.items() if k != "world_dir"})
+  sim = SimulatedLLM(**curate_config().curation.simulated)
   # Two images fail 3 times (recovered by retries), one fails forever.
   flaky = Flaky(sim, {ids[0], ids[5], ids[30]}, fail_first=3)
   flaky.failing_forever = ids[30]
@@ -282,7 +290,7 @@ def test_rate_limiter_spaces_calls_across_threads():
 def test_backoff_honours_retry_after(world):
   from rew_jax.curation import core
   sleeps = []
-  sim = SimulatedLLM(world_dir=os.path.join(world, "world"), malformed=0.0, refusal=0.0)
+  sim = SimulatedLLM(malformed=0.0, refusal=0.0)
   ids = input_ids(world)
   flaky = Flaky(sim, {ids[0]}, fail_first=2)
   orig = flaky.generate

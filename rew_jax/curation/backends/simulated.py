@@ -1,53 +1,229 @@
-"""`simulated`: a stand-in for a multimodal LLM, for the embedded synthetic world only.
+"""`simulated`: a stand-in multimodal LLM for the embedded world that looks at the image.
 
-This is a simulator, not a model. It reads the world's ground truth (`truth/entities.jsonl`,
-`truth/web_truth.jsonl`) to know which entity each image shows, and answers in the real
-response format. It exists so that the demo and the tests run every code path that follows
-a real LLM call (parsing, validation, name resolution, statuses, records, report) without a
-network or weights. Its knowledge of the truth is deliberately degraded by configurable
-error modes, each drawn per image from a seeded hash (so runs are reproducible, resumable
-and identical between the local runner and Beam):
+It sees what a real model sees: the image bytes and the prompt text (the caption, and the
+candidates with their Wikipedia-style summaries). It never reads the world's ground truth
+and is never given the world directory. Its answer is a mechanism, not a rate:
 
-  wrong_pick    answers another candidate (or a similar-looking entity) instead of the truth
-  hallucinate   answers a plausible name that is not in the KB
-  generic       answers the category ("bird") instead of the entity
-  malformed     truncated or mistyped JSON (drawn per attempt: a parse retry may recover)
-  refusal       declines in prose, without JSON (per attempt)
+  1. perceive  `rew_jax.curation.perceiver` estimates the object's shape, colour and
+               pattern from the pixels, as distributions over the named words;
+  2. read      each candidate's summary (and name) is parsed into the look it describes;
+  3. weigh     score = log p(described look | image) + a prior for being a candidate
+               + a prior for being the entity the caption names (captions are often right);
+               entities outside the candidates compete too: those of the knowledge base
+               (`kb_path`, the world's public Wiki6M file) or, without one, names composed
+               from the perceived words (the world's titles are compositional);
+  4. answer    the best-scoring entity, or "none" when its share of the posterior is small
+               (nothing matches well, or nothing was seen).
 
-When the true entity is not among the candidates it finds it anyway with probability
-`outside_recall`, else it keeps the top candidate (the paper's LLM also fails to correct
-some noisy labels). Answers sometimes drop disambiguation parentheses or change case, and
-replies come bare, fenced or wrapped in prose, as real models' do. Rationales and QA pairs
-are grounded in the entity's look (shape, colour, pattern): what the image shows.
+`direct` prompts (the ablation) carry no caption and no candidates: the perceived look is
+matched against everything the model knows, so an uncertain perception has a wider choice to
+go wrong in and no caption to lean on. Rationales and QA pairs state what was perceived,
+right or wrong.
+
+What stays seeded per request (a hash of seed, image id, prompt kind and attempt) is only the
+reply's form, which exercises the parser: `malformed` (truncated or mistyped JSON) and
+`refusal` rates per attempt (a parse retry may recover), prose or code-fence wrapping, and
+candidate names copied in lower case or without an unneeded "(...)". `latency_s` sleeps
+per call.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
-import os
+import math
 import re
+import threading
 import time
+from typing import Iterable, Sequence
 
 import numpy as np
 
 from rew_jax import registry
+from rew_jax.curation import perceiver
 from rew_jax.curation.backends.base import Backend, BackendError, Reply, options
 from rew_jax.curation.prompts import Prompt
 from rew_jax.data import synthetic
+from rew_jax.data import synthetic_images as si
 
-DEFAULTS = dict(world_dir="", seed=0, wrong_pick=0.05, hallucinate=0.02, generic=0.02,
-                malformed=0.04, refusal=0.01, outside_recall=0.7, latency_s=0.0)
-_CANDIDATE_LINE = re.compile(r'^\d+\. ("(?:[^"\\]|\\.)*")', re.MULTILINE)
+DEFAULTS = dict(seed=0, kb_path="", malformed=0.04, refusal=0.01, latency_s=0.0)
+
+CANDIDATE_PRIOR = 3.0  # Log-odds for an entity the retrieval proposed over one it did not.
+CAPTION_PRIOR = 2.0    # Log-odds for the entity the caption names.
+MIN_POSTERIOR = 0.3    # Below this share of the posterior the model answers "none".
+
+_QUOTED = r'"(?:[^"\\]|\\.)*"'
+_CANDIDATE_LINE = re.compile(rf"^\d+\. ({_QUOTED})(?:: ({_QUOTED}))?\s*$", re.MULTILINE)
+_CAPTION = re.compile(rf"^Caption: ({_QUOTED})\s*$", re.MULTILINE)
 _NUM_QA = re.compile(r"\b(\d+) question")
-_SHOWN = re.compile(r"The image shows (.+?) \((?:The |\))")
-_FAKE_HEADS = ("Golden", "Silver", "Phantom", "Royal", "Midnight", "Ember")
-_FAKE_TAILS = ("Phoenix", "Griffin", "Zeppelin", "Orchid", "Citadel", "Leviathan")
-_PATTERN_PHRASE = {
-    "plain": "a uniform {c} colour", "striped": "{c} colouring crossed by thin stripes",
-    "banded": "{c} colouring with broad bands", "spotted": "{c} colouring with round spots",
-    "checkered": "a {c} checkered pattern",
-}
+_SHOWN = re.compile(r"The image shows (.+?) \(((?:The .*)?)\)\.?\s*$", re.MULTILINE)
+
+# The words the knowledge base describes looks with, read back from text.
+_SHAPE_BY_TEXT = {text: shape for shape, text in synthetic.SHAPE_TEXT.items()}
+_CATEGORY_OF = {shape: cat for cat, shapes in synthetic.CATEGORIES.items() for _, shape in shapes}
+_WORD_OF = {shape: word for shapes in synthetic.CATEGORIES.values() for word, shape in shapes}
+_SHARED_WORDS = {w for w in _WORD_OF.values() if list(_WORD_OF.values()).count(w) > 1}
+_PATTERN_WORDS = (("checkered", "checkered"), ("stripes", "striped"), ("bands", "banded"),
+                  ("spots", "spotted"), ("uniform", "plain"))
+_ADJ_TO_PATTERN = {adj.lower(): p for p, adj in synthetic.ADJ.items()}
+_SECOND_WORD = {"white": "white", "black": "dark"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Described:
+  """An entity as the model knows it from text: its name and the look it is described by."""
+  name: str
+  shape: str | None = None
+  colour: str | None = None
+  pattern: str | None = None
+
+  @property
+  def visual(self) -> bool:
+    return any((self.shape, self.colour, self.pattern))
+
+
+def describe(name: str, summary: str = "") -> Described:
+  """The look a name and summary describe: shape, colour and pattern words (None where the
+  text names none). Summaries are read first; the name's words fill what they lack."""
+  full = " ".join(summary.split()).casefold()
+  text = full.split("recognisable by", 1)[-1]  # The look, not the name it repeats.
+  shape = next((s for t, s in _SHAPE_BY_TEXT.items() if t in text), None)
+  colour = next((c for c in si.COLOURS if re.search(rf"\b{c}\b", text)), None)
+  pattern = next((p for w, p in _PATTERN_WORDS if w in text), None)
+  words = re.findall(r"[a-z]+", name.casefold())
+  if colour is None:
+    colour = next((w for w in words if w in si.COLOURS), None)
+  if pattern is None:
+    pattern = next((_ADJ_TO_PATTERN[w] for w in words if w in _ADJ_TO_PATTERN), None)
+  if shape is None:
+    options_ = [s for s, w in _WORD_OF.items() if w.casefold() in words]
+    if len(options_) > 1:  # "Falcon": the "(bird)" / "(aircraft)" or the summary decides.
+      options_ = [s for s in options_ if _CATEGORY_OF[s] in words + full.split()] or options_
+    shape = options_[0] if len(options_) == 1 else None
+  return Described(name, shape, colour, pattern)
+
+
+def compose_title(shape: str, colour: str, pattern: str) -> str:
+  """The title the world's naming convention gives a look ("Crimson Banded Kestrel")."""
+  word = _WORD_OF[shape]
+  title = f"{colour.capitalize()} {synthetic.ADJ[pattern]} {word}"
+  return title + (f" ({_CATEGORY_OF[shape]})" if word in _SHARED_WORDS else "")
+
+
+def look_log_prob(p: perceiver.Perception, d: Described) -> float:
+  """log p(described look | image); an attribute the text does not name counts as chance."""
+  total = 0.0
+  for attr, vocab in (("shape", perceiver.SHAPES), ("colour", perceiver.COLOURS),
+                      ("pattern", perceiver.PATTERNS)):
+    value = getattr(d, attr)
+    dist = getattr(p, attr)
+    total += math.log((dist.get(value, 0.0) if value else 1.0 / len(vocab)) + 1e-6)
+  return total
+
+
+@dataclasses.dataclass(frozen=True)
+class Choice:
+  name: str          # The answer: an entity name, or "none".
+  described: Described | None
+  posterior: float
+  source: str        # candidate | knowledge | composed | none
+  named_in_caption: bool = False
+
+
+def _mentioned(name: str, caption: str) -> bool:
+  mention = name.split(" (")[0].casefold()
+  return bool(mention) and mention in caption.casefold()
+
+
+def choose(p: perceiver.Perception, candidates: Sequence[Described], caption: str,
+           known: Iterable[tuple[Described, str]]) -> Choice:
+  """The entity a model that perceived `p` picks from the candidates (in prompt order) and
+  from what it knows beyond them (`known`: (entity, source) pairs)."""
+  if not p.found:
+    return Choice("none", None, 0.0, "none")
+  pool, scores, sources, named = [], [], [], []
+  seen = set()
+  for d in candidates:
+    if not d.visual:  # A concept ("Negative equity") never describes an object.
+      continue
+    seen.add(d.name.casefold())
+    is_named = _mentioned(d.name, caption)
+    pool.append(d)
+    scores.append(look_log_prob(p, d) + CANDIDATE_PRIOR + CAPTION_PRIOR * is_named)
+    sources.append("candidate")
+    named.append(is_named)
+  for d, source in known:
+    if d.visual and d.name.casefold() not in seen:
+      pool.append(d)
+      scores.append(look_log_prob(p, d))
+      sources.append(source)
+      named.append(False)
+  if not pool:
+    return Choice("none", None, 0.0, "none")
+  s = np.array(scores)
+  post = np.exp(s - s.max())
+  post /= post.sum()
+  i = int(np.argmax(s))
+  if post[i] < MIN_POSTERIOR:
+    return Choice("none", pool[i], float(post[i]), "none")
+  return Choice(pool[i].name, pool[i], float(post[i]), sources[i], named[i])
+
+
+def composed_vocabulary() -> list[tuple[Described, str]]:
+  """Every look the named words can make, under its conventional title."""
+  return [(Described(compose_title(s, c, p), s, c, p), "composed")
+          for s in perceiver.SHAPES for c in perceiver.COLOURS for p in perceiver.PATTERNS]
+
+
+# --------------------------------------------------------------------------- what is said
+
+
+def _perceived(p: perceiver.Perception) -> tuple[str, str, str, str, str]:
+  shape, colour, pattern = p.best("shape"), p.best("colour"), p.best("pattern")
+  second = _SECOND_WORD.get(p.features.get("secondary") or "", "white")
+  look = synthetic.PATTERN_TEXT[pattern].format(c=colour, s=second)
+  return shape, colour, pattern, _CATEGORY_OF[shape], look
+
+
+def rationale_for(p: perceiver.Perception, name: str, d: Described | None) -> str:
+  """Why the image shows `name`, from what was perceived (right or wrong)."""
+  if not p.found:
+    return f"The object in the image is hard to make out; it is taken to be the {name}."
+  shape, colour, pattern, category, look = _perceived(p)
+  same = d is not None and (d.shape, d.colour, d.pattern) == (shape, colour, pattern)
+  verdict = "match" if same else "come closest to"
+  return (f"The {category} in the image has {synthetic.SHAPE_TEXT[shape]} and {look}. "
+          f"That shape and colouring {verdict} the description of the {name}.")
+
+
+def qa_for(p: perceiver.Perception, n: int, rng: np.random.Generator) -> list[dict]:
+  if not p.found or n <= 0:
+    return []
+  shape, colour, pattern, category, _ = _perceived(p)
+  pool = [
+      (f"What colour is the {category}?", colour),
+      (f"What pattern covers the {category}?",
+       "none, it is plain" if pattern == "plain" else pattern),
+      (f"What is the outline of the {category} like?", synthetic.SHAPE_TEXT[shape]),
+      ("What kind of thing is shown?", category),
+      (f"Is the {category} striped?", "yes" if pattern == "striped" else "no"),
+  ]
+  order = rng.permutation(len(pool))[:n]
+  return [{"question": pool[i][0], "answer": pool[i][1]} for i in order]
+
+
+def justification_for(p: perceiver.Perception, c: Choice) -> str:
+  if not p.found:
+    return "I cannot make out an object in the image."
+  shape, colour, pattern, category, _ = _perceived(p)
+  seen = f"The image shows a {colour} {pattern} {category} with {synthetic.SHAPE_TEXT[shape]}"
+  if c.source == "none":
+    return seen + "; nothing I know matches it well enough."
+  if c.source == "candidate":
+    why = " and the caption names it" if c.named_in_caption else ""
+    return seen + f"; the candidate {c.name} is described that way{why}."
+  return seen + f"; none of the candidates is, but the {c.name} is."
 
 
 def _rng(*parts) -> np.random.Generator:
@@ -55,97 +231,80 @@ def _rng(*parts) -> np.random.Generator:
   return np.random.default_rng(int.from_bytes(digest[:8], "little"))
 
 
-def rationale_for(e: synthetic.Entity, name: str) -> str:
-  """What is visible (the true entity's look), argued towards the answered `name`."""
-  look = _PATTERN_PHRASE[e.pattern].format(c=e.colour)
-  return (f"The {e.category} in the image has {synthetic.SHAPE_TEXT[e.shape]} and {look}. "
-          f"That shape and colouring match the description of the {name}, which is "
-          f"recognisable by these features.")
-
-
-def qa_for(e: synthetic.Entity, n: int, rng: np.random.Generator) -> list[dict]:
-  pool = [
-      (f"What colour is the {e.category}?", e.colour),
-      (f"What pattern covers the {e.category}?",
-       "none, it is plain" if e.pattern == "plain" else e.pattern),
-      (f"What is the outline of the {e.category} like?", synthetic.SHAPE_TEXT[e.shape]),
-      ("What kind of thing is shown?", e.category),
-      (f"Is the {e.category} striped?", "yes" if e.pattern == "striped" else "no"),
-  ]
-  order = rng.permutation(len(pool))[:n]
-  return [{"question": pool[i][0], "answer": pool[i][1]} for i in order]
-
-
 @registry.CURATION_BACKENDS.register("simulated")
 class SimulatedLLM(Backend):
-  """See the module docstring. `world_dir` is the embedded world's directory."""
+  """See the module docstring. `kb_path`: a Wiki6M jsonl(.gz) file the model knows."""
   name = "simulated"
 
   def __init__(self, **kwargs):
-    cfg = options("simulated", DEFAULTS, kwargs)
-    self.cfg = cfg
-    world = cfg["world_dir"]
-    if not world or not os.path.isfile(os.path.join(world, "truth", "web_truth.jsonl")):
-      raise BackendError("curation backend 'simulated' answers from the embedded world's "
-                         f"ground truth; {world!r} has no truth/web_truth.jsonl")
-    self.entities = {e.entity_id: e for e in synthetic.load_entities(world)}
-    self.truth = {r["image_id"]: r["entity_id"] for r in
-                  synthetic.read_jsonl(os.path.join(world, "truth", "web_truth.jsonl"))}
-    self.visual = [e for e in self.entities.values() if e.category != "concept"]
+    self.cfg = options("simulated", DEFAULTS, kwargs)
+    for key in ("malformed", "refusal"):
+      if not 0.0 <= self.cfg[key] <= 1.0:
+        raise BackendError(f"curation backend 'simulated': {key} must be in [0, 1]")
+    self._known = None
+    self._lock = threading.Lock()
 
-  # -- The answer a (degraded) model would give.
+  def known(self) -> list[tuple[Described, str]]:
+    """What the model can name beyond the prompt: the KB's visual entities (read once),
+    else every composable title."""
+    with self._lock:
+      if self._known is None:
+        if self.cfg["kb_path"]:
+          from rew_jax.kb import wiki6m  # pylint: disable=g-import-not-at-top
+          try:
+            described = [describe(e.title, e.summary)
+                         for e in wiki6m.read_wiki6m(self.cfg["kb_path"], skip_bad=True)]
+          except wiki6m.KBFormatError as e:
+            raise BackendError(f"curation backend 'simulated': kb_path: {e}") from None
+          self._known = [(d, "knowledge") for d in described if d.visual]
+        else:
+          self._known = composed_vocabulary()
+      return self._known
 
-  def _entity_answer(self, prompt: Prompt, truth: synthetic.Entity) -> tuple[str, str]:
-    """(entity name, justification) for verify / one_call / direct prompts."""
-    rng = _rng(self.cfg["seed"], "answer", prompt.image_id)
-    names = [json.loads(m) for m in _CANDIDATE_LINE.findall(prompt.text)]
-    u = rng.random()
-    c = self.cfg
-    cut = np.cumsum([c["wrong_pick"], c["hallucinate"], c["generic"]])
-    if u < cut[0]:
-      others = [n for n in names if n != truth.title]
-      if not others:
-        others = [e.title for e in synthetic.similar_entities(truth, self.visual)[:3]]
-      if others:
-        return others[int(rng.integers(len(others)))], "The caption names it."
-    elif u < cut[1]:
-      name = (f"{_FAKE_HEADS[int(rng.integers(len(_FAKE_HEADS)))]} "
-              f"{_FAKE_TAILS[int(rng.integers(len(_FAKE_TAILS)))]}")
-      return name, "It looks like this famous one."
-    elif u < cut[2]:
-      return truth.category, f"The image shows a {truth.category}."
-    if prompt.kind != "direct" and truth.title not in names and names:
-      if rng.random() >= c["outside_recall"]:
-        return names[0], "The first candidate matches the caption."
-    name = truth.title
-    if rng.random() < 0.3:  # How people and models write names: no "(...)", other case.
-      name = truth.mention if rng.random() < 0.5 else truth.title.lower()
-    return name, f"The {truth.colour} {truth.pattern} {truth.category} in the image matches."
+  # -- The answer.
 
-  def _payload(self, prompt: Prompt, truth: synthetic.Entity) -> dict:
+  def _payload(self, prompt: Prompt) -> dict:
+    p = perceiver.perceive(prompt.image)
     rng = _rng(self.cfg["seed"], "qa", prompt.image_id)
     m = _NUM_QA.search(prompt.text)
     num_qa = int(m.group(1)) if m else 3
     if prompt.kind == "rationale":
       m = _SHOWN.search(prompt.text)
-      return {"rationale": rationale_for(truth, m.group(1) if m else truth.title)}
+      name, summary = (m.group(1), m.group(2)) if m else ("entity", "")
+      return {"rationale": rationale_for(p, name, describe(name, summary))}
     if prompt.kind == "qa":
-      return {"qa": qa_for(truth, num_qa, rng)}
-    name, why = self._entity_answer(prompt, truth)
-    payload = {"entity_name": name, "justification": why}
+      return {"qa": qa_for(p, num_qa, rng)}
+    if prompt.kind == "direct":
+      candidates, caption = [], ""
+    else:
+      candidates = [describe(json.loads(n), json.loads(s) if s else "")
+                    for n, s in _CANDIDATE_LINE.findall(prompt.text)]
+      m = _CAPTION.search(prompt.text)
+      caption = json.loads(m.group(1)) if m else ""
+    choice = choose(p, candidates, caption, self.known())
+    payload = {"entity_name": self._written(choice, prompt, [d.name for d in candidates]),
+               "justification": justification_for(p, choice)}
     if prompt.kind == "one_call":
-      payload["rationale"] = rationale_for(truth, name)
-      payload["qa"] = qa_for(truth, num_qa, rng)
+      payload["rationale"] = (rationale_for(p, choice.name, choice.described)
+                              if choice.source != "none" else "")
+      payload["qa"] = qa_for(p, num_qa, rng)
     return payload
+
+  def _written(self, choice: Choice, prompt: Prompt, names: Sequence[str]) -> str:
+    """How a name copied from the candidate list is written: sometimes in lower case, or
+    without its "(...)" when no other listed name needs it, as models do."""
+    rng = _rng(self.cfg["seed"], "name", prompt.image_id)
+    if choice.source != "candidate" or rng.random() >= 0.3:
+      return choice.name
+    base = choice.name.split(" (")[0]
+    if rng.random() < 0.5 and sum(n.split(" (")[0] == base for n in names) == 1:
+      return base
+    return choice.name.lower()
 
   def generate(self, prompt: Prompt, timeout_s: float) -> Reply:
     if self.cfg["latency_s"]:
       time.sleep(self.cfg["latency_s"])
-    truth_id = self.truth.get(prompt.image_id)
-    if truth_id is None:
-      text = "I'm sorry, I cannot identify this image."
-    else:
-      text = self._render(prompt, self._payload(prompt, self.entities[truth_id]))
+    text = self._render(prompt, self._payload(prompt))
     # A rough usage estimate (about 4 characters per token, ~258 tokens per image).
     return Reply(text, input_tokens=len(prompt.text) // 4 + 258, output_tokens=len(text) // 4)
 

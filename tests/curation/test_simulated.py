@@ -1,0 +1,167 @@
+"""The simulated LLM perceives instead of reading the answer key: perception accuracy on
+freshly drawn images, curation without the world's truth, and the mechanism's predictions
+(curation fixes noisy captions; a blind perceiver loses that; a wider choice, as in direct
+mode, costs accuracy)."""
+
+import builtins
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from rew_jax.curation import perceiver, run
+from rew_jax.curation.backends import simulated
+from rew_jax.curation.backends.base import BackendError
+from rew_jax.data import synthetic
+from rew_jax.data import synthetic_images as si
+
+from curationcase import build_world, curate_config, link_inputs, world_config
+
+# Measured over 4 seeds × 150 images (shape / colour / pattern): 64–96 px images (the
+# world's default) 0.99–1.0 / 0.99–1.0 / 0.99–1.0; 24–36 px images 0.72–0.79 / 0.98 /
+# 0.89–0.93. The floors sit a little below.
+FLOORS = {(64, 96): dict(shape=0.95, colour=0.97, pattern=0.95),
+          (24, 36): dict(shape=0.65, colour=0.93, pattern=0.84)}
+HARD = dict(num_entities=120, num_web_images=150, min_image_size=24, max_image_size=36)
+
+
+def _blank_jpeg() -> bytes:
+  return si.encode_jpeg(np.full((80, 80, 3), 200, np.uint8))
+
+
+@pytest.mark.parametrize("sizes", sorted(FLOORS))
+def test_perception_accuracy_on_fresh_images(sizes):
+  rng = np.random.default_rng(2024)
+  right = {a: 0 for a in ("shape", "colour", "pattern")}
+  n = 150
+  for _ in range(n):
+    look = si.Look(perceiver.SHAPES[rng.integers(len(perceiver.SHAPES))],
+                   perceiver.COLOURS[rng.integers(len(perceiver.COLOURS))],
+                   perceiver.PATTERNS[rng.integers(len(perceiver.PATTERNS))])
+    image = si.encode_jpeg(si.draw([look], rng, min_size=sizes[0], max_size=sizes[1]))
+    seen = perceiver.perceive(image)
+    assert set(seen.shape) == set(si.SHAPES) and set(seen.pattern) == set(si.PATTERNS)
+    assert abs(sum(seen.colour.values()) - 1) < 1e-6
+    for attribute, truth in zip(right, look):
+      right[attribute] += seen.best(attribute) == truth
+  accuracy = {a: r / n for a, r in right.items()}
+  for attribute, floor in FLOORS[sizes].items():
+    assert accuracy[attribute] >= floor, accuracy
+
+
+def test_nothing_is_seen_in_a_blank_or_broken_image():
+  assert not perceiver.perceive(_blank_jpeg()).found
+  assert not perceiver.perceive(b"\xff\xd8 not a jpeg").found
+
+
+def test_summaries_and_names_are_read_back_into_looks():
+  config = synthetic.default_config()
+  config.num_entities = 700
+  for e in synthetic.make_entities(config):
+    got = simulated.describe(e.title, synthetic._summary(e))  # pylint: disable=protected-access
+    if e.category == "concept":
+      assert not got.visual
+      continue
+    assert (got.shape, got.colour, got.pattern) == tuple(e.look), e.title
+    by_name = simulated.describe(e.title)
+    assert (by_name.shape, by_name.colour, by_name.pattern) == tuple(e.look), e.title
+    assert simulated.compose_title(*e.look) == e.title
+
+
+def test_options_know_nothing_of_the_world():
+  assert set(simulated.DEFAULTS) == {"seed", "kb_path", "malformed", "refusal", "latency_s"}
+  for old in ("world_dir", "wrong_pick", "hallucinate", "generic", "outside_recall"):
+    with pytest.raises(BackendError, match="unknown options"):
+      simulated.SimulatedLLM(**{old: 0})
+
+
+def test_curation_runs_without_the_worlds_truth(world, tmp_path, monkeypatch):
+  """A world copied without truth/ curates to the same labels; nothing opens a truth file."""
+  with_truth = link_inputs(world, tmp_path / "with")
+  reference = run.curate(curate_config(), with_truth, verbose=False)
+  work = tmp_path / "without"
+  work.mkdir()
+  shutil.copytree(os.path.join(world, "world"), work / "world",
+                  ignore=shutil.ignore_patterns("truth"))
+  for name in ("kb", "candidates"):
+    os.symlink(os.path.join(world, name), work / name)
+  real_open = builtins.open
+
+  def guarded_open(file, *args, **kwargs):
+    assert "truth" not in str(file).split(os.sep), f"opened {file}"
+    return real_open(file, *args, **kwargs)
+
+  monkeypatch.setattr(builtins, "open", guarded_open)
+  report = run.curate(curate_config(), str(work), verbose=False)
+  monkeypatch.undo()
+  assert "accuracy_vs_truth" not in report
+  assert report["counts_by_status"] == reference["counts_by_status"]
+  assert report["counts_by_status"].get("kept", 0) + report["counts_by_status"].get(
+      "corrected", 0) >= 0.8 * report["records"]
+
+
+# --------------------------------------------------------------- what the mechanism predicts
+
+
+@pytest.fixture(scope="module")
+def hard_world(tmp_path_factory):
+  """120 entities, 150 small (24–36 px) images in one shard: perception makes mistakes."""
+  return build_world(str(tmp_path_factory.mktemp("hard_world")), world_config(**HARD),
+                     per_shard=1000)
+
+
+def _accuracy(hard_world, workdir, mode="one_call", kb=True) -> dict:
+  config = curate_config(mode=mode)
+  # No format faults: these tests compare answers, and faults are drawn per prompt kind.
+  config.curation.simulated.update(malformed=0.0, refusal=0.0)
+  if kb:
+    config.curation.simulated.kb_path = os.path.join(hard_world, "world", "kb",
+                                                     "Wiki6M_ver_1_0.jsonl.gz")
+  report = run.curate(config, link_inputs(hard_world, workdir), verbose=False)
+  return report["accuracy_vs_truth"]
+
+
+@pytest.fixture(scope="module")
+def one_call(hard_world, tmp_path_factory):
+  return {kb: _accuracy(hard_world, tmp_path_factory.mktemp(f"one_call_{kb}"), kb=kb)
+          for kb in (True, False)}
+
+
+def test_curation_beats_the_top1_candidate_and_fixes_noisy_captions(one_call):
+  for acc in one_call.values():
+    assert acc["records_pct"] >= acc["candidates_top1_pct"] + 15, acc
+    kinds = acc["by_caption_kind"]
+    assert set(kinds) == {"correct", "similar_wrong", "irrelevant"}
+    assert sum(k["images_with_truth"] for k in kinds.values()) == acc["images_with_truth"]
+    for kind in ("similar_wrong", "irrelevant"):  # Top-1 is (nearly) always wrong there.
+      assert kinds[kind]["records_pct"] >= kinds[kind]["candidates_top1_pct"] + 40, kind
+    # A right caption's label mostly survives a perception that sometimes errs.
+    assert kinds["correct"]["records_pct"] >= kinds["correct"]["candidates_top1_pct"] - 10
+  # Knowing the KB's entities helps where the candidates miss the truth.
+  assert one_call[True]["records_pct"] > one_call[False]["records_pct"]
+
+
+def _blind(kind):
+  """A perceiver that sees a blank image, or one that sees an object but not its look."""
+  blank = _blank_jpeg()
+  real = perceiver.perceive
+  if kind == "blank":
+    return lambda image: real(blank)
+  return lambda image: perceiver.Perception(True, perceiver.NOTHING.shape,
+                                            perceiver.NOTHING.colour,
+                                            perceiver.NOTHING.pattern)
+
+
+@pytest.mark.parametrize("kind", ["blank", "uniform"])
+def test_a_blind_perceiver_loses_the_advantage(hard_world, one_call, tmp_path, monkeypatch,
+                                               kind):
+  monkeypatch.setattr(perceiver, "perceive", _blind(kind))
+  acc = _accuracy(hard_world, tmp_path / "w")
+  assert acc["records_pct"] <= acc["candidates_top1_pct"] < one_call[True]["records_pct"]
+
+
+@pytest.mark.parametrize("kb", [True, False])
+def test_direct_mode_is_worse_than_one_call(hard_world, one_call, tmp_path, kb):
+  direct = _accuracy(hard_world, tmp_path / "w", mode="direct", kb=kb)
+  assert direct["records_pct"] < one_call[kb]["records_pct"]
