@@ -96,12 +96,12 @@ def paths_of(c, workdir: str) -> dict[str, str]:
 
 def backend_options(config, paths: dict[str, str] | None = None) -> dict:
   """The options of the configured backend (`config.curation.<backend>`). An empty
-  `world_dir` option (the simulated LLM's) defaults to the workdir's world."""
+  `kb_path` option (the KB a simulated LLM knows) defaults to the curation's KB."""
   c = config.curation
   section = c.get(c.backend, None)
   opts = dict(section.to_dict() if hasattr(section, "to_dict") else section or {})
-  if paths and "world_dir" in opts and not opts["world_dir"]:
-    opts["world_dir"] = paths["world"]
+  if paths and "kb_path" in opts and not opts["kb_path"]:
+    opts["kb_path"] = paths["kb_source"]
   return opts
 
 
