@@ -9,7 +9,6 @@ in its section when the file (or the absence of one) leaves it out, then applies
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from typing import Callable, Mapping, Sequence
 
@@ -52,27 +51,17 @@ def parse(p: argparse.ArgumentParser, argv: Sequence[str],
   return args, config
 
 
-def section(config: ConfigDict, name: str, schema: ConfigDict | None, source: str
-            ) -> ConfigDict:
-  return config_lib.section(config, name, schema, source=source)
-
-
 class Progress:
-  """`== stage ==` headers and timed lines on stdout, flushed (the demo's log)."""
+  """`== stage ==` headers and lines on stdout, flushed, and the time since the start."""
 
-  def __init__(self, quiet: bool = False):
-    self.quiet, self.start = quiet, time.time()
+  def __init__(self):
+    self.start = time.time()
 
   def header(self, text: str) -> None:
     self.line(f"== {text} ==")
 
   def line(self, text: str) -> None:
-    if not self.quiet:
-      print(text, flush=True)
+    print(text, flush=True)
 
   def elapsed(self) -> float:
     return time.time() - self.start
-
-
-def error(text: str) -> None:
-  print(f"error: {text}", file=sys.stderr)

@@ -16,6 +16,7 @@ import os
 import shutil
 from typing import Sequence
 
+from rew_jax import config as config_lib
 from rew_jax import workdir as workdir_lib
 from rew_jax.errors import ConfigError
 from rew_jax.kb import candidates as candidates_lib
@@ -28,7 +29,7 @@ SECTION = "candidates"
 def ensure(config, wd: workdir_lib.Workdir, *, progress: base.Progress | None = None) -> str:
   """W/candidates for `config.candidates` (and the world, when the config describes one)."""
   progress = progress or base.Progress()
-  section = base.section(config, SECTION, candidates_lib.default_config(), "the config")
+  section = config_lib.section(config, SECTION, candidates_lib.default_config())
   if world_stage.SECTION in config:
     world_stage.ensure(config, wd, progress=progress)
   uses_world = section.data.format == "world" and not section.data.path

@@ -35,7 +35,7 @@ RUNNERS = ("local", "beam")
 def resolve(config):
   """The checked `curation` section. Besides the runner's keys it may hold one options
   group per backend (`curation.gemini`, `curation.simulated`), checked by the backend."""
-  section = base.section(config, SECTION, None, "the config")
+  section = config_lib.section(config, SECTION, None)
   schema = run_lib.default_config()
   for key, value in section.items():
     if key not in schema and isinstance(value, ConfigDict) and key in registry.CURATION_BACKENDS:

@@ -187,12 +187,12 @@ def run(config, wd: workdir_lib.Workdir) -> dict:
 
 def check(config, source: str) -> None:
   """Checks the demo's own sections (the stages check theirs when they run)."""
-  base.section(config, "demo", config_lib.ConfigDict(dict(
+  config_lib.section(config, "demo", config_lib.ConfigDict(dict(
       rew_task_weights=config_lib.ConfigDict(), seeds=1, finetune=config_lib.ConfigDict(dict(
           total_steps=0, lr=0.0, warmup_steps=0)))), source)
-  base.section(config, "eval", config_lib.ConfigDict(dict(
+  config_lib.section(config, "eval", config_lib.ConfigDict(dict(
       splits=(), batch_size=0, num_beams=0, max_examples=0, pp="")), source)
-  base.section(config, "train", train_lib.default_config(), source)
+  config_lib.section(config, "train", train_lib.default_config(), source=source)
 
 
 def main(argv: Sequence[str]) -> int:

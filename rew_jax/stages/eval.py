@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 from typing import Sequence
 
+from rew_jax import config as config_lib
 from rew_jax import train as train_lib
 from rew_jax.evaluators import checkpoint_eval
 from rew_jax.evaluators import oven_metric
@@ -43,7 +44,8 @@ def _checkpoint_main(argv: Sequence[str]) -> int:
   base.add_workdir(p, "the training run's workdir")
   p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
   args, config = base.parse(p, argv)
-  section = base.section(config, "train", train_lib.default_config(), args.config_source)
+  section = config_lib.section(config, "train", train_lib.default_config(),
+                               source=args.config_source)
   results = checkpoint_eval.evaluate(train_lib.with_defaults(section), args.workdir, args.step)
   print(json.dumps(results, sort_keys=True))
   return 0

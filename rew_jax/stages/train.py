@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from rew_jax import config as config_lib
 from rew_jax import distributed
 from rew_jax import train as train_lib
 from rew_jax import workdir as workdir_lib
@@ -61,7 +62,8 @@ def main(argv: Sequence[str]) -> int:
   base.add_config(p, required=True, sections=SECTION)
   base.add_workdir(p, "the run's directory (local or gs://): checkpoints, metrics, eval")
   args, config = base.parse(p, argv)
-  section = base.section(config, SECTION, train_lib.default_config(), args.config_source)
+  section = config_lib.section(config, SECTION, train_lib.default_config(),
+                               source=args.config_source)
   # Multi-host: join the job before anything touches the XLA backend (launch/ sets the env).
   distributed.initialize_from_env()
   check_resume(section, workdir_lib.Workdir(args.workdir).train_run())

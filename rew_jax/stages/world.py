@@ -14,6 +14,7 @@ import os
 import shutil
 from typing import Sequence
 
+from rew_jax import config as config_lib
 from rew_jax import workdir as workdir_lib
 from rew_jax.data import synthetic
 from rew_jax.stages import base
@@ -25,7 +26,7 @@ def ensure(config, wd: workdir_lib.Workdir, *, force: bool = False,
            progress: base.Progress | None = None) -> dict:
   """W/world for `config.world`: reused when its stamp matches, else (re)generated."""
   progress = progress or base.Progress()
-  section = base.section(config, SECTION, synthetic.default_config(), "the config")
+  section = config_lib.section(config, SECTION, synthetic.default_config())
   digest = workdir_lib.fingerprint(section)
   if not force and workdir_lib.is_current(wd.world, digest):
     with open(os.path.join(wd.world, "world.json")) as f:
