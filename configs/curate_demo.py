@@ -39,8 +39,8 @@ def get_config(arg=None):
   config.curation.concurrency = 4
   config.curation.backoff_initial_s = 0.01
   # The simulated LLM perceives the image; only the form of its replies is seeded.
-  # kb_path: a Wiki6M file it knows (e.g. W/world/kb/Wiki6M_ver_1_0.jsonl.gz); without one
-  # it names entities outside the candidates by the world's naming convention.
+  # kb_path: the Wiki6M file it knows ("": the curation's KB, the world's; "none": none, and
+  # it names entities outside the candidates by the world's naming convention).
   config.curation.simulated = config_lib.ConfigDict(dict(
       seed=arg.seed, kb_path="", malformed=0.04, refusal=0.01, latency_s=0.0))
   return config

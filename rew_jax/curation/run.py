@@ -96,7 +96,8 @@ def paths_of(c, workdir: str) -> dict[str, str]:
 
 def backend_options(config, paths: dict[str, str] | None = None) -> dict:
   """The options of the configured backend (`config.curation.<backend>`). An empty
-  `kb_path` option (the KB a simulated LLM knows) defaults to the curation's KB."""
+  `kb_path` option (the KB a simulated LLM knows; "none" for none) defaults to the
+  curation's KB."""
   c = config.curation
   section = c.get(c.backend, None)
   opts = dict(section.to_dict() if hasattr(section, "to_dict") else section or {})

@@ -115,9 +115,8 @@ def _accuracy(hard_world, workdir, mode="one_call", kb=True) -> dict:
   config = curate_config(mode=mode)
   # No format faults: these tests compare answers, and faults are drawn per prompt kind.
   config.curation.simulated.update(malformed=0.0, refusal=0.0)
-  if kb:
-    config.curation.simulated.kb_path = os.path.join(hard_world, "world", "kb",
-                                                     "Wiki6M_ver_1_0.jsonl.gz")
+  config.curation.simulated.kb_path = (
+      os.path.join(hard_world, "world", "kb", "Wiki6M_ver_1_0.jsonl.gz") if kb else "none")
   report = run.curate(config, link_inputs(hard_world, workdir), verbose=False)
   return report["accuracy_vs_truth"]
 

@@ -10,8 +10,9 @@ and is never given the world directory. Its answer is a mechanism, not a rate:
   3. weigh     score = log p(described look | image) + a prior for being a candidate
                + a prior for being the entity the caption names (captions are often right);
                entities outside the candidates compete too: those of the knowledge base
-               (`kb_path`, the world's public Wiki6M file) or, without one, names composed
-               from the perceived words (the world's titles are compositional);
+               (`kb_path`, the world's public Wiki6M file; the curation's KB unless given)
+               or, with `kb_path="none"`, names composed from the perceived words (the
+               world's titles are compositional);
   4. answer    the best-scoring entity, or "none" when its share of the posterior is small
                (nothing matches well, or nothing was seen).
 
@@ -249,7 +250,7 @@ class SimulatedLLM(Backend):
     else every composable title."""
     with self._lock:
       if self._known is None:
-        if self.cfg["kb_path"]:
+        if self.cfg["kb_path"] not in ("", "none"):
           from rew_jax.kb import wiki6m  # pylint: disable=g-import-not-at-top
           try:
             described = [describe(e.title, e.summary)
