@@ -5,6 +5,7 @@ jax is imported anywhere, hence at the top of conftest.
 """
 
 import os
+import tempfile
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_force_host_platform_device_count=8").strip()
@@ -12,6 +13,13 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ["HF_HUB_OFFLINE"] = "1"  # Never reach for a hub: models come from local paths.
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# One persistent compilation cache for the test processes and the subprocesses they start:
+# the suite compiles the same tiny models many times over (each demo run trains four of
+# them), and XLA's CPU compile is most of a tiny run's time. Entries are keyed by the
+# program, the jax version and the flags, so a stale entry is never used.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      os.path.join(tempfile.gettempdir(), "rew_jax_tests_jax_cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
 # grain 0.2.18 reads an absl flag when it starts workers; outside absl.app (pytest) the flags
 # are unparsed and that raises UnparsedFlagAccessError (upstream grain issue 1355).

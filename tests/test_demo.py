@@ -50,9 +50,31 @@ def test_demo_runlocal_end_to_end(tmp_path, capsys):
   assert out.count("reusing") >= 6  # world, candidates, 2 pretrainings, 2 fine-tunings.
   with open(os.path.join(workdir, "report.json")) as f:
     assert json.load(f)["results"] == report["results"]
-  # Another fine-tuning config redoes the fine-tunings, and only them: no stale figures.
-  assert cli.main(argv + ["--config.demo.finetune.total_steps=1"]) == 0
-  out = capsys.readouterr().out
-  assert "fine-tune rew on OVEN train" in out and "pretrain rew, seed +0 (" not in out
-  assert os.path.isdir(os.path.join(workdir, "finetune_rew", "eval", "oven_val", "step_1"))
-  assert not os.path.isdir(os.path.join(workdir, "finetune_rew", "eval", "oven_val", "step_2"))
+
+
+def test_a_changed_config_retrains_and_never_reports_old_figures(tmp_path, monkeypatch):
+  """train_one reuses a run only when the same config and inputs made it; another config
+  starts the run over (the real training is the end-to-end test's)."""
+  calls = []
+
+  def fake_train(config, directory):
+    calls.append(config.total_steps)
+    step_dir = os.path.join(directory, "eval", "oven_val", f"step_{config.total_steps}")
+    os.makedirs(step_dir)
+    with open(os.path.join(step_dir, "metrics.json"), "w") as f:
+      json.dump({"counts": {"entity_val_seen": {"references": 10}},
+                 "entity_result": {"seen": 10.0 * config.total_steps}}, f)
+    return {"metrics": {"loss": 1.0}}
+
+  monkeypatch.setattr(demo.train_lib, "train", fake_train)
+  progress = demo.base.Progress()
+  config = config_lib.ConfigDict(dict(total_steps=3, input=dict(data_dir="r")))
+  run = str(tmp_path / "run")
+  first = demo.train_one(config, run, "inputs-1", progress, "t")
+  assert demo.train_one(config, run, "inputs-1", progress, "t") == first and calls == [3]
+  config.total_steps = 4
+  again = demo.train_one(config, run, "inputs-1", progress, "t")
+  assert calls == [3, 4] and again["entity_seen"].value == 40.0
+  assert not os.path.isdir(os.path.join(run, "eval", "oven_val", "step_3"))  # Not mixed.
+  demo.train_one(config, run, "inputs-2", progress, "t")  # New records: retrained too.
+  assert calls == [3, 4, 4]
