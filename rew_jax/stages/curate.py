@@ -53,6 +53,7 @@ def run(config, wd: workdir_lib.Workdir, *, runner: str = "local", restart: bool
   runner's state check) unless `restart`; `redo_changed` discards them instead (the demo).
   """
   progress = progress or base.Progress()
+  logging.getLogger("bm25s").setLevel(logging.WARNING)  # Its index build logs at DEBUG.
   section = resolve(config)
   paths = run_lib.paths_of(section, wd.root)
   if candidates_stage.SECTION in config:
@@ -90,7 +91,6 @@ def main(argv: Sequence[str]) -> int:
                  help="discard records and journals of an earlier run in this workdir")
   p.add_argument("--quiet", action="store_true", help="no progress bar")
   args, config = base.parse(p, argv)
-  logging.getLogger("bm25s").setLevel(logging.WARNING)
   wd = workdir_lib.Workdir(args.workdir)
   report = run(config, wd, runner=args.runner, restart=args.restart,
                pipeline_args=pipeline_args, verbose=not args.quiet)
