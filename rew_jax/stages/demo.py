@@ -31,7 +31,6 @@ from rew_jax import train as train_lib
 from rew_jax import workdir as workdir_lib
 from rew_jax.data import oven_records
 from rew_jax.stages import base
-from rew_jax.stages import candidates as candidates_stage
 from rew_jax.stages import curate as curate_stage
 from rew_jax.stages import demo_report
 from rew_jax.stages import world as world_stage
@@ -145,8 +144,7 @@ def run(config, wd: workdir_lib.Workdir) -> dict:
   os.makedirs(wd.root, exist_ok=True)
   progress.header("world")
   summary = world_stage.ensure(config, wd, progress=progress)
-  candidates_stage.ensure(config, wd, progress=progress)
-  curation = {}
+  curation = {}  # Each curation makes (or reuses) the candidates it reads.
   for name, backend in DATASETS:
     curation[name] = curate_stage.run(curation_config(config, wd, name, backend), wd,
                                       redo_changed=True, progress=progress, verbose=False)
