@@ -29,7 +29,9 @@ def get_config(arg=None):
   c.optim = optim.default_config()
   c.optim.update(dict(lr=3e-3, warmup_steps=1, lr_mults=((".*", 1.0),)))
   c.loss = config_lib.ConfigDict(dict(label_smoothing=0.1))
-  sizes = {"data": dict(data=-1, fsdp=1, tensor=1), "3d": dict(data=2, fsdp=2, tensor=2)}
+  # hybrid: fsdp within a host (or TPU slice), data across hosts (rew_jax/sharding.py).
+  sizes = {"data": dict(data=-1, fsdp=1, tensor=1), "3d": dict(data=2, fsdp=2, tensor=2),
+           "hybrid": dict(data=1, fsdp=-1, tensor=1, dcn=dict(data=-1))}
   c.mesh = config_lib.ConfigDict(sizes[arg.mesh])
   c.sharding_rules = None
   c.checkpoint = config_lib.ConfigDict(dict(every=arg.every, keep=2, async_save=True))
