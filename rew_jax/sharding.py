@@ -84,10 +84,10 @@ def mesh_shape(mesh_config: Mapping[str, int] | None, num_devices: int) -> tuple
 
 
 def granules(devices: Sequence[Any]) -> tuple[bool, int]:
-  """(process_is_granule, number of granules): TPU slices when the devices know their
-  slice, else processes (one per host on GPU clusters and on CPU)."""
+  """(process_is_granule, number of granules): TPU slices on TPU, else processes (one per
+  host on GPU clusters and on CPU, whose devices report slice 0 whatever their host)."""
   slices = {getattr(d, "slice_index", None) for d in devices}
-  if None not in slices:
+  if devices[0].platform == "tpu" and None not in slices:
     return False, len(slices)
   return True, len({d.process_index for d in devices})
 
@@ -97,7 +97,7 @@ def device_grid(mesh_config: Mapping[str, Any] | None, devices: Sequence[Any]) -
   module docstring; with a `dcn` group, by mesh_utils.create_hybrid_device_mesh)."""
   cfg = dict(mesh_config or {"data": -1})
   dcn = cfg.pop("dcn", None)
-  if dcn is None:
+  if not dcn:
     return np.asarray(devices, dtype=object).reshape(mesh_shape(cfg, len(devices)))
   process_is_granule, count = granules(devices)
   if len(devices) % count:
@@ -118,9 +118,10 @@ def make_mesh(mesh_config: Mapping[str, Any] | None = None,
               devices: Sequence[Any] | None = None) -> jax.sharding.Mesh:
   """A (data, fsdp, tensor) mesh with Auto axis types over `devices` (default: all)."""
   devices = list(devices) if devices is not None else jax.devices()
-  if mesh_config is not None and "dcn" in mesh_config:
+  if mesh_config is not None and mesh_config.get("dcn"):
     return jax.sharding.Mesh(device_grid(mesh_config, devices), MESH_AXES,
                              axis_types=(AxisType.Auto,) * len(MESH_AXES))
+  mesh_config = {k: v for k, v in (mesh_config or {"data": -1}).items() if k != "dcn"}
   shape = mesh_shape(mesh_config, len(devices))
   return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES),
                        devices=devices)

@@ -13,10 +13,10 @@ cadence and evaluators may change between runs).
 
 from __future__ import annotations
 
+import logging
 from typing import Sequence
 
 from rew_jax import config as config_lib
-from rew_jax import distributed
 from rew_jax import train as train_lib
 from rew_jax import workdir as workdir_lib
 from rew_jax.errors import ConfigError
@@ -64,11 +64,9 @@ def main(argv: Sequence[str]) -> int:
   args, config = base.parse(p, argv)
   section = config_lib.section(config, SECTION, train_lib.default_config(),
                                source=args.config_source)
-  # Multi-host: join the job before anything touches the XLA backend (launch/ sets the env).
-  distributed.initialize_from_env()
   check_resume(section, workdir_lib.Workdir(args.workdir).train_run())
   try:
     train_lib.train(section, args.workdir)
   except train_lib.Preempted as e:
-    print(e, flush=True)
+    logging.getLogger(__name__).warning("%s", e)
   return 0
