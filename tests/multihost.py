@@ -52,6 +52,10 @@ def environment(process_id: int | None, num_processes: int, devices: int, port: 
   for key in [k for k in env if k.startswith("REW_JAX_")]:
     del env[key]
   if process_id is not None:
+    # No persistent compilation cache: JAX lets only process 0 write it, and a process 0
+    # that reads its programs while process 1 compiles them reaches the first collective
+    # more than gloo's fixed 30 s rendezvous timeout ahead on this 2-core machine.
+    env["JAX_ENABLE_COMPILATION_CACHE"] = "false"
     env.update(REW_JAX_DISTRIBUTED="1", REW_JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
                REW_JAX_NUM_PROCESSES=str(num_processes), REW_JAX_PROCESS_ID=str(process_id))
   env.update(extra or {})

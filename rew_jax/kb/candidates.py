@@ -191,14 +191,15 @@ def run_candidates(config, workdir: str, *, host_index: int | None = None,
   units = sources.plan_units(paths.format, paths.data, config.data.records_per_shard)
   os.makedirs(paths.out, exist_ok=True)
   names = [_shard_name(i, len(units)) for i in range(len(units))]
-  todo = [i for i in range(len(units)) if i % host_count == host_index
-          and not os.path.isfile(os.path.join(paths.out, names[i]))]
+  mine = [i for i in range(len(units)) if i % host_count == host_index]
+  todo = [i for i in mine if not os.path.isfile(os.path.join(paths.out, names[i]))]
   if distributed.process_index() == 0:  # Built once, then opened by the other hosts.
     kb = prepare_kb(config, paths)
   distributed.barrier("candidates-kb")
   if distributed.process_index() != 0:
     kb = prepare_kb(config, paths)
-  log(f"candidates: {len(units)} shards, {len(units) - len(todo)} already done; "
+  log(f"candidates: {len(units)} shards, {len(mine) - len(todo)} of this host's {len(mine)} "
+      "already done; "
       f"KB {len(kb)} entities")
   if todo:
     retriever = CandidateRetriever(config, kb, paths.embeddings)
