@@ -94,10 +94,16 @@ def wait(procs: list[subprocess.Popen], timeout: float = 300) -> list[Result]:
       for p in procs:
         p.kill()
       out, err = proc.communicate()
-      results.append(Result(None, out, err + f"\n[killed after {timeout} s]"))
+      results.append(Result(None, _without_gloo(out), err + f"\n[killed after {timeout} s]"))
       continue
-    results.append(Result(proc.returncode, out, err))
+    results.append(Result(proc.returncode, _without_gloo(out), err))
   return results
+
+
+def _without_gloo(text: str) -> str:
+  """stdout less the connection lines that gloo's C++ library prints there."""
+  return "".join(line for line in text.splitlines(keepends=True)
+                 if not line.startswith("[Gloo] "))
 
 
 def check(results: list[Result]) -> list[Result]:
