@@ -224,17 +224,28 @@ class _EarlyStopping:
     return self.bad >= self.patience
 
 
+def from_checkpoint(source: str) -> bool:
+  """Whether init_from `source` names another run's workdir or step directory."""
+  if not source or source.lower() == "none":
+    return False
+  kind, sep, path = source.partition(":")
+  return not (sep and kind.isidentifier() and not path.startswith("//"))  # gs://... is a path.
+
+
 def init_from(source: str, model, params, shardings):
-  """The parameters a run starts from, on `shardings` (`params` is the fresh init):
+  """The parameters a run starts from, on `shardings` (`params` is the fresh init, or only
+  its ShapeDtypeStructs when `source` is a checkpoint, which needs no random init):
     "" or "none"    `params` (from scratch);
     LOADER:PATH     one of `model.loaders` (e.g. hf_git, hf_clip for GiT) on PATH;
-    otherwise       another run's workdir or checkpoint step directory (parameters only).
+    otherwise       another run's workdir or checkpoint step directory: its parameters
+                    only, each read by every host straight onto its sharding (orbax partial
+                    restore); the optimizer state and the rest are never read.
   """
   if not source or source.lower() == "none":
     return params
-  kind, sep, path = source.partition(":")
-  if not (sep and kind.isidentifier() and not path.startswith("//")):  # gs://... is a path.
+  if from_checkpoint(source):
     return ckpt_lib.load_params(source, ckpt_lib.abstract_with_shardings(params, shardings))
+  kind, _, path = source.partition(":")
   if kind not in model.loaders:
     raise config_lib.ConfigError(
         f"init_from={source!r}: this model has no loader {kind!r} (it has: "
@@ -266,7 +277,9 @@ def train(config, workdir: str, *, evaluators_fn=None) -> dict[str, Any]:
   # ---------------------------------------------------------------------------- Model on the mesh
   rng = jax.random.key(config.seed)
   init_rng, state_rng = jax.random.split(rng)
-  setup = model_setup.setup_model(config, rng=init_rng)
+  # A checkpoint to start from replaces every parameter: skip the random init then.
+  setup = model_setup.setup_model(config, rng=init_rng,
+                                  init=not from_checkpoint(config.init_from))
   mesh, rules, model = setup.mesh, setup.rules, setup.model
 
   # ---------------------------------------------------------------------------- Input pipeline
@@ -275,7 +288,9 @@ def train(config, workdir: str, *, evaluators_fn=None) -> dict[str, Any]:
 
   # ---------------------------------------------------------------------------- Init from
   param_shardings = setup.param_shardings
-  params = init_from(config.init_from, model, setup.params, param_shardings)
+  params = init_from(config.init_from, model,
+                     setup.abstract_params if setup.params is None else setup.params,
+                     param_shardings)
 
   # ---------------------------------------------------------------------------- Optimizer
   tx, schedule = optim.make(config.optim, params, config.total_steps)
