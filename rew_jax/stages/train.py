@@ -6,9 +6,10 @@
 Reads the config's `train` section (every key checked against `rew_jax.train.default_config`)
 and trains in W itself: checkpoints in W/checkpoints, metrics in W/metrics.jsonl, evaluator
 outputs in W/eval. A workdir with checkpoints resumes from the latest, with the exact next
-batch; SIGTERM saves and exits. A workdir trained under another model, optimizer, loss,
-input or seed is refused, naming the keys that differ (the step count, logging, checkpoint
-cadence and evaluators may change between runs).
+batch; SIGTERM saves and exits 0 (on several hosts, all of them at the same step: see
+"The multi-host contract" in docs/launching.md). A workdir trained under another model,
+optimizer, loss, input or seed is refused, naming the keys that differ (the step count,
+logging, checkpoint cadence and evaluators may change between runs).
 """
 
 from __future__ import annotations
