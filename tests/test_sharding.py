@@ -36,13 +36,12 @@ def test_mesh_auto_fill_and_errors():
 
 
 class FakeDevice:
-  """What mesh_utils reads of a device: its id, process and kind (and, on TPU, slice)."""
+  """What mesh_utils reads of a device: id, process, kind, slice (CPU devices report slice 0
+  whatever their process, as jax's do) and, on TPU, torus coordinates."""
   platform = device_kind = "cpu"
 
-  def __init__(self, id_, process_index, slice_index=None):
-    self.id, self.process_index = id_, process_index
-    if slice_index is not None:
-      self.slice_index = slice_index
+  def __init__(self, id_, process_index, slice_index=0):
+    self.id, self.process_index, self.slice_index = id_, process_index, slice_index
 
   def __repr__(self):
     return f"d{self.id}"
@@ -70,8 +69,12 @@ def test_hybrid_mesh_puts_processes_on_the_outer_position_of_the_dcn_axis():
 
 
 def test_hybrid_mesh_uses_tpu_slices_as_granules():
-  # 2 slices, each of 2 hosts × 2 chips: slices, not processes, are the granules.
+  # 2 slices, each of 2 hosts × 2 chips (a 2×2×1 torus): slices, not processes, are the
+  # granules.
   devices = [FakeDevice(i, i // 2, slice_index=i // 4) for i in range(8)]
+  for d in devices:
+    d.platform, d.device_kind, d.core_on_chip = "tpu", "TPU v4", 0
+    d.coords = (d.id % 2, (d.id // 2) % 2, 0)
   assert sharding.granules(devices) == (False, 2)
   grid = sharding.device_grid({"fsdp": -1, "dcn": {"data": -1}}, devices)
   assert grid.shape == (2, 4, 1)

@@ -157,15 +157,19 @@ def predict_all(predict_fn: PredictFn, params, examples: Sequence[Any], batch_si
   p, count = jax.process_index(), jax.process_count()
   mine = list(range(p, len(examples), count))
   num_batches = max(1, -(-(-(-len(examples) // count)) // batch_size))
-  mesh = next(x.sharding.mesh for x in jax.tree.leaves(params)
-              if isinstance(getattr(x, "sharding", None), jax.sharding.NamedSharding))
+  meshes = [x.sharding.mesh for x in jax.tree.leaves(params)
+            if isinstance(getattr(x, "sharding", None), jax.sharding.NamedSharding)]
+  if not meshes:
+    raise ValueError("predicting on several processes needs parameters placed on a mesh "
+                     "(jax.Arrays with a NamedSharding, as model_setup places them)")
+  mesh = meshes[0]
   rows: dict[str, list] = {}
   order = []
   for b in range(num_batches):
     index = mine[b * batch_size:(b + 1) * batch_size]
     # A process with no examples left still joins the collective, on a masked example.
     _, batch = next(batches([examples[i] for i in index] or [examples[0]], batch_size, load))
-    ids = np.full(batch_size, -1, np.int64)
+    ids = np.full(batch_size, -1, np.int32)
     ids[:len(index)] = index
     batch["_index"] = ids
     global_batch = sharding.host_batch_to_global(batch, mesh)
