@@ -40,7 +40,10 @@ def runs(record_dir, tmp_path_factory):
   root = tmp_path_factory.mktemp("multihost_train")
   out = {name: str(root / name) for name in ("one", "two", "preempted")}
   spec = f"{multihost.TINY_TRAIN_CONFIG}:data_dir={record_dir},steps={STEPS},every=100"
-  two = multihost.start(multihost.train_args(record_dir, out["two"], steps=STEPS, every=100))
+  # Fast-compile builds: the three two-process runs compare bit-exactly with each other and
+  # within a tolerance with the one-process run.
+  two = multihost.start(multihost.train_args(record_dir, out["two"], steps=STEPS, every=100),
+                        fast_compile=True)
   # Meanwhile, the one-process reference; the hybrid mesh is the plain one on one process.
   state = train_lib.train(config_lib.load_config(spec + ",mesh=hybrid").train, out["one"])
   out["abstract_params"] = ckpt_lib.abstract_with_shardings(
@@ -48,7 +51,7 @@ def runs(record_dir, tmp_path_factory):
   out["two_logs"] = multihost.check(multihost.wait(two))
 
   procs = multihost.start(multihost.train_args(record_dir, out["preempted"], steps=STEPS,
-                                               every=100))
+                                               every=100), fast_compile=True)
   metrics = os.path.join(out["preempted"], "metrics.jsonl")
   deadline = time.time() + 300
   while not (os.path.exists(metrics) and '"kind": "train"' in open(metrics).read()):
@@ -59,7 +62,8 @@ def runs(record_dir, tmp_path_factory):
   out["preempted_logs"] = multihost.check(multihost.wait(procs))
   out["preempted_step"] = ckpt_lib.latest_step(out["preempted"])
   out["resumed_logs"] = multihost.run(
-      multihost.train_args(record_dir, out["preempted"], steps=STEPS, every=100))
+      multihost.train_args(record_dir, out["preempted"], steps=STEPS, every=100),
+      fast_compile=True)
   return out
 
 

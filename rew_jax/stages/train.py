@@ -18,6 +18,7 @@ import logging
 from typing import Sequence
 
 from rew_jax import config as config_lib
+from rew_jax import distributed
 from rew_jax import train as train_lib
 from rew_jax import workdir as workdir_lib
 from rew_jax.errors import ConfigError
@@ -65,7 +66,14 @@ def main(argv: Sequence[str]) -> int:
   args, config = base.parse(p, argv)
   section = config_lib.section(config, SECTION, train_lib.default_config(),
                                source=args.config_source)
-  check_resume(section, workdir_lib.Workdir(args.workdir).train_run())
+  run_dir = workdir_lib.Workdir(args.workdir).train_run()
+  # Several hosts: process 0 stamps a new workdir, the others then check that stamp (all
+  # writing it at once would race on its temporary file).
+  if distributed.process_index() == 0:
+    check_resume(section, run_dir)
+  distributed.barrier("train-stamp")
+  if distributed.process_index() != 0:
+    check_resume(section, run_dir)
   try:
     train_lib.train(section, args.workdir)
   except train_lib.Preempted as e:
