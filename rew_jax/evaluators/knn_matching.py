@@ -181,12 +181,13 @@ class Evaluator(common.Evaluator):
     return self.pp({"image": image, "_where": f"kNN item {where}"})
 
   def embed(self, params, items: Sequence[Mapping[str, Any]]) -> np.ndarray:
-    out = []
-    for chunk, batch in common.batches(items, self.batch_size, self._load):
-      emb = self.predict_fn(params, batch)
-      emb = emb["embedding"] if isinstance(emb, Mapping) else emb
-      out.append(np.asarray(emb, np.float32)[:len(chunk)])
-    return np.concatenate(out)
+    def predict(p, batch):
+      emb = self.predict_fn(p, batch)
+      return {"embedding": emb["embedding"] if isinstance(emb, Mapping) else emb}
+
+    # Several processes: each embeds its share, all get every embedding.
+    out = common.predict_all(predict, params, items, self.batch_size, self._load)
+    return np.asarray(out["embedding"], np.float32)
 
   def classify(self, query_emb: np.ndarray, memory_emb: np.ndarray) -> dict[str, list]:
     """labelling → predicted entity id (or None) per query."""
