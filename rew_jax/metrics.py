@@ -2,6 +2,10 @@
 
 Every logged step writes one JSON line to `<workdir>/metrics.jsonl` (train and eval rows,
 `"kind"` tells which) and the same scalars to TensorBoard under `<workdir>/tensorboard`.
+The workdir may be a bucket (`gs://`): objects cannot be appended to, so there the JSONL
+object is rewritten whole at each row (a few MB at most for a 600k-step run logged every
+100 steps), starting from the rows a resumed run finds; tensorboardX uploads its event
+file itself.
 Throughput (steps/s, examples/s) is measured between log steps, after compilation; MFU is
 the step's FLOPs (XLA's cost analysis of the compiled step) per second over the devices'
 peak (`config.peak_flops_per_device`, or a table of known chips).
@@ -16,6 +20,8 @@ from typing import Any, Mapping
 
 import jax
 import tqdm
+
+from rew_jax import storage
 
 # Dense bf16 peak FLOP/s per device (public spec sheets); CPU: measured fp32 matmul peak of
 # the 2-core development VM, so that MFU there is meaningful rather than absent.
@@ -42,7 +48,11 @@ class Writer:
   def __init__(self, workdir: str, *, config=None, total_steps: int, start_step: int = 0):
     self.main = jax.process_index() == 0
     self.path = os.path.join(workdir, "metrics.jsonl")
-    self._file = open(self.path, "a", encoding="utf-8") if self.main else None
+    self._file = self._rows = None
+    if self.main and storage.is_remote(self.path):
+      self._rows = storage.read_text(self.path) if storage.exists(self.path) else ""
+    elif self.main:
+      self._file = open(self.path, "a", encoding="utf-8")
     self._tb = None
     if self.main:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
@@ -82,8 +92,12 @@ class Writer:
   def _write(self, row: dict) -> None:
     if not self.main:
       return
-    self._file.write(json.dumps(row) + "\n")
-    self._file.flush()
+    if self._file is not None:
+      self._file.write(json.dumps(row) + "\n")
+      self._file.flush()
+    else:  # An object store: no appends, the object is replaced whole.
+      self._rows += json.dumps(row) + "\n"
+      storage.write_text(self.path, self._rows)
     prefix = "eval/" + row["name"] + "/" if row["kind"] == "eval" else row["kind"] + "/"
     for key, value in row.items():
       if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "step":
@@ -91,12 +105,12 @@ class Writer:
 
   def close(self) -> None:
     self._bar.close()
-    if self.main:
+    if self._file is not None:
       self._file.close()
+    if self._tb is not None:
       self._tb.close()
 
 
 def read(workdir: str) -> list[dict]:
-  path = os.path.join(workdir, "metrics.jsonl")
-  with open(path, encoding="utf-8") as f:
-    return [json.loads(line) for line in f if line.strip()]
+  text = storage.read_text(os.path.join(workdir, "metrics.jsonl"))
+  return [json.loads(line) for line in text.splitlines() if line.strip()]
