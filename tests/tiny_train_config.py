@@ -1,6 +1,9 @@
 """A tiny training config (its `train` section) for the train-loop tests.
 
   python -m rew_jax train --config tests/tiny_train_config.py:data_dir=D,steps=4 --workdir W
+
+`knn=O` adds a kNN-matching evaluator (`pred=embed`) at the last step: the records of D are
+its memory, O/oven_entity_val.jsonl and O/images its queries.
 """
 
 from rew_jax import config as config_lib
@@ -9,7 +12,7 @@ from rew_jax.data import pipeline
 
 
 def get_config(arg=None):
-  arg = config_lib.parse_arg(arg, data_dir="", steps=4, every=2, mesh="data")
+  arg = config_lib.parse_arg(arg, data_dir="", steps=4, every=2, mesh="data", knn="")
   c = config_lib.ConfigDict()
   c.seed = 0
   c.total_steps = arg.steps
@@ -33,4 +36,9 @@ def get_config(arg=None):
   c.mesh = config_lib.ConfigDict(sizes[arg.mesh])
   c.sharding_rules = None
   c.checkpoint = config_lib.ConfigDict(dict(every=arg.every, keep=2, async_save=True))
+  if arg.knn:
+    c.evals = config_lib.ConfigDict(dict(knn=dict(
+        type="knn_matching", pred="embed", memory_records=arg.data_dir,
+        query_references=f"{arg.knn}/oven_entity_val.jsonl", image_dir=f"{arg.knn}/images",
+        k=3, batch_size=8, pp="decode|resize_crop(32)|normalize('clip')")))
   return config_lib.ConfigDict(dict(train=c))

@@ -64,7 +64,11 @@ def build(pipeline, config, workdir: str, todo: Sequence[tuple[int, str]]):
 
     def process(self, element):
       shard_index, item = element
-      image, mime = inputs.load_image(item, self.image_root)
+      try:
+        image, mime = inputs.load_image(item, self.image_root, check=True)
+      except inputs.BadImageError as e:  # Web data: a counted skip, never a record.
+        yield shard_index, (item, core.bad_image_outcome(item, str(e)).to_json())
+        return
       yield shard_index, (item, self.curator.curate(item, image, mime).to_json())
 
     def teardown(self):

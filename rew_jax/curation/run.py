@@ -210,7 +210,10 @@ def curate_shard(items: Sequence[core.Item], curator: core.Curator, image_root: 
   journal = Journal(journal_path)
 
   def work(item):
-    image, mime = inputs.load_image(item, image_root)
+    try:
+      image, mime = inputs.load_image(item, image_root, check=True)
+    except inputs.BadImageError as e:  # Web data: a counted skip, never a record.
+      return core.bad_image_outcome(item, str(e))
     return curator.curate(item, image, mime)
 
   try:
@@ -238,9 +241,12 @@ def curate_shard(items: Sequence[core.Item], curator: core.Curator, image_root: 
 
 def commit_shard(path: str, items: Sequence[core.Item], outcomes: dict[int, core.Outcome],
                  image_root: str, backend: str) -> None:
-  """Writes the output shard (atomically) in input order from the journaled outcomes."""
+  """Writes the output shard (atomically) in input order from the journaled outcomes;
+  items whose image did not decode are left out."""
   def records():
     for item in items:
+      if outcomes[item.index].status == core.BAD_IMAGE:
+        continue
       image, _ = inputs.load_image(item, image_root)
       yield core.to_record(item, image, outcomes[item.index], backend)
   records_lib.write_shard(path, records())
