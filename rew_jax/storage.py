@@ -30,6 +30,8 @@ from typing import Iterator
 
 from etils import epath
 
+from rew_jax.errors import UserError
+
 # Where remote files that a library can only open locally are copied (ArrayRecord shards).
 CACHE_ENV = "REW_JAX_CACHE_DIR"
 
@@ -43,6 +45,18 @@ def absolute(path) -> str:
   """`path` made absolute when local; a remote URL unchanged (os.path would mangle it)."""
   path = os.fspath(path)
   return path if is_remote(path) else os.path.abspath(path)
+
+
+class LocalOnlyError(UserError):
+  """A remote path given where rew_jax reads or writes only local files (for now)."""
+
+
+def require_local(p, what: str) -> None:
+  """Refuses a remote `p` for `what`, rather than let os.path make a local "gs:" folder."""
+  if p and is_remote(p):
+    raise LocalOnlyError(f"{what} {os.fspath(p)!r}: this step writes local files only (memory-"
+                         "mapped tables, appended journals); give it a local or mounted path "
+                         "(records and training workdirs may be gs://)")
 
 
 def path(p) -> epath.Path:

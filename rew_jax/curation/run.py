@@ -33,6 +33,7 @@ from typing import Sequence
 from rew_jax import config as config_lib
 from rew_jax import records as records_lib
 from rew_jax import registry
+from rew_jax import storage
 from rew_jax import workdir as workdir_lib
 from rew_jax.curation import core
 from rew_jax.curation import inputs
@@ -273,6 +274,8 @@ def curate(config, workdir: str, *, restart: bool = False, backend=None,
   c = config.curation
   settings = core.Settings.from_config(c)
   paths = paths_of(c, workdir)
+  for key in ("candidates", "out", "curation", "kb_index"):
+    storage.require_local(paths[key], f"curation {key}")
   journal_dir = os.path.join(paths["curation"], JOURNAL_DIR)
   os.makedirs(paths["curation"], exist_ok=True)
   shards = inputs.candidate_shards(paths["candidates"])
