@@ -29,11 +29,18 @@ import tempfile
 from typing import Iterator
 
 from etils import epath
+import fsspec.config
 
 from rew_jax.errors import UserError
 
 # Where remote files that a library can only open locally are copied (ArrayRecord shards).
 CACHE_ENV = "REW_JAX_CACHE_DIR"
+
+# Processes read what others write (hosts, a resumed run, an evaluator of a running job): a
+# directory listing cached by gcsfs would hide their new objects, e.g. a checkpoint step.
+# fsspec applies these defaults when epath first makes its gcsfs instance.
+for _protocol in ("gs", "gcs"):
+  fsspec.config.conf.setdefault(_protocol, {}).setdefault("use_listings_cache", False)
 
 
 def is_remote(path) -> bool:
