@@ -166,3 +166,17 @@ def test_git_large_rew_command_with_a_bucket_workdir(gcs, empty_cwd, capsys):
   rows = [r for r in metrics_lib.read(gcs.url("rew_gitl")) if r["kind"] == "train"]
   assert [r["step"] for r in rows] == [1, 2, 3]
   assert sum(r["skipped"] for r in rows) >= 1 and all(np.isfinite(r["loss"]) for r in rows)
+
+
+def test_steps_that_write_local_files_only_refuse_a_bucket(tmp_path, monkeypatch):
+  """The KB index, candidates and curation journals are local files: a gs:// path there is
+  an error naming it, never a local "gs:" folder."""
+  from rew_jax.curation import run  # pylint: disable=g-import-not-at-top
+  from rew_jax.kb import wiki6m  # pylint: disable=g-import-not-at-top
+  monkeypatch.chdir(tmp_path)
+  config = config_lib.ConfigDict(dict(curation=run.default_config()))
+  with pytest.raises(storage.LocalOnlyError, match=r"curation candidates 'gs://b/w/candidates'"):
+    run.curate(config, "gs://b/w", verbose=False)
+  with pytest.raises(storage.LocalOnlyError, match=r"KB index 'gs://b/kb'"):
+    wiki6m.EntityKB("gs://b/kb")
+  assert os.listdir(tmp_path) == []
