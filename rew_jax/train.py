@@ -20,7 +20,6 @@ to any one of them makes all of them save the same step (`PreemptionNotice`).
 from __future__ import annotations
 
 import functools
-import os
 import signal
 import time
 from typing import Any, Mapping
@@ -40,6 +39,7 @@ from rew_jax import metrics as metrics_lib
 from rew_jax import model_setup
 from rew_jax import optim
 from rew_jax import sharding
+from rew_jax import storage
 from rew_jax.data import pipeline
 from rew_jax.data import tasks as tasks_lib
 from rew_jax.evaluators import common as eval_common
@@ -120,7 +120,9 @@ def loss_fn(model, params, batch, rng, *, label_smoothing: float, train: bool):
   task = jax.nn.one_hot(batch["task_id"], len(tasks_lib.TASKS))  # [B, tasks]
   aux = {"task_loss_sum": jnp.einsum("bt,bk->k", token_loss * weight, task),
          "task_tokens": jnp.einsum("bt,bk->k", weight, task),
-         "examples": jnp.sum(batch["mask"])}
+         "examples": jnp.sum(batch["mask"]),
+         # Bad records the pipeline skipped (input.on_error="skip"): counted and logged.
+         "skipped": jnp.sum(batch.get("skipped", jnp.zeros((), jnp.int32)))}
   return loss, aux
 
 
@@ -271,8 +273,7 @@ def train(config, workdir: str, *, evaluators_fn=None) -> dict[str, Any]:
   SIGTERM, once the checkpoint is saved.
   """
   config = with_defaults(config)
-  if "://" not in workdir:  # Object-store workdirs (gs://) need no directory.
-    os.makedirs(workdir, exist_ok=True)
+  storage.makedirs(workdir)  # A no-op for object-store workdirs (gs://).
 
   # ---------------------------------------------------------------------------- Model on the mesh
   rng = jax.random.key(config.seed)
@@ -353,7 +354,8 @@ def train(config, workdir: str, *, evaluators_fn=None) -> dict[str, Any]:
           sums = jax.tree.map(lambda *xs: np.sum(xs, axis=0), *fetched)
           n = len(fetched)
           last = {"loss": float(sums["loss"]) / n, "grad_norm": float(sums["grad_norm"]) / n,
-                  "lr": float(fetched[-1]["lr"]), **_task_metrics(sums)}
+                  "lr": float(fetched[-1]["lr"]), "skipped": int(sums["skipped"]),
+                  **_task_metrics(sums)}
           writer.log_train(step, last, examples=int(sums["examples"]))
           pending = []
         for name, (evaluator, every) in evaluators.items():

@@ -34,6 +34,7 @@ same for a train config, with the registered model's prediction functions (confi
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
@@ -43,7 +44,7 @@ from jax.experimental import multihost_utils
 import numpy as np
 
 from rew_jax import sharding
-
+from rew_jax import storage
 from rew_jax.errors import ConfigError
 from rew_jax.registry import EVALUATORS
 
@@ -68,7 +69,7 @@ class Evaluator:
       return None
     parts = [self.workdir, "eval", self.name] + ([f"step_{step}"] if step is not None else [])
     path = os.path.join(*parts)
-    os.makedirs(path, exist_ok=True)
+    storage.makedirs(path)
     return path
 
 
@@ -197,13 +198,9 @@ def to_numpy(outputs: Mapping[str, Any], n: int) -> dict[str, np.ndarray]:
 
 
 def write_jsonl(path: str, rows: Iterable[Mapping[str, Any]]) -> str:
-  """Writes rows atomically (temp file + rename), one JSON object per line."""
-  tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    for row in rows:
-      f.write(json.dumps(row, ensure_ascii=False) + "\n")
-  os.replace(tmp, path)
-  return path
+  """Writes rows atomically (rew_jax.storage: local or gs://), one JSON object per line."""
+  return storage.write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n"
+                                          for row in rows))
 
 
 def write_table(path: str, rows: Sequence[Mapping[str, Any]],
@@ -211,19 +208,13 @@ def write_table(path: str, rows: Sequence[Mapping[str, Any]],
   """A tab-separated per-example table (opens in any spreadsheet or `column -t`)."""
   if columns is None:
     columns = list(dict.fromkeys(k for row in rows for k in row))
-  tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8", newline="") as f:
-    writer = csv.writer(f, delimiter="\t", lineterminator="\n")
-    writer.writerow(columns)
-    for row in rows:
-      writer.writerow(["" if row.get(c) is None else row.get(c) for c in columns])
-  os.replace(tmp, path)
-  return path
+  out = io.StringIO(newline="")
+  writer = csv.writer(out, delimiter="\t", lineterminator="\n")
+  writer.writerow(columns)
+  for row in rows:
+    writer.writerow(["" if row.get(c) is None else row.get(c) for c in columns])
+  return storage.write_text(path, out.getvalue())
 
 
 def write_metrics(path: str, metrics: Mapping[str, Any]) -> str:
-  tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(dict(metrics), f, indent=1, sort_keys=True)
-  os.replace(tmp, path)
-  return path
+  return storage.write_text(path, json.dumps(dict(metrics), indent=1, sort_keys=True))

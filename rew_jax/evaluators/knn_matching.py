@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rew_jax import records as records_lib
+from rew_jax import storage
 from rew_jax.data import ops as ops_lib
 from rew_jax.data import oven_files
 from rew_jax.errors import ConfigError, UserError
@@ -175,8 +176,7 @@ class Evaluator(common.Evaluator):
   def _load(self, item: Mapping[str, Any]) -> dict[str, Any]:
     image = item.get("image")
     if image is None:
-      with open(item["image_path"], "rb") as f:
-        image = f.read()
+      image = storage.read_bytes(item["image_path"])
     where = item.get("query_id") or item.get("image_id", "?")
     return self.pp({"image": image, "_where": f"kNN item {where}"})
 

@@ -29,6 +29,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 from rew_jax.data import ops as ops_lib
 from rew_jax.data import oven_files
 from rew_jax.data.oven_files import OvenFormatError
+from rew_jax import storage
 from rew_jax.evaluators import common
 from rew_jax.evaluators import mapping as mapping_lib
 from rew_jax.evaluators import oven_metric
@@ -75,8 +76,7 @@ class Evaluator(common.Evaluator):
     return oven_files.image_path(self.image_dir, image_id)
 
   def _load(self, ref: Mapping[str, Any]) -> dict[str, Any]:
-    with open(self._path(ref["image_id"]), "rb") as f:
-      image = f.read()
+    image = storage.read_bytes(self._path(ref["image_id"]))
     example = {"image": image, "prompt": ref["question"], "image_id": ref["image_id"],
                "_where": f"OVEN {ref['data_id']} (image {ref['image_id']})"}
     return self.pp(example)

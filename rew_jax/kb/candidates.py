@@ -30,6 +30,7 @@ import jax
 
 from rew_jax import config as config_lib
 from rew_jax import distributed
+from rew_jax import storage
 from rew_jax import workdir as workdir_lib
 from rew_jax.errors import ConfigError
 from rew_jax.kb import bm25 as bm25_lib
@@ -186,6 +187,8 @@ def run_candidates(config, workdir: str, *, host_index: int | None = None,
                    host_count: int | None = None, log=print) -> str:
   """Runs the step; returns W/candidates. `config` is the `candidates` section."""
   paths = _Paths(config, workdir)
+  storage.require_local(paths.out, "candidates output")
+  storage.require_local(paths.index, "KB index")
   host_index = jax.process_index() if host_index is None else host_index
   host_count = jax.process_count() if host_count is None else host_count
   units = sources.plan_units(paths.format, paths.data, config.data.records_per_shard)
