@@ -126,7 +126,7 @@ def test_train_kill_resume_eval_in_a_bucket_equals_local_disk(gcs, data, empty_c
   proc = _cli(train, empty_cwd)
   log = proc.communicate(timeout=300)[0]
   assert proc.returncode == 0, log
-  assert f"resumed from step" in log and run in log, log
+  assert "resumed from step" in log and run in log, log
   assert ckpt_lib.latest_step(run) == steps
 
   losses = {s: r["loss"] for s, r in _last(run, "train").items()}
