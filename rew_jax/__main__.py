@@ -4,6 +4,10 @@ Stage NAME lives in `rew_jax/stages/NAME.py` and exposes `main(argv) -> int`; th
 only dispatches (the `rew-jax` console command is the same). A stage whose module is not
 part of this installation exits with a one-line message.
 User errors (`rew_jax.errors.UserError`) print one line, never a traceback.
+
+absl flags are marked parsed here, as `absl.app` would: Grain reads one when it starts
+worker processes (`input.num_workers > 0`) and raises on unparsed flags. The stages have
+their own argparse options, so absl parses only the program name.
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ from __future__ import annotations
 import importlib
 import sys
 from typing import Sequence
+
+from absl import flags
 
 from rew_jax.errors import StageUnavailableError, UserError
 
@@ -59,6 +65,8 @@ def load_stage(name: str):
 
 def main(argv: Sequence[str] | None = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS([sys.argv[0] or "rew_jax"])
   if not argv or argv[0] in ("-h", "--help", "help"):
     print(_usage())
     return 0 if argv else 2

@@ -25,6 +25,7 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 
+from rew_jax import storage
 from rew_jax.errors import UserError
 
 
@@ -33,7 +34,7 @@ class Manager:
 
   def __init__(self, workdir: str, *, keep: int = 3, every: int = 1000, async_save: bool = True,
                config: Any = None):
-    self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    self.directory = os.path.join(storage.absolute(workdir), "checkpoints")
     self.every = every
     self.config = config
     self._manager = ocp.CheckpointManager(
@@ -89,8 +90,8 @@ def abstract_with_shardings(tree, shardings):
 
 def latest_step(workdir: str) -> int | None:
   """The latest checkpoint step in a run's workdir, None when it has none."""
-  directory = os.path.join(os.path.abspath(workdir), "checkpoints")
-  if not os.path.isdir(directory):
+  directory = os.path.join(storage.absolute(workdir), "checkpoints")
+  if not storage.isdir(directory):
     return None
   return ocp.CheckpointManager(directory, item_names=("state",)).latest_step()
 
@@ -121,14 +122,14 @@ def load_params(workdir_or_step_dir: str, abstract_params=None):
   (ShapeDtypeStructs carrying shardings) only the parameters are read, each straight onto
   its sharding, and their names and shapes must match; without, the host arrays.
   """
-  path = os.path.abspath(workdir_or_step_dir)
-  if os.path.isdir(os.path.join(path, "checkpoints")):
+  path = storage.absolute(workdir_or_step_dir)
+  if storage.isdir(os.path.join(path, "checkpoints")):
     step = latest_step(path)
     if step is None:
       raise UserError(f"{path}: no checkpoint to initialise from")
     path = os.path.join(path, "checkpoints", str(step))
   state_dir = os.path.join(path, "state")
-  if not os.path.isdir(state_dir):
+  if not storage.isdir(state_dir):
     raise UserError(f"{path}: not a rew_jax checkpoint (no state/ folder)")
   if abstract_params is None:
     return ocp.StandardCheckpointer().restore(state_dir)["params"]

@@ -9,14 +9,24 @@ JAX computation, and is otherwise unaware of how it was launched:
   REW_JAX_NUM_PROCESSES          number of processes                    } TPU (and SLURM) JAX
   REW_JAX_PROCESS_ID             this process, 0 .. N-1                 } detects them itself
   JAX_LOCAL_DEVICE_IDS           devices of this process (read by JAX itself)
+
+`python -m rew_jax` joins the job once its stage's arguments are parsed
+(`stages.base.parse`), then `configure_logging()` sends Python and absl logging through
+absl's handler, rew_jax's INFO on process 0 only; `process_index()` tells the
+console output (progress lines and bars) whether it is process 0, without starting JAX's
+backend in stages that never use it.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any, Callable, Mapping
 
 from rew_jax.errors import ConfigError
+
+# This process's index in the job: 0 until initialize_from_env joins a multi-process job.
+_process = {"index": 0, "joined": False}
 
 ENV_DISTRIBUTED = "REW_JAX_DISTRIBUTED"
 ENV_COORDINATOR = "REW_JAX_COORDINATOR_ADDRESS"
@@ -71,11 +81,50 @@ def initialize_kwargs(environ: Mapping[str, str]) -> dict[str, Any] | None:
 def initialize_from_env(environ: Mapping[str, str] | None = None,
                         initialize: Callable[..., None] | None = None) -> bool:
   """Calls jax.distributed.initialize() when the environment asks for it; True if it did."""
+  if _process["joined"]:  # JAX allows one initialize per process.
+    return True
   kwargs = initialize_kwargs(os.environ if environ is None else environ)
   if kwargs is None:
     return False
   if initialize is None:
     import jax  # pylint: disable=g-import-not-at-top
-    initialize = jax.distributed.initialize
+    # CPU devices of different processes (tests, laptops) talk through gloo; the setting
+    # leaves TPU and GPU devices alone.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(**kwargs)
+    _process.update(index=jax.process_index(), joined=True)
+    return True
   initialize(**kwargs)
   return True
+
+
+def process_index() -> int:
+  """This process's index: 0 for a single process or before joining the job."""
+  return _process["index"]
+
+
+def configure_logging() -> None:
+  """absl's handler formats all logging (absl.logging and Python loggers). rew_jax's own
+  loggers (`logging.getLogger(__name__)`) log INFO on process 0 and WARNING on the others,
+  so that N hosts do not print N copies; the libraries' INFO chatter (orbax logs every
+  checkpoint step of every thread) stays off: WARNING for absl's verbosity."""
+  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+  absl_logging.use_absl_handler()
+  absl_logging.set_verbosity(absl_logging.WARNING)
+  logging.getLogger("rew_jax").setLevel(logging.INFO if process_index() == 0 else logging.WARNING)
+
+
+def process_count() -> int:
+  """Processes in the job: 1 unless initialize_from_env joined a multi-process job."""
+  if not _process["joined"]:
+    return 1
+  import jax  # pylint: disable=g-import-not-at-top
+  return jax.process_count()
+
+
+def barrier(name: str) -> None:
+  """Waits until every process of the job gets here (nothing on a single process): e.g.
+  after process 0 writes a file that the others then read."""
+  if process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices(name)

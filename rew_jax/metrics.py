@@ -2,6 +2,10 @@
 
 Every logged step writes one JSON line to `<workdir>/metrics.jsonl` (train and eval rows,
 `"kind"` tells which) and the same scalars to TensorBoard under `<workdir>/tensorboard`.
+The workdir may be a bucket (`gs://`): objects cannot be appended to, so there the JSONL
+object is rewritten whole at each row (a few MB at most for a 600k-step run logged every
+100 steps), starting from the rows a resumed run finds, and TensorBoard's event file is
+uploaded whole at each of tensorboardX's flushes (every 2 minutes and at the end).
 Throughput (steps/s, examples/s) is measured between log steps, after compilation; MFU is
 the step's FLOPs (XLA's cost analysis of the compiled step) per second over the devices'
 peak (`config.peak_flops_per_device`, or a table of known chips).
@@ -9,6 +13,7 @@ peak (`config.peak_flops_per_device`, or a table of known chips).
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import time
@@ -16,6 +21,8 @@ from typing import Any, Mapping
 
 import jax
 import tqdm
+
+from rew_jax import storage
 
 # Dense bf16 peak FLOP/s per device (public spec sheets); CPU: measured fp32 matmul peak of
 # the 2-core development VM, so that MFU there is meaningful rather than absent.
@@ -36,16 +43,53 @@ def peak_flops_per_device(config=None) -> float | None:
   return None
 
 
+class _ObjectStoreEventFile:
+  """An event file in a bucket, written through rew_jax.storage: buffered, and uploaded whole
+  at each flush. It stands in for tensorboardX's own gs:// writer, which goes around epath
+  and uploads once more when garbage-collected after `close`, by then maybe without a store
+  to reach (a 2-minute retry at interpreter exit)."""
+
+  def __init__(self, path: str):
+    self.path, self._buffer, self._closed = path, io.BytesIO(), False
+
+  def write(self, data: bytes) -> None:
+    self._buffer.write(data)
+
+  def flush(self) -> None:
+    if not self._closed:
+      storage.write_bytes(self.path, self._buffer.getvalue())
+
+  def close(self) -> None:
+    self.flush()
+    self._closed = True
+
+
+class _ObjectStoreEvents:
+  """tensorboardX's writer-factory interface for gs:// log directories."""
+
+  def open(self, path: str) -> _ObjectStoreEventFile:
+    return _ObjectStoreEventFile(path)
+
+  def directory_check(self, path: str) -> None:
+    del path  # Object stores have no directories to make.
+
+
 class Writer:
   """Progress bar + JSONL + TensorBoard; only process 0 writes files."""
 
   def __init__(self, workdir: str, *, config=None, total_steps: int, start_step: int = 0):
     self.main = jax.process_index() == 0
     self.path = os.path.join(workdir, "metrics.jsonl")
-    self._file = open(self.path, "a", encoding="utf-8") if self.main else None
+    self._file = self._rows = None
+    if self.main and storage.is_remote(self.path):
+      self._rows = storage.read_text(self.path) if storage.exists(self.path) else ""
+    elif self.main:
+      self._file = open(self.path, "a", encoding="utf-8")
     self._tb = None
     if self.main:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+      from tensorboardX import record_writer  # pylint: disable=g-import-not-at-top
+      record_writer.register_writer_factory("gs", _ObjectStoreEvents())
       self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
     self._bar = tqdm.tqdm(total=total_steps, initial=start_step, disable=not self.main,
                           dynamic_ncols=True, desc="train")
@@ -82,8 +126,12 @@ class Writer:
   def _write(self, row: dict) -> None:
     if not self.main:
       return
-    self._file.write(json.dumps(row) + "\n")
-    self._file.flush()
+    if self._file is not None:
+      self._file.write(json.dumps(row) + "\n")
+      self._file.flush()
+    else:  # An object store: no appends, the object is replaced whole.
+      self._rows += json.dumps(row) + "\n"
+      storage.write_text(self.path, self._rows)
     prefix = "eval/" + row["name"] + "/" if row["kind"] == "eval" else row["kind"] + "/"
     for key, value in row.items():
       if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "step":
@@ -91,12 +139,12 @@ class Writer:
 
   def close(self) -> None:
     self._bar.close()
-    if self.main:
+    if self._file is not None:
       self._file.close()
+    if self._tb is not None:
       self._tb.close()
 
 
 def read(workdir: str) -> list[dict]:
-  path = os.path.join(workdir, "metrics.jsonl")
-  with open(path, encoding="utf-8") as f:
-    return [json.loads(line) for line in f if line.strip()]
+  text = storage.read_text(os.path.join(workdir, "metrics.jsonl"))
+  return [json.loads(line) for line in text.splitlines() if line.strip()]

@@ -6,6 +6,7 @@ training loss against steps, and the evaluation metrics logged along the way.
 
 from __future__ import annotations
 
+import io
 import os
 from typing import Mapping
 
@@ -15,6 +16,7 @@ matplotlib.use("Agg")  # Files only; no display.
 import matplotlib.pyplot as plt  # noqa: E402
 
 from rew_jax import metrics as metrics_lib  # noqa: E402
+from rew_jax import storage  # noqa: E402
 from rew_jax.errors import UserError  # noqa: E402
 
 EVAL_KEYS = ("entity_seen", "entity_unseen", "entity_score", "query_seen", "final_score")
@@ -25,7 +27,7 @@ def plot_runs(runs: Mapping[str, str], out_path: str) -> str:
   fig, (ax_loss, ax_eval) = plt.subplots(1, 2, figsize=(11, 4))
   width = 0.8 / max(len(runs), 1)
   for i, (label, workdir) in enumerate(runs.items()):
-    if not os.path.exists(os.path.join(workdir, "metrics.jsonl")):
+    if not storage.exists(os.path.join(workdir, "metrics.jsonl")):
       raise UserError(f"{workdir}: no metrics.jsonl (has it been trained?)")
     rows = metrics_lib.read(workdir)
     train = [r for r in rows if r["kind"] == "train"]
@@ -42,6 +44,8 @@ def plot_runs(runs: Mapping[str, str], out_path: str) -> str:
   ax_eval.set(ylabel="OVEN top-1 / harmonic mean (%)", title="evaluation (last step)")
   ax_eval.legend()
   fig.tight_layout()
-  fig.savefig(out_path, dpi=100)
+  png = io.BytesIO()  # Rendered in memory, then written through storage (local or gs://).
+  fig.savefig(png, format="png", dpi=100)
   plt.close(fig)
+  storage.write_bytes(out_path, png.getvalue())
   return out_path

@@ -10,7 +10,11 @@ manifest:
                          bytes, counts_by_status}]}
 
 Shards and the manifest are committed atomically (written under a temporary name, then
-renamed), so a crashed writer never leaves a half shard under a final name. Every reading
+renamed; on an object store, uploaded whole), so a crashed writer never leaves a half shard
+under a final name. DIR may be a `gs://` URL: everything goes through `rew_jax.storage`.
+The ArrayRecord library opens only local files, so a shard is written to a local file and
+then uploaded, and a remote shard is read from a local copy (`storage.local_input`, cached
+under $REW_JAX_CACHE_DIR, checked against the manifest's size). Every reading
 problem (truncated shard, wrong count or hash, undecodable or mistyped record, unknown schema
 version) is a `RecordError` naming the shard and the record index, unless the reader is told
 to skip, in which case it is counted in a `SkipCounter` and reported.
@@ -30,6 +34,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import msgpack
 
+from rew_jax import storage
 from rew_jax.errors import UserError
 
 SCHEMA_VERSION = 1
@@ -235,7 +240,7 @@ class ShardInfo:
 
 def _sha256(path: str) -> str:
   h = hashlib.sha256()
-  with open(path, "rb") as f:
+  with storage.path(path).open("rb") as f:
     for block in iter(lambda: f.read(1 << 20), b""):
       h.update(block)
   return h.hexdigest()
@@ -248,23 +253,20 @@ def shard_name(index: int, prefix: str = "rew") -> str:
 def write_shard(path: str, records: Iterable[RewRecord]) -> ShardInfo:
   """Writes one shard atomically (temporary name, then rename) and describes it."""
   from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
-  directory, name = os.path.split(os.fspath(path))
-  tmp = os.path.join(directory, f".{name}.tmp-{os.getpid()}")
   counts = collections.Counter()
-  writer = array_record_module.ArrayRecordWriter(tmp, WRITER_OPTIONS)
-  try:
-    for record in records:
-      writer.write(encode(record))
-      counts[record.curation_status] += 1
-    writer.close()
-    os.replace(tmp, path)
-  except BaseException:
-    writer.close()
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
-  return ShardInfo(name=name, count=sum(counts.values()), sha256=_sha256(path),
-                   bytes=os.path.getsize(path), counts_by_status=dict(sorted(counts.items())))
+  # ArrayRecord writes local files only: a local file, renamed or uploaded once complete.
+  with storage.local_output(path) as tmp:
+    writer = array_record_module.ArrayRecordWriter(tmp, WRITER_OPTIONS)
+    try:
+      for record in records:
+        writer.write(encode(record))
+        counts[record.curation_status] += 1
+    finally:
+      writer.close()
+    info = ShardInfo(name=os.path.basename(os.fspath(path)), count=sum(counts.values()),
+                     sha256=_sha256(tmp), bytes=os.path.getsize(tmp),
+                     counts_by_status=dict(sorted(counts.items())))
+  return info
 
 
 def config_hash(config: Any) -> str:
@@ -305,21 +307,16 @@ class Manifest:
   def save(self, directory: str) -> str:
     """Writes DIR/manifest.json atomically; returns its path."""
     path = os.path.join(directory, MANIFEST_NAME)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-      json.dump(self.to_json(), f, indent=1, ensure_ascii=False)
-      f.write("\n")
-    os.replace(tmp, path)
-    return path
+    return storage.write_text(path, json.dumps(self.to_json(), indent=1, ensure_ascii=False)
+                              + "\n")
 
   @classmethod
   def load(cls, directory: str) -> "Manifest":
     path = os.path.join(directory, MANIFEST_NAME)
-    if not os.path.isfile(path):
+    if not storage.isfile(path):
       raise RecordError(f"{directory}: no {MANIFEST_NAME}; is this a REW records directory?")
     try:
-      with open(path) as f:
-        data = json.load(f)
+      data = json.loads(storage.read_text(path))
       if data.get("format") != FORMAT:
         raise RecordError(f"{path}: format is {data.get('format')!r}, expected {FORMAT!r}")
       if data.get("schema_version") != SCHEMA_VERSION:
@@ -340,9 +337,9 @@ class Manifest:
     """Checks that every shard exists with the recorded size, count and (optionally) sha256."""
     for shard in self.shards:
       path = os.path.join(directory, shard.name)
-      if not os.path.isfile(path):
+      if not storage.isfile(path):
         raise RecordError(f"shard {path}: listed in the manifest but missing")
-      size = os.path.getsize(path)
+      size = storage.getsize(path)
       if size != shard.bytes:
         raise RecordError(f"shard {path}: {size} bytes on disk, manifest says {shard.bytes} "
                           "(truncated or rewritten)")
@@ -362,7 +359,8 @@ def describe_shards(directory: str, names: Sequence[str], **manifest_fields) -> 
     path = os.path.join(directory, name)
     counts = collections.Counter(r.curation_status for r in _read_shard(path, on_error="raise"))
     infos.append(ShardInfo(name=name, count=sum(counts.values()), sha256=_sha256(path),
-                           bytes=os.path.getsize(path), counts_by_status=dict(sorted(counts.items()))))
+                           bytes=storage.getsize(path),
+                           counts_by_status=dict(sorted(counts.items()))))
   return Manifest(shards=tuple(infos), **manifest_fields)
 
 
@@ -380,7 +378,7 @@ class ShardWriter:
                source: str = "", curation_config_hash: str = ""):
     if records_per_shard < 1:
       raise ValueError("records_per_shard must be >= 1")
-    os.makedirs(directory, exist_ok=True)
+    storage.makedirs(directory)
     self.directory = directory
     self.records_per_shard = records_per_shard
     self.prefix = prefix
@@ -434,7 +432,8 @@ def _open_shard(path: str):
   """An ArrayRecordReader, or a RecordError naming the shard when it is corrupt or truncated."""
   from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
   try:
-    reader = array_record_module.ArrayRecordReader(path)
+    # ArrayRecord opens local files only: a remote shard is read from a cached local copy.
+    reader = array_record_module.ArrayRecordReader(storage.local_input(path))
   except RuntimeError as e:
     raise RecordError(f"shard {path}: unreadable ArrayRecord file ({e})") from None
   # A truncated file opens "successfully" with zero records and a failed status.
@@ -502,7 +501,9 @@ class RecordSource:
       if s.count:
         self._starts.append(start)
         start += s.count
-    paths = [os.path.join(directory, n) for n in self._names]
+    # ArrayRecord opens local files only: remote shards are read from cached local copies
+    # (fetched here, once per machine; `verify` above checked the remote sizes).
+    paths = [storage.local_input(os.path.join(directory, n)) for n in self._names]
     try:
       self._source = grain.sources.ArrayRecordDataSource(paths)
     except RuntimeError as e:

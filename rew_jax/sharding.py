@@ -13,6 +13,14 @@ that knows about devices:
 `config.mesh` maps axis → size, e.g. {"data": -1, "fsdp": 1, "tensor": 1}; one -1 takes
 what the device count leaves. The axes are Auto-typed: `jax.make_mesh` otherwise defaults
 to Explicit axes, under which a Dense with a sharded contracting dim raises.
+
+Several TPU slices or GPU nodes (a slow data-centre network, DCN, between fast-linked
+groups): add a `dcn` group, e.g. {"data": 1, "fsdp": -1, "tensor": 1, "dcn": {"data": -1}}.
+The top-level sizes are then those *within* one granule (a TPU slice; elsewhere one
+process, i.e. one host), the `dcn` sizes those *across* granules (its -1 takes the granule
+count), and each mesh axis is their product, built by `mesh_utils.create_hybrid_device_mesh`
+with the granules on the outer position of each axis: only the axes given a `dcn` size > 1
+(normally `data`, one gradient all-reduce per step) cross the slow network.
 """
 
 from __future__ import annotations
@@ -75,10 +83,45 @@ def mesh_shape(mesh_config: Mapping[str, int] | None, num_devices: int) -> tuple
   return tuple(sizes)
 
 
-def make_mesh(mesh_config: Mapping[str, int] | None = None,
+def granules(devices: Sequence[Any]) -> tuple[bool, int]:
+  """(process_is_granule, number of granules): TPU slices on TPU, else processes (one per
+  host on GPU clusters and on CPU, whose devices report slice 0 whatever their host)."""
+  slices = {getattr(d, "slice_index", None) for d in devices}
+  if devices[0].platform == "tpu" and None not in slices:
+    return False, len(slices)
+  return True, len({d.process_index for d in devices})
+
+
+def device_grid(mesh_config: Mapping[str, Any] | None, devices: Sequence[Any]) -> np.ndarray:
+  """The devices arranged as the (data, fsdp, tensor) mesh of `mesh_config` (see the
+  module docstring; with a `dcn` group, by mesh_utils.create_hybrid_device_mesh)."""
+  cfg = dict(mesh_config or {"data": -1})
+  dcn = cfg.pop("dcn", None)
+  if not dcn:
+    return np.asarray(devices, dtype=object).reshape(mesh_shape(cfg, len(devices)))
+  process_is_granule, count = granules(devices)
+  if len(devices) % count:
+    raise ConfigError(f"{len(devices)} devices do not split evenly over {count} "
+                      f"{'processes' if process_is_granule else 'slices'}")
+  try:
+    dcn_shape = mesh_shape(dict(dcn), count)
+  except ConfigError as e:
+    raise ConfigError(f"config.mesh.dcn (across {count} "
+                      f"{'processes' if process_is_granule else 'slices'}): {e}") from None
+  ici_shape = mesh_shape(cfg, len(devices) // count)
+  from jax.experimental import mesh_utils  # pylint: disable=g-import-not-at-top
+  return mesh_utils.create_hybrid_device_mesh(ici_shape, dcn_shape, devices,
+                                              process_is_granule=process_is_granule)
+
+
+def make_mesh(mesh_config: Mapping[str, Any] | None = None,
               devices: Sequence[Any] | None = None) -> jax.sharding.Mesh:
   """A (data, fsdp, tensor) mesh with Auto axis types over `devices` (default: all)."""
   devices = list(devices) if devices is not None else jax.devices()
+  if mesh_config is not None and mesh_config.get("dcn"):
+    return jax.sharding.Mesh(device_grid(mesh_config, devices), MESH_AXES,
+                             axis_types=(AxisType.Auto,) * len(MESH_AXES))
+  mesh_config = {k: v for k, v in (mesh_config or {"data": -1}).items() if k != "dcn"}
   shape = mesh_shape(mesh_config, len(devices))
   return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES),
                        devices=devices)

@@ -11,7 +11,8 @@ side effects (data, logging, checkpoints, evaluation) stay in the loop.
 
 Resume is automatic: a workdir that holds checkpoints continues from the latest one, with
 the exact next batch (the Grain iterator state is checkpointed with the model). SIGTERM
-(preemption) saves a checkpoint and raises `Preempted`.
+(preemption) saves a checkpoint and raises `Preempted`; with several processes, a SIGTERM
+to any one of them makes all of them save the same step (`PreemptionNotice`).
 
 `default_config()` lists every key of a train config with its default.
 """
@@ -19,13 +20,15 @@ the exact next batch (the Grain iterator state is checkpointed with the model). 
 from __future__ import annotations
 
 import functools
-import os
 import signal
 import time
 from typing import Any, Mapping
 
+import logging
+
 import flax
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -36,11 +39,13 @@ from rew_jax import metrics as metrics_lib
 from rew_jax import model_setup
 from rew_jax import optim
 from rew_jax import sharding
+from rew_jax import storage
 from rew_jax.data import pipeline
 from rew_jax.data import tasks as tasks_lib
 from rew_jax.evaluators import common as eval_common
 
 ConfigDict = config_lib.ConfigDict
+log = logging.getLogger(__name__)
 
 
 def default_config() -> ConfigDict:
@@ -58,7 +63,9 @@ def default_config() -> ConfigDict:
       input=pipeline.default_config(),
       optim=optim.default_config(),
       loss=ConfigDict(dict(label_smoothing=0.0)),
-      mesh=ConfigDict(dict(data=-1, fsdp=1, tensor=1)),  # An absent axis has size 1.
+      # An absent axis has size 1. dcn: sizes across TPU slices or hosts (a hybrid mesh,
+      # rew_jax/sharding.py), e.g. mesh=dict(fsdp=-1, dcn=dict(data=-1)); None: one mesh.
+      mesh=ConfigDict(dict(data=-1, fsdp=1, tensor=1, dcn=None)),
       sharding_rules=None,          # [(logical axis, mesh axes)]; None: the default rules.
       checkpoint=ConfigDict(dict(every=1000, keep=3, async_save=True)),
       # Parameters to start from: "" or "none" (from scratch), another run's workdir or
@@ -113,7 +120,9 @@ def loss_fn(model, params, batch, rng, *, label_smoothing: float, train: bool):
   task = jax.nn.one_hot(batch["task_id"], len(tasks_lib.TASKS))  # [B, tasks]
   aux = {"task_loss_sum": jnp.einsum("bt,bk->k", token_loss * weight, task),
          "task_tokens": jnp.einsum("bt,bk->k", weight, task),
-         "examples": jnp.sum(batch["mask"])}
+         "examples": jnp.sum(batch["mask"]),
+         # Bad records the pipeline skipped (input.on_error="skip"): counted and logged.
+         "skipped": jnp.sum(batch.get("skipped", jnp.zeros((), jnp.int32)))}
   return loss, aux
 
 
@@ -168,18 +177,34 @@ class Preempted(Exception):
   """Raised by `train` after SIGTERM made it save a checkpoint: the caller should exit."""
 
 
-class SigtermFlag:
-  """Set by SIGTERM while installed; the loop checkpoints and leaves at the next step."""
+class PreemptionNotice:
+  """Whether the loop saves and leaves at `step` because of a SIGTERM (a preemption).
+
+  One process: a SIGTERM handler sets a flag. Several: the signal reaches the hosts one at
+  a time (or only one), and a host leaving on its own would hang the others in the next
+  collective, so the step is agreed. JAX's preemption sync manager (started by
+  jax.distributed.initialize) catches SIGTERM itself and spreads the notice through the
+  coordination service; `reached_preemption_sync_point(step)`, called at every step by
+  every process, is then True on all of them at the same step. No Python handler is
+  installed then: it would replace JAX's.
+  """
 
   def __init__(self):
+    self.multi = jax.process_count() > 1
     self.raised = False
-    self._old = signal.signal(signal.SIGTERM, self._handle)
+    self._old = None if self.multi else signal.signal(signal.SIGTERM, self._handle)
 
   def _handle(self, *_):
     self.raised = True
 
+  def reached(self, step: int) -> bool:
+    if self.multi and not self.raised:
+      self.raised = multihost_utils.reached_preemption_sync_point(step)
+    return self.raised
+
   def restore(self):
-    signal.signal(signal.SIGTERM, self._old)
+    if self._old is not None:
+      signal.signal(signal.SIGTERM, self._old)
 
 
 class _EarlyStopping:
@@ -201,17 +226,28 @@ class _EarlyStopping:
     return self.bad >= self.patience
 
 
+def from_checkpoint(source: str) -> bool:
+  """Whether init_from `source` names another run's workdir or step directory."""
+  if not source or source.lower() == "none":
+    return False
+  kind, sep, path = source.partition(":")
+  return not (sep and kind.isidentifier() and not path.startswith("//"))  # gs://... is a path.
+
+
 def init_from(source: str, model, params, shardings):
-  """The parameters a run starts from, on `shardings` (`params` is the fresh init):
+  """The parameters a run starts from, on `shardings` (`params` is the fresh init, or only
+  its ShapeDtypeStructs when `source` is a checkpoint, which needs no random init):
     "" or "none"    `params` (from scratch);
     LOADER:PATH     one of `model.loaders` (e.g. hf_git, hf_clip for GiT) on PATH;
-    otherwise       another run's workdir or checkpoint step directory (parameters only).
+    otherwise       another run's workdir or checkpoint step directory: its parameters
+                    only, each read by every host straight onto its sharding (orbax partial
+                    restore); the optimizer state and the rest are never read.
   """
   if not source or source.lower() == "none":
     return params
-  kind, sep, path = source.partition(":")
-  if not (sep and kind.isidentifier() and not path.startswith("//")):  # gs://... is a path.
+  if from_checkpoint(source):
     return ckpt_lib.load_params(source, ckpt_lib.abstract_with_shardings(params, shardings))
+  kind, _, path = source.partition(":")
   if kind not in model.loaders:
     raise config_lib.ConfigError(
         f"init_from={source!r}: this model has no loader {kind!r} (it has: "
@@ -237,13 +273,14 @@ def train(config, workdir: str, *, evaluators_fn=None) -> dict[str, Any]:
   SIGTERM, once the checkpoint is saved.
   """
   config = with_defaults(config)
-  if "://" not in workdir:  # Object-store workdirs (gs://) need no directory.
-    os.makedirs(workdir, exist_ok=True)
+  storage.makedirs(workdir)  # A no-op for object-store workdirs (gs://).
 
   # ---------------------------------------------------------------------------- Model on the mesh
   rng = jax.random.key(config.seed)
   init_rng, state_rng = jax.random.split(rng)
-  setup = model_setup.setup_model(config, rng=init_rng)
+  # A checkpoint to start from replaces every parameter: skip the random init then.
+  setup = model_setup.setup_model(config, rng=init_rng,
+                                  init=not from_checkpoint(config.init_from))
   mesh, rules, model = setup.mesh, setup.rules, setup.model
 
   # ---------------------------------------------------------------------------- Input pipeline
@@ -252,15 +289,20 @@ def train(config, workdir: str, *, evaluators_fn=None) -> dict[str, Any]:
 
   # ---------------------------------------------------------------------------- Init from
   param_shardings = setup.param_shardings
-  params = init_from(config.init_from, model, setup.params, param_shardings)
+  params = init_from(config.init_from, model,
+                     setup.abstract_params if setup.params is None else setup.params,
+                     param_shardings)
 
   # ---------------------------------------------------------------------------- Optimizer
   tx, schedule = optim.make(config.optim, params, config.total_steps)
   state_shardings = _state_shardings(tx, setup.abstract_params, param_shardings, mesh)
   with sharding.use(mesh, rules):
     opt_state = jax.jit(tx.init, out_shardings=state_shardings.opt_state)(params)
-  state = TrainState(jnp.zeros((), jnp.int32), params, opt_state, state_rng)
-  state = jax.device_put(state, state_shardings)
+  # The step and rng are made in a jit onto their (replicated) shardings: device_put of a
+  # one-device key array onto a mesh that spans other processes is refused.
+  step0, state_rng = jax.jit(lambda r: (jnp.zeros((), jnp.int32), r),
+                             out_shardings=(state_shardings.step, state_shardings.rng))(state_rng)
+  state = TrainState(step0, params, opt_state, state_rng)
 
   # ---------------------------------------------------------------------------- Checkpoint restore
   manager = ckpt_lib.Manager(workdir, keep=config.checkpoint.keep,
@@ -270,7 +312,7 @@ def train(config, workdir: str, *, evaluators_fn=None) -> dict[str, Any]:
   if start:
     abstract = ckpt_lib.abstract_with_shardings(state, state_shardings)
     state = manager.restore(start, abstract, data_iter)
-    print(f"resumed from step {start} in {manager.directory}", flush=True)
+    log.info("resumed from step %d in %s", start, manager.directory)
 
   # ---------------------------------------------------------------------------- Evaluators
   # name → (evaluator, every); the evaluators call the model's prediction functions.
@@ -288,7 +330,7 @@ def train(config, workdir: str, *, evaluators_fn=None) -> dict[str, Any]:
       out_shardings=(state_shardings, None), donate_argnums=(0,))
   writer = metrics_lib.Writer(workdir, config=config, total_steps=config.total_steps,
                               start_step=start)
-  sigterm = SigtermFlag()
+  preemption = PreemptionNotice()
   last: dict[str, Any] = {}
   pending, step_fn, stop = [], None, False  # Device metrics of the steps since the last log.
   try:
@@ -312,7 +354,8 @@ def train(config, workdir: str, *, evaluators_fn=None) -> dict[str, Any]:
           sums = jax.tree.map(lambda *xs: np.sum(xs, axis=0), *fetched)
           n = len(fetched)
           last = {"loss": float(sums["loss"]) / n, "grad_norm": float(sums["grad_norm"]) / n,
-                  "lr": float(fetched[-1]["lr"]), **_task_metrics(sums)}
+                  "lr": float(fetched[-1]["lr"]), "skipped": int(sums["skipped"]),
+                  **_task_metrics(sums)}
           writer.log_train(step, last, examples=int(sums["examples"]))
           pending = []
         for name, (evaluator, every) in evaluators.items():
@@ -322,20 +365,20 @@ def train(config, workdir: str, *, evaluators_fn=None) -> dict[str, Any]:
             last.update(results)
             stop = early.update(step, results) or stop
         manager.maybe_save(step, state, data_iter)
-        if sigterm.raised or stop:
-          why = "SIGTERM" if sigterm.raised else (
+        if preemption.reached(step) or stop:
+          why = "SIGTERM" if preemption.raised else (
               f"early stopping ({early.metric} best {early.best} at step {early.best_step})")
-          print(f"{why}: saving step {step} and exiting", flush=True)
+          log.warning("%s: saving step %d and exiting", why, step)
           manager.save(step, state, data_iter, force=True)
           break
       else:
         if manager.latest_step() != config.total_steps:
           manager.save(config.total_steps, state, data_iter, force=True)
   finally:
-    sigterm.restore()
+    preemption.restore()
     manager.close()
     writer.close()
-  if sigterm.raised:
+  if preemption.raised:
     raise Preempted(f"preempted at step {step}; rerun the same command to resume")
   if early.best_step is not None:
     last["best_step"], last["best_" + early.metric] = early.best_step, early.best

@@ -36,6 +36,8 @@ from typing import Any, Mapping
 
 from etils import epath
 
+from rew_jax import storage
+
 STAMP_NAME = ".stage.json"
 WIKI6M_NAME = "Wiki6M_ver_1_0.jsonl.gz"
 
@@ -153,13 +155,11 @@ def read_stamp(directory: str) -> dict | None:
 
 
 def write_stamp(directory: str, stage: str, digest: str, **extra: Any) -> None:
-  """Marks `directory` as the output of `stage` with fingerprint `digest` (written whole,
-  through a temporary name where the filesystem renames)."""
-  folder = epath.Path(directory)
-  folder.mkdir(parents=True, exist_ok=True)
-  tmp = folder / (STAMP_NAME + ".tmp")
-  tmp.write_text(json.dumps(dict(stage=stage, fingerprint=digest, **extra), indent=1))
-  tmp.replace(folder / STAMP_NAME)
+  """Marks `directory` as the output of `stage` with fingerprint `digest` (written whole:
+  `rew_jax.storage.write_text`, a rename locally, one object upload on a bucket)."""
+  storage.makedirs(directory)
+  storage.write_text(os.path.join(directory, STAMP_NAME),
+                     json.dumps(dict(stage=stage, fingerprint=digest, **extra), indent=1))
 
 
 def stamp_of(directory: str) -> str:

@@ -42,3 +42,19 @@ def workdir(tmp_path):
 def module_workdir(tmp_path_factory):
   """A working directory shared by the tests of one module (for compile-once fixtures)."""
   return tmp_path_factory.mktemp("module_workdir")
+
+
+@pytest.fixture(scope="session")
+def gcs():
+  """A local GCS emulator for the session (tests/gcs_emulator.py), its variables set in
+  os.environ (and so inherited by subprocesses) while it runs."""
+  import gcs_emulator  # pylint: disable=g-import-not-at-top
+  saved = {k: os.environ.get(k) for k in gcs_emulator.Emulator().env}
+  with gcs_emulator.Emulator() as emulator:
+    emulator.apply()
+    yield emulator
+  for key, value in saved.items():
+    if value is None:
+      os.environ.pop(key, None)
+    else:
+      os.environ[key] = value

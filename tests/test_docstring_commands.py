@@ -2,7 +2,8 @@
 
 Each config's docstring holds the commands that run it; they run here, in order, in their
 `runlocal` form (the config's `runlocal` variant, a temporary directory for `W`, `runs/...`
-and `gs://BUCKET/...`, an OVEN folder made from the embedded world). Commands in docs/*.md and
+and `gs://BUCKET/...`, an OVEN folder made from the embedded world); tests/test_gcs.py runs
+git_large_rew.py's command again with gs://BUCKET in a local GCS emulator. Commands in docs/*.md and
 the README are checked without running: the stage exists, the config file loads and every
 `--config.KEY=VALUE` override names a key of that config.
 """
@@ -48,8 +49,9 @@ def docstring(path: str) -> str:
     return ast.get_docstring(ast.parse(f.read())) or ""
 
 
-def runlocal(argv: list[str]) -> list[str]:
-  """The command in its runlocal form: the config's runlocal variant, local paths."""
+def runlocal(argv: list[str], bucket: str = "") -> list[str]:
+  """The command in its runlocal form: the config's runlocal variant, local paths; with
+  `bucket`, gs://BUCKET/ becomes gs://bucket/ (a local emulator's, as in tests/test_gcs.py)."""
   out = []
   for i, arg in enumerate(argv):
     if i and argv[i - 1] == "--config":
@@ -57,7 +59,7 @@ def runlocal(argv: list[str]) -> list[str]:
       if _accepts_runlocal(path):
         args = ",".join(a for a in (args, "runlocal") if a)
       arg = f"{path}:{args}" if args else path
-    out.append(arg.replace("gs://BUCKET/", "bucket/"))
+    out.append(arg.replace("gs://BUCKET/", f"gs://{bucket}/" if bucket else "bucket/"))
   return out
 
 

@@ -35,6 +35,59 @@ def test_mesh_auto_fill_and_errors():
     sharding.logical_rules([("embed", "model")])
 
 
+class FakeDevice:
+  """What mesh_utils reads of a device: id, process, kind, slice (CPU devices report slice 0
+  whatever their process, as jax's do) and, on TPU, torus coordinates."""
+  platform = device_kind = "cpu"
+
+  def __init__(self, id_, process_index, slice_index=0):
+    self.id, self.process_index, self.slice_index = id_, process_index, slice_index
+
+  def __repr__(self):
+    return f"d{self.id}"
+
+
+def test_hybrid_mesh_puts_processes_on_the_outer_position_of_the_dcn_axis():
+  # 2 hosts × 4 devices, listed interleaved: the grid still groups each host's devices.
+  devices = [FakeDevice(i, i % 2) for i in range(8)]
+  grid = sharding.device_grid({"data": 1, "fsdp": -1, "tensor": 1, "dcn": {"data": -1}},
+                              devices)
+  assert grid.shape == (2, 4, 1)
+  for host in range(2):
+    assert {d.process_index for d in grid[host].flat} == {host}
+  grid = sharding.device_grid({"data": 1, "fsdp": 2, "tensor": 2, "dcn": {"data": 2}}, devices)
+  assert grid.shape == (2, 2, 2)
+  assert [[d.id for d in grid[h].flat] for h in range(2)] == [[0, 2, 4, 6], [1, 3, 5, 7]]
+  # fsdp across hosts (dcn fsdp=2): the host is the outer half of the fsdp axis.
+  grid = sharding.device_grid({"fsdp": 2, "tensor": 2, "dcn": {"fsdp": -1}}, devices)
+  assert grid.shape == (1, 4, 2)
+  assert [d.process_index for d in grid[0, :, 0]] == [0, 0, 1, 1]
+  with pytest.raises(ConfigError, match=r"config.mesh.dcn \(across 2 processes\).*needs 4"):
+    sharding.device_grid({"fsdp": -1, "dcn": {"data": 4}}, devices)
+  with pytest.raises(ConfigError, match="needs 8 devices; 4 are available"):
+    sharding.device_grid({"fsdp": 8, "dcn": {"data": -1}}, devices)
+
+
+def test_hybrid_mesh_uses_tpu_slices_as_granules():
+  # 2 slices, each of 2 hosts × 2 chips (a 2×2×1 torus): slices, not processes, are the
+  # granules.
+  devices = [FakeDevice(i, i // 2, slice_index=i // 4) for i in range(8)]
+  for d in devices:
+    d.platform, d.device_kind, d.core_on_chip = "tpu", "TPU v4", 0
+    d.coords = (d.id % 2, (d.id // 2) % 2, 0)
+  assert sharding.granules(devices) == (False, 2)
+  grid = sharding.device_grid({"fsdp": -1, "dcn": {"data": -1}}, devices)
+  assert grid.shape == (2, 4, 1)
+  assert [[d.slice_index for d in grid[s].flat] for s in range(2)] == [[0] * 4, [1] * 4]
+
+
+def test_hybrid_mesh_on_one_process_is_the_plain_mesh():
+  mesh = sharding.make_mesh({"fsdp": -1, "tensor": 2, "dcn": {"data": -1}})
+  assert dict(mesh.shape) == {"data": 1, "fsdp": 4, "tensor": 2}
+  assert all(t == jax.sharding.AxisType.Auto for t in mesh.axis_types)
+  assert list(mesh.devices.flat) == jax.devices()
+
+
 @pytest.fixture(scope="module")
 def setup():
   model = git.GiT(tiny_config())

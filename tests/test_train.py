@@ -136,6 +136,19 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(record_dir, tmp_path):
   assert step is not None and 1 <= step < 100_000
 
 
+@pytest.mark.slow
+def test_the_cli_trains_with_grain_worker_processes(record_dir, tmp_path):
+  # Grain reads an absl flag when it starts workers; `python -m rew_jax` parses the flags.
+  workdir = str(tmp_path / "workers")
+  proc = subprocess.run(
+      [sys.executable, "-m", "rew_jax", "train", "--config", _arg(record_dir, 2, 100),
+       "--workdir", workdir, "--config.train.input.num_workers=2"],
+      cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stdout + proc.stderr
+  assert sorted(_last_losses(workdir)) == [1, 2]
+  assert ckpt_lib.Manager(workdir).latest_step() == 2
+
+
 # ------------------------------------------------------------------------------------------
 # Any registered model: the loop knows only the interface of rew_jax/models/base.py.
 

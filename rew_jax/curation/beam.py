@@ -28,6 +28,7 @@ from typing import Sequence
 from rew_jax import config as config_lib
 from rew_jax import records as records_lib
 from rew_jax import registry
+from rew_jax import storage
 from rew_jax.curation import core, inputs
 from rew_jax.curation import report as report_lib
 from rew_jax.curation import run
@@ -64,7 +65,11 @@ def build(pipeline, config, workdir: str, todo: Sequence[tuple[int, str]]):
 
     def process(self, element):
       shard_index, item = element
-      image, mime = inputs.load_image(item, self.image_root)
+      try:
+        image, mime = inputs.load_image(item, self.image_root, check=True)
+      except inputs.BadImageError as e:  # Web data: a counted skip, never a record.
+        yield shard_index, (item, core.bad_image_outcome(item, str(e)).to_json())
+        return
       yield shard_index, (item, self.curator.curate(item, image, mime).to_json())
 
     def teardown(self):
@@ -115,6 +120,8 @@ def curate(config, workdir: str, *, pipeline_args: Sequence[str] = (), restart: 
   from apache_beam.options.pipeline_options import PipelineOptions  # pylint: disable=g-import-not-at-top
   c = config.curation
   paths = run.paths_of(c, workdir)
+  for key in ("candidates", "out", "curation", "kb_index"):
+    storage.require_local(paths[key], f"curation {key}")
   shards = inputs.candidate_shards(paths["candidates"])
   state = run.run_state(config, shards)
   journal_dir = os.path.join(paths["curation"], run.JOURNAL_DIR)

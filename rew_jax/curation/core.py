@@ -10,6 +10,9 @@ Statuses (`rew_jax.records.STATUSES`):
   unresolved  the reply could not be parsed/validated, the request was rejected, or the name
               matches no KB entity (hallucinated, generic, ambiguous)
   candidate   no LLM: the top-1 candidate (the `top1_candidate` backend)
+An undecodable image gets the outcome `bad_image` (`BAD_IMAGE`, not a record status): it is
+journaled, so a rerun does not read it again, counted as a skipped input in the report,
+and never written as a record.
 Only kept/corrected/candidate records carry an entity id. A rationale is kept only with a
 resolved entity; QA pairs describe the image and are kept whenever they validate.
 
@@ -31,6 +34,8 @@ from rew_jax.curation import prompts as prompts_lib
 from rew_jax.curation import schema as schema_lib
 from rew_jax.curation.backends.base import Backend, RequestRejected, TransientError
 from rew_jax.records import Candidate, RewRecord
+
+BAD_IMAGE = "bad_image"  # The outcome of an item whose image does not decode.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -242,6 +247,11 @@ class Curator:
     out.entity_id, out.entity_name = entity_id, self.kb.title(entity_id)
     out.status = "kept" if cand_ids and entity_id == cand_ids[0] else "corrected"
     out.reason = f"resolved:{method}"
+
+
+def bad_image_outcome(item: Item, message: str) -> Outcome:
+  """The journaled outcome of an item whose image does not decode (no LLM call is made)."""
+  return Outcome(index=item.index, image_id=item.image_id, status=BAD_IMAGE, reason=message)
 
 
 def to_record(item: Item, image: bytes, out: Outcome, backend: str) -> RewRecord:

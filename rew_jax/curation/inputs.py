@@ -8,12 +8,18 @@ Candidate shards are the candidates step's output (jsonl, one line per image):
 `image_path` is absolute, a `tar://` / `parquet://` reference (`rew_jax.kb.sources`), or
 relative to the image root (`curation.image_root`, default the world directory). A malformed line is a `UserError` naming file and line, or a counted skip
 when `skip_bad_inputs` is set.
+
+Every image is decoded cheaply before it is curated (`check_image`: a JPEG at 1/8 scale,
+other formats whole): web data holds truncated and corrupt files, and one must neither
+reach the LLM nor the records, where it would end a training run. An undecodable image is
+a `BadImageError`, which the runners turn into a counted skip of the report.
 """
 
 from __future__ import annotations
 
 import functools
 import glob
+import io
 import json
 import os
 import threading
@@ -27,6 +33,28 @@ SHARD_GLOB = "candidates-*.jsonl"
 
 class InputError(UserError):
   """A candidates shard or image that cannot be read."""
+
+
+class BadImageError(InputError):
+  """An image file that is there but cannot be decoded (truncated, corrupt, not an image)."""
+
+
+def check_image(data: bytes, where: str) -> None:
+  """Raises BadImageError unless `data` decodes as an image.
+
+  A JPEG is decoded at 1/8 scale (`draft`: the DCT skips most of the work, so the check
+  costs a fraction of a full decode) to its last scan line, which catches truncation;
+  `verify()` alone passes a truncated JPEG.
+  """
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  try:
+    with Image.open(io.BytesIO(data)) as img:
+      if img.format == "JPEG":
+        img.draft("RGB", (max(1, img.width // 8), max(1, img.height // 8)))
+      img.load()
+  except Exception as e:  # PIL raises many types (OSError, SyntaxError, ValueError...).
+    raise BadImageError(f"{where}: cannot decode image ({len(data)} bytes; "
+                        f"{type(e).__name__}: {e})") from None
 
 
 def candidate_shards(directory: str) -> list[str]:
@@ -78,8 +106,9 @@ def read_items(path: str, skipped: SkipCounter | None = None) -> list[Item]:
   return items
 
 
-def load_image(item: Item, image_root: str) -> tuple[bytes, str]:
-  """(encoded bytes, MIME type) of the item's image."""
+def load_image(item: Item, image_root: str, check: bool = False) -> tuple[bytes, str]:
+  """(encoded bytes, MIME type) of the item's image; with `check`, a BadImageError when it
+  does not decode."""
   from rew_jax.kb import sources  # pylint: disable=g-import-not-at-top
   path = item.image_path
   if not (os.path.isabs(path) or path.startswith(("tar://", "parquet://"))):
@@ -93,6 +122,8 @@ def load_image(item: Item, image_root: str) -> tuple[bytes, str]:
                      f"{path} ({e.strerror})") from None
   if not data:
     raise InputError(f"{item.shard}:{item.index + 1} ({item.image_id}): image {path} is empty")
+  if check:
+    check_image(data, f"{item.shard}:{item.index + 1} ({item.image_id}) image {path}")
   mime = ("image/png" if data[:8] == b"\x89PNG\r\n\x1a\n" else
           "image/webp" if data[8:12] == b"WEBP" else "image/jpeg")
   return data, mime

@@ -18,7 +18,7 @@ import json
 import os
 from typing import Any, Mapping, Sequence
 
-from rew_jax.curation.core import Item, Outcome
+from rew_jax.curation.core import BAD_IMAGE, Item, Outcome
 
 LABELLED = ("kept", "corrected", "candidate")
 
@@ -55,9 +55,16 @@ class ReportBuilder:
     self.acc_by_kind: dict[str, collections.Counter] = collections.defaultdict(
         collections.Counter)
     self.examples: dict[str, list] = collections.defaultdict(list)  # status → [(item, out)]
+    self.bad_images = 0
+    self.bad_image_examples: list[str] = []  # The first few messages.
 
   def add(self, item: Item, out: Outcome) -> None:
     s = self.sums
+    if out.status == BAD_IMAGE:  # A skipped input: no record, no LLM call, no accuracy.
+      self.bad_images += 1
+      if len(self.bad_image_examples) < 5:
+        self.bad_image_examples.append(out.reason)
+      return
     self.status[out.status] += 1
     self.failures.update(out.parse_failures)
     self.transient.update(out.transient)
@@ -120,7 +127,12 @@ class ReportBuilder:
         "usage": {"input_tokens": tin, "output_tokens": tout,
                   "cost_usd": round((tin * self.price_in + tout * self.price_out) / 1e6, 4)},
         "mean_latency_s": round(s["latency_s"] / max(1, s["n"]), 4),
-        "skipped_inputs": skipped.total if skipped is not None else 0,
+        "skipped_inputs": (skipped.total if skipped is not None else 0) + self.bad_images,
+        "skipped_inputs_by_reason": {
+            **(dict(skipped.by_reason) if skipped is not None else {}),
+            **({"undecodable image": self.bad_images} if self.bad_images else {})},
+        "skipped_examples": ((skipped.examples if skipped is not None else []) +
+                             self.bad_image_examples)[:5],
         "seconds": round(seconds, 2),
     }
     if self.acc["n"]:
@@ -195,7 +207,9 @@ def write(report: dict, directory: str, examples: Sequence[tuple[Item, Outcome]]
             f"- tokens in/out: {report['usage']['input_tokens']}/"
             f"{report['usage']['output_tokens']}, estimated cost "
             f"${report['usage']['cost_usd']}",
-            f"- skipped inputs: {report['skipped_inputs']}"]
+            f"- skipped inputs: {report['skipped_inputs']} "
+            f"{report['skipped_inputs_by_reason'] or ''}".rstrip()]
+  lines += [f"  - {_md_escape(m)}" for m in report["skipped_examples"]]
   acc = report.get("accuracy_vs_truth")
   if acc:
     lines += ["", "## Entity labels against the world's truth", "",

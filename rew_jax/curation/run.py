@@ -33,6 +33,7 @@ from typing import Sequence
 from rew_jax import config as config_lib
 from rew_jax import records as records_lib
 from rew_jax import registry
+from rew_jax import storage
 from rew_jax import workdir as workdir_lib
 from rew_jax.curation import core
 from rew_jax.curation import inputs
@@ -210,7 +211,10 @@ def curate_shard(items: Sequence[core.Item], curator: core.Curator, image_root: 
   journal = Journal(journal_path)
 
   def work(item):
-    image, mime = inputs.load_image(item, image_root)
+    try:
+      image, mime = inputs.load_image(item, image_root, check=True)
+    except inputs.BadImageError as e:  # Web data: a counted skip, never a record.
+      return core.bad_image_outcome(item, str(e))
     return curator.curate(item, image, mime)
 
   try:
@@ -238,9 +242,12 @@ def curate_shard(items: Sequence[core.Item], curator: core.Curator, image_root: 
 
 def commit_shard(path: str, items: Sequence[core.Item], outcomes: dict[int, core.Outcome],
                  image_root: str, backend: str) -> None:
-  """Writes the output shard (atomically) in input order from the journaled outcomes."""
+  """Writes the output shard (atomically) in input order from the journaled outcomes;
+  items whose image did not decode are left out."""
   def records():
     for item in items:
+      if outcomes[item.index].status == core.BAD_IMAGE:
+        continue
       image, _ = inputs.load_image(item, image_root)
       yield core.to_record(item, image, outcomes[item.index], backend)
   records_lib.write_shard(path, records())
@@ -267,6 +274,8 @@ def curate(config, workdir: str, *, restart: bool = False, backend=None,
   c = config.curation
   settings = core.Settings.from_config(c)
   paths = paths_of(c, workdir)
+  for key in ("candidates", "out", "curation", "kb_index"):
+    storage.require_local(paths[key], f"curation {key}")
   journal_dir = os.path.join(paths["curation"], JOURNAL_DIR)
   os.makedirs(paths["curation"], exist_ok=True)
   shards = inputs.candidate_shards(paths["candidates"])

@@ -17,6 +17,7 @@ import json
 import os
 from typing import Any, Iterable, Mapping, Sequence
 
+from rew_jax import storage
 from rew_jax.errors import UserError
 
 REFERENCE_KEYS = ("data_id", "image_id", "question", "entity_id", "data_split")
@@ -27,9 +28,9 @@ class OvenFormatError(UserError):
 
 
 def _read_jsonl(path: str) -> Iterable[tuple[int, dict]]:
-  if not os.path.isfile(path):
+  if not storage.isfile(path):
     raise OvenFormatError(f"{path}: no such file")
-  with open(path, encoding="utf-8") as f:
+  with storage.path(path).open(encoding="utf-8") as f:
     for lineno, line in enumerate(f, 1):
       if not line.strip():
         continue
@@ -92,14 +93,10 @@ def read_predictions(paths: str | Sequence[str]) -> list[dict]:
 
 
 def write_predictions(path: str, predictions: Iterable[Mapping[str, Any]]) -> str:
-  """Writes the official prediction format, atomically."""
-  tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    for p in predictions:
-      f.write(json.dumps({"data_id": p["data_id"], "pred_entity_id": p["pred_entity_id"]},
-                         ensure_ascii=False) + "\n")
-  os.replace(tmp, path)
-  return path
+  """Writes the official prediction format, atomically (local or gs://)."""
+  return storage.write_text(path, "".join(
+      json.dumps({"data_id": p["data_id"], "pred_entity_id": p["pred_entity_id"]},
+                 ensure_ascii=False) + "\n" for p in predictions))
 
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".JPEG", ".JPG", ".webp")
@@ -111,7 +108,7 @@ def image_path(image_dir: str, image_id: str) -> str:
   for folder in (os.path.join(image_dir, image_id.split("_")[-1][:2]), image_dir):
     for ext in IMAGE_EXTENSIONS:
       path = os.path.join(folder, image_id + ext)
-      if os.path.isfile(path):
+      if storage.isfile(path):
         return path
       tried.append(path)
   raise OvenFormatError(f"image {image_id!r} not found under {image_dir!r} (looked for "

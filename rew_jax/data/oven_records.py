@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from rew_jax import records
+from rew_jax import storage
 from rew_jax.data import oven_files
 
 
@@ -23,7 +24,7 @@ def oven_to_records(references: str | Sequence[str], image_dir: str, out_dir: st
 
   def gen():
     for ref in refs:
-      with open(oven_files.image_path(image_dir, ref["image_id"]), "rb") as f:
+      with storage.path(oven_files.image_path(image_dir, ref["image_id"])).open("rb") as f:
         image = f.read()
       yield records.RewRecord(
           image_id=ref["image_id"], image=image, entity_id=ref["entity_id"],

@@ -3,13 +3,16 @@
 Train (endless unless `num_epochs` is set; each host reads 1/process_count of every epoch):
 
     MapDataset.source(records) → shuffle(seed) → repeat(num_epochs)
-      → slice(process_index::process_count) → random_map(decode record, task mixture, pp ops)
+      → random_map(decode record, task mixture, pp ops) → HostBlocks(process)
       → to_iter_dataset(threads) → batch(local batch, drop remainder) → mp_prefetch(workers)
 
-  The shuffle is a global permutation with the same seed on every host, re-drawn each epoch;
-  the slice then gives hosts disjoint examples. Random ops draw from Grain's per-element
-  generator, so the stream is a pure function of (seed, position): the iterator's
-  `get_state()`/`set_state()` restore the exact next batch, with or without workers.
+  The shuffle is a global permutation with the same seed on every host, re-drawn each epoch.
+  Random ops draw from Grain's per-element generator keyed by the element's *global*
+  position, and host p then takes rows [p·local, (p+1)·local) of every global batch: the
+  global batch (its examples, their augmentations and their row order) is the same for any
+  number of hosts, so a 2-host run computes the losses of a 1-host run. The stream is a pure
+  function of (seed, position): the iterator's `get_state()`/`set_state()` restore the exact
+  next batch, with or without workers.
   Records supporting no configured task (e.g. abstained, in an entity-only recipe) are
   filtered by design; the batch is filled from the following records.
 
@@ -168,6 +171,38 @@ class RecordToExample(grain.transforms.RandomMap):
 # --------------------------------------------------------------------------------------------
 
 
+class HostBlocks(grain.MapDataset):
+  """Host p's rows of every global batch of `local × count` consecutive elements: its
+  element k is parent element (k // local)·local·count + p·local + k % local. A trailing
+  partial global batch is left out, as batching with drop_remainder would."""
+
+  _MUTATES_ELEMENT_SPEC = False
+
+  def __init__(self, parent: grain.MapDataset, index: int, count: int, local: int):
+    super().__init__(parent)
+    self._index, self._count, self._local = index, count, local
+    self._length = len(parent) // (local * count) * local
+
+  def __len__(self) -> int:
+    return self._length
+
+  def _parent_index(self, k: int) -> int:
+    block, row = divmod(k, self._local)
+    return (block * self._count + self._index) * self._local + row
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return self.slice(index)
+    return self._parent[self._parent_index(index)]
+
+  def _getitems(self, indices: Sequence[int]):
+    return self._parent._getitems(  # pylint: disable=protected-access
+        [self._parent_index(k) for k in indices])
+
+  def __str__(self) -> str:
+    return f"HostBlocks(host {self._index} of {self._count}, {self._local} rows)"
+
+
 def resolve_processes(process_index: int | None, process_count: int | None) -> tuple[int, int]:
   if process_index is None or process_count is None:
     import jax  # pylint: disable=g-import-not-at-top
@@ -208,8 +243,9 @@ def train_dataset(data_dir: str, *, batch_size: int, pp: str = DEFAULT_TRAIN_PP,
   source = source or RecordSource(data_dir, verify=verify)
   ds = grain.MapDataset.source(_Located(source)).shuffle(seed=seed)
   ds = ds.repeat(num_epochs or None)
-  ds = ds.slice(slice(p, None, n_proc))
+  # Augmentations keyed by global position, then this host's rows of each global batch.
   ds = ds.random_map(RecordToExample(_mixture(tasks), pp, on_error=on_error), seed=seed + 1)
+  ds = HostBlocks(ds, p, n_proc, local)
   it = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
                                             prefetch_buffer_size=max(2 * local, 16)))
   it = it.batch(local, drop_remainder=True)

@@ -24,6 +24,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from rew_jax import storage
 from rew_jax.config import ConfigDict
 from rew_jax.errors import ConfigError, UserError
 from rew_jax.records import RewRecord
@@ -64,8 +65,7 @@ def default_config() -> ConfigDict:
 def load_codes(path: str) -> dict[str, list[int]]:
   """Reads a JSON mapping entity_id → code token ids."""
   try:
-    with open(path) as f:
-      codes = json.load(f)
+    codes = json.loads(storage.read_text(path))
   except (OSError, ValueError) as e:
     raise ConfigError(f"ALD codes file {path!r}: {e}") from None
   if not isinstance(codes, dict):

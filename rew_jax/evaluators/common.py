@@ -7,6 +7,11 @@ its data, and `run(params)` yields `(metric_name, value)` pairs:
     for name, value in evaluator.run(params, step=1000):
       writer.scalar(name, value, step)
 
+On several processes (hosts), `predict_all` gives each process its share of the examples
+(p, p+P, ...), runs the prediction on global batches over the parameters' mesh, and gathers
+the outputs so that every process holds all of them in example order; only process 0
+writes files (`output_dir` is None elsewhere). Metrics are computed the same everywhere.
+
 `predict_fn(params, batch, **kw) -> outputs` is a pure function of the parameters and a
 batch of numpy arrays (`mask` int32 [B] marks real examples; padding examples repeat a real
 one so that every batch has the same shape and a jitted function compiles once). Outputs
@@ -29,12 +34,17 @@ same for a train config, with the registered model's prediction functions (confi
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
+import jax
+from jax.experimental import multihost_utils
 import numpy as np
 
+from rew_jax import sharding
+from rew_jax import storage
 from rew_jax.errors import ConfigError
 from rew_jax.registry import EVALUATORS
 
@@ -53,12 +63,13 @@ class Evaluator:
     raise NotImplementedError
 
   def output_dir(self, step: int | None = None) -> str | None:
-    """Where this run's files go (created), or None when the evaluator has no workdir."""
-    if not self.workdir:
+    """Where this run's files go (created), or None when the evaluator has no workdir or
+    runs on a process other than 0 (which alone writes a multi-host run's files)."""
+    if not self.workdir or jax.process_index() != 0:
       return None
     parts = [self.workdir, "eval", self.name] + ([f"step_{step}"] if step is not None else [])
     path = os.path.join(*parts)
-    os.makedirs(path, exist_ok=True)
+    storage.makedirs(path)
     return path
 
 
@@ -131,6 +142,51 @@ def batches(examples: Sequence[Any], batch_size: int, load: Callable[[Any], dict
     yield items, batch
 
 
+def predict_all(predict_fn: PredictFn, params, examples: Sequence[Any], batch_size: int,
+                load: Callable[[Any], dict[str, Any]], **kwargs) -> dict[str, np.ndarray]:
+  """`predict_fn`'s outputs for every example, in example order, as host numpy arrays.
+
+  One process: fixed-shape batches of `batch_size` (see `batches`). Several: process p
+  predicts examples p, p+P, ... in batches of `batch_size` (every process the same number
+  of batches, padding masked), each batch a global array over the mesh of `params`, and the
+  outputs of all processes are gathered onto every process.
+  """
+  if jax.process_count() == 1:
+    parts = [to_numpy(predict_fn(params, batch, **kwargs), len(items))
+             for items, batch in batches(examples, batch_size, load)]
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if parts else {}
+  p, count = jax.process_index(), jax.process_count()
+  mine = list(range(p, len(examples), count))
+  num_batches = max(1, -(-(-(-len(examples) // count)) // batch_size))
+  meshes = [x.sharding.mesh for x in jax.tree.leaves(params)
+            if isinstance(getattr(x, "sharding", None), jax.sharding.NamedSharding)]
+  if not meshes:
+    raise ValueError("predicting on several processes needs parameters placed on a mesh "
+                     "(jax.Arrays with a NamedSharding, as model_setup places them)")
+  mesh = meshes[0]
+  rows: dict[str, list] = {}
+  order = []
+  for b in range(num_batches):
+    index = mine[b * batch_size:(b + 1) * batch_size]
+    # A process with no examples left still joins the collective, on a masked example.
+    _, batch = next(batches([examples[i] for i in index] or [examples[0]], batch_size, load))
+    ids = np.full(batch_size, -1, np.int32)
+    ids[:len(index)] = index
+    batch["_index"] = ids
+    global_batch = sharding.host_batch_to_global(batch, mesh)
+    ids = global_batch.pop("_index")
+    outputs = predict_fn(params, global_batch, **kwargs)
+    # Gathered whole onto every process, rows in the global batch's order.
+    gathered = multihost_utils.process_allgather({"_index": ids, **outputs}, tiled=True)
+    order.append(np.asarray(gathered.pop("_index")))
+    for key, value in gathered.items():
+      rows.setdefault(key, []).append(np.asarray(value))
+  order = np.concatenate(order)
+  keep = order >= 0
+  position = np.argsort(order[keep], kind="stable")
+  return {k: np.concatenate(v)[keep][position] for k, v in rows.items()}
+
+
 def to_numpy(outputs: Mapping[str, Any], n: int) -> dict[str, np.ndarray]:
   """Device outputs → host numpy, cut to the `n` real (leading) examples of the batch."""
   return {k: np.asarray(v)[:n] for k, v in outputs.items()}
@@ -142,13 +198,9 @@ def to_numpy(outputs: Mapping[str, Any], n: int) -> dict[str, np.ndarray]:
 
 
 def write_jsonl(path: str, rows: Iterable[Mapping[str, Any]]) -> str:
-  """Writes rows atomically (temp file + rename), one JSON object per line."""
-  tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    for row in rows:
-      f.write(json.dumps(row, ensure_ascii=False) + "\n")
-  os.replace(tmp, path)
-  return path
+  """Writes rows atomically (rew_jax.storage: local or gs://), one JSON object per line."""
+  return storage.write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n"
+                                          for row in rows))
 
 
 def write_table(path: str, rows: Sequence[Mapping[str, Any]],
@@ -156,19 +208,13 @@ def write_table(path: str, rows: Sequence[Mapping[str, Any]],
   """A tab-separated per-example table (opens in any spreadsheet or `column -t`)."""
   if columns is None:
     columns = list(dict.fromkeys(k for row in rows for k in row))
-  tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8", newline="") as f:
-    writer = csv.writer(f, delimiter="\t", lineterminator="\n")
-    writer.writerow(columns)
-    for row in rows:
-      writer.writerow(["" if row.get(c) is None else row.get(c) for c in columns])
-  os.replace(tmp, path)
-  return path
+  out = io.StringIO(newline="")
+  writer = csv.writer(out, delimiter="\t", lineterminator="\n")
+  writer.writerow(columns)
+  for row in rows:
+    writer.writerow(["" if row.get(c) is None else row.get(c) for c in columns])
+  return storage.write_text(path, out.getvalue())
 
 
 def write_metrics(path: str, metrics: Mapping[str, Any]) -> str:
-  tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(dict(metrics), f, indent=1, sort_keys=True)
-  os.replace(tmp, path)
-  return path
+  return storage.write_text(path, json.dumps(dict(metrics), indent=1, sort_keys=True))

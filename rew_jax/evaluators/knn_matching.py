@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rew_jax import records as records_lib
+from rew_jax import storage
 from rew_jax.data import ops as ops_lib
 from rew_jax.data import oven_files
 from rew_jax.errors import ConfigError, UserError
@@ -175,18 +176,18 @@ class Evaluator(common.Evaluator):
   def _load(self, item: Mapping[str, Any]) -> dict[str, Any]:
     image = item.get("image")
     if image is None:
-      with open(item["image_path"], "rb") as f:
-        image = f.read()
+      image = storage.read_bytes(item["image_path"])
     where = item.get("query_id") or item.get("image_id", "?")
     return self.pp({"image": image, "_where": f"kNN item {where}"})
 
   def embed(self, params, items: Sequence[Mapping[str, Any]]) -> np.ndarray:
-    out = []
-    for chunk, batch in common.batches(items, self.batch_size, self._load):
-      emb = self.predict_fn(params, batch)
-      emb = emb["embedding"] if isinstance(emb, Mapping) else emb
-      out.append(np.asarray(emb, np.float32)[:len(chunk)])
-    return np.concatenate(out)
+    def predict(p, batch):
+      emb = self.predict_fn(p, batch)
+      return {"embedding": emb["embedding"] if isinstance(emb, Mapping) else emb}
+
+    # Several processes: each embeds its share, all get every embedding.
+    out = common.predict_all(predict, params, items, self.batch_size, self._load)
+    return np.asarray(out["embedding"], np.float32)
 
   def classify(self, query_emb: np.ndarray, memory_emb: np.ndarray) -> dict[str, list]:
     """labelling → predicted entity id (or None) per query."""

@@ -16,7 +16,8 @@ through an explicit `image_paths` {image_id: path} map.
 Files under `<workdir>/eval/<name>/[step_<step>/]`: `predictions_<task>.jsonl` (official
 format, one per task present), `table.tsv` (one row per reference: ids, split, question,
 truth, prediction, correct, mapping details) and `metrics.json` (the full `score` result).
-This runs in one process; a multi-host train loop must gather before scoring.
+On several processes each predicts its share of the references; all score the gathered
+predictions, and process 0 alone writes the files.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 from rew_jax.data import ops as ops_lib
 from rew_jax.data import oven_files
 from rew_jax.data.oven_files import OvenFormatError
+from rew_jax import storage
 from rew_jax.evaluators import common
 from rew_jax.evaluators import mapping as mapping_lib
 from rew_jax.evaluators import oven_metric
@@ -74,22 +76,21 @@ class Evaluator(common.Evaluator):
     return oven_files.image_path(self.image_dir, image_id)
 
   def _load(self, ref: Mapping[str, Any]) -> dict[str, Any]:
-    with open(self._path(ref["image_id"]), "rb") as f:
-      image = f.read()
+    image = storage.read_bytes(self._path(ref["image_id"]))
     example = {"image": image, "prompt": ref["question"], "image_id": ref["image_id"],
                "_where": f"OVEN {ref['data_id']} (image {ref['image_id']})"}
     return self.pp(example)
 
   def predict(self, params) -> list[tuple[dict, mapping_lib.Mapped]]:
-    """(reference, mapped prediction) for every reference, in reference order."""
-    out = []
-    for refs, batch in common.batches(self.references, self.batch_size, self._load):
-      outputs = common.to_numpy(self.predict_fn(params, batch, **self.predict_kwargs), len(refs))
-      mapped = self.mapper(outputs)
-      if len(mapped) != len(refs):
-        raise ValueError(f"mapper returned {len(mapped)} entities for {len(refs)} examples")
-      out.extend(zip(refs, mapped))
-    return out
+    """(reference, mapped prediction) for every reference, in reference order; on several
+    processes each predicts its share and every process gets all (`common.predict_all`)."""
+    outputs = common.predict_all(self.predict_fn, params, self.references, self.batch_size,
+                                 self._load, **self.predict_kwargs)
+    mapped = self.mapper(outputs)
+    if len(mapped) != len(self.references):
+      raise ValueError(f"mapper returned {len(mapped)} entities for "
+                       f"{len(self.references)} examples")
+    return list(zip(self.references, mapped))
 
   def run(self, params, *, step: int | None = None) -> Iterator[tuple[str, float]]:
     pairs = self.predict(params)

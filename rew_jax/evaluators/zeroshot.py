@@ -137,15 +137,13 @@ class Evaluator(common.Evaluator):
       kwargs["trie"] = self.trie
     else:
       kwargs["class_tokens"] = self.class_tokens
-    preds = []
-    for idx, batch in common.batches(self.indices, self.batch_size, self.load):
-      out = common.to_numpy(self.predict_fn(params, batch, **kwargs), len(idx))
-      if self.mode == "trie":
-        rows = out["rows"]
-        preds += (rows[:, 0] if rows.ndim == 2 else rows).astype(int).tolist()
-      else:
-        preds += np.argmax(out["scores"], axis=-1).astype(int).tolist()
-    return preds
+    # Several processes: each predicts its share, all get every prediction.
+    out = common.predict_all(self.predict_fn, params, self.indices, self.batch_size, self.load,
+                             **kwargs)
+    if self.mode == "trie":
+      rows = out["rows"]
+      return (rows[:, 0] if rows.ndim == 2 else rows).astype(int).tolist()
+    return np.argmax(out["scores"], axis=-1).astype(int).tolist()
 
   def run(self, params, *, step: int | None = None) -> Iterator[tuple[str, float]]:
     preds = self.predict(params)

@@ -8,9 +8,12 @@ Output (the contract with the curation step, see docs/kb_and_retrieval.md):
       best first; image_path is absolute or a tar:// / parquet:// reference
       (`rew_jax.kb.sources.read_image_bytes` opens either)
   W/candidates/manifest.json                      counts per shard and in total
-Each shard is written to a temporary name and renamed when complete; a rerun skips the
-shards already there, so an interrupted run resumes. With several hosts, host i writes the
-shards i, i + H, ...; the manifest appears once every shard exists.
+Each shard is written to a temporary name and renamed when complete, so an interrupted run
+resumes at the first missing shard. With several hosts (a multi-process JAX job), host i
+writes the shards i, i + H, ..., encoding and searching on its own devices only (a mesh of
+`jax.local_devices()`: hosts never wait on each other per batch); process 0 builds the KB
+index first, the entity embeddings are split across hosts (kb/embeddings.py), and process 0
+writes the manifest once every host is done.
 
 The KB index, entity embeddings, BM25 index, ALD codes and name trie are built on first use
 next to the index (`kb.index_dir`, default W/kb) and reused afterwards.
@@ -26,6 +29,8 @@ from typing import Sequence
 import jax
 
 from rew_jax import config as config_lib
+from rew_jax import distributed
+from rew_jax import storage
 from rew_jax import workdir as workdir_lib
 from rew_jax.errors import ConfigError
 from rew_jax.kb import bm25 as bm25_lib
@@ -92,16 +97,18 @@ class CandidateRetriever:
     if self.method == "bm25":
       self.bm25 = bm25_lib.TitleBM25.open_or_build(kb)
       return
+    # This host's devices only: each host encodes and searches its own captions.
+    mesh = retrieval.entity_mesh(jax.local_devices())
     self.encoder = text_encoder.TextEncoder(config.encoder.model_dir or None,
                                             max_length=config.encoder.max_length,
-                                            batch_size=config.encoder.batch_size)
+                                            batch_size=config.encoder.batch_size, mesh=mesh)
     store = embeddings_lib.build_embeddings(
         kb, self.encoder, embeddings_dir, text=config.embeddings.text,
         summary_chars=config.embeddings.summary_chars, shard_rows=config.embeddings.shard_rows,
         dtype=config.embeddings.dtype)
     self.searcher = retrieval.TopKSearcher(
         store, chunk_rows=config.retrieval.chunk_rows, query_block=config.retrieval.query_block,
-        mode=config.retrieval.mode, recall_target=config.retrieval.recall_target)
+        mode=config.retrieval.mode, recall_target=config.retrieval.recall_target, mesh=mesh)
 
   def search(self, captions: Sequence[str]) -> list[list[dict]]:
     out = []
@@ -180,15 +187,22 @@ def run_candidates(config, workdir: str, *, host_index: int | None = None,
                    host_count: int | None = None, log=print) -> str:
   """Runs the step; returns W/candidates. `config` is the `candidates` section."""
   paths = _Paths(config, workdir)
+  storage.require_local(paths.out, "candidates output")
+  storage.require_local(paths.index, "KB index")
   host_index = jax.process_index() if host_index is None else host_index
   host_count = jax.process_count() if host_count is None else host_count
   units = sources.plan_units(paths.format, paths.data, config.data.records_per_shard)
   os.makedirs(paths.out, exist_ok=True)
   names = [_shard_name(i, len(units)) for i in range(len(units))]
-  todo = [i for i in range(len(units)) if i % host_count == host_index
-          and not os.path.isfile(os.path.join(paths.out, names[i]))]
-  kb = prepare_kb(config, paths)
-  log(f"candidates: {len(units)} shards, {len(units) - len(todo)} already done; "
+  mine = [i for i in range(len(units)) if i % host_count == host_index]
+  todo = [i for i in mine if not os.path.isfile(os.path.join(paths.out, names[i]))]
+  if distributed.process_index() == 0:  # Built once, then opened by the other hosts.
+    kb = prepare_kb(config, paths)
+  distributed.barrier("candidates-kb")
+  if distributed.process_index() != 0:
+    kb = prepare_kb(config, paths)
+  log(f"candidates: {len(units)} shards, {len(mine) - len(todo)} of this host's {len(mine)} "
+      "already done; "
       f"KB {len(kb)} entities")
   if todo:
     retriever = CandidateRetriever(config, kb, paths.embeddings)
@@ -202,7 +216,9 @@ def run_candidates(config, workdir: str, *, host_index: int | None = None,
       _write_shard(os.path.join(paths.out, names[i]), records, cands, stats)
       log(f"  {names[i]}: {len(records)} images, {stats['skipped']} skipped, "
           f"{time.time() - start:.1f} s")
-  if all(os.path.isfile(os.path.join(paths.out, n)) for n in names):
+  distributed.barrier("candidates-shards")
+  if distributed.process_index() == 0 and all(
+      os.path.isfile(os.path.join(paths.out, n)) for n in names):
     m = _manifest(paths.out, names, config, paths, len(kb))
     log(f"candidates: {m['records']} images in {m['num_shards']} shards → {paths.out}")
   return paths.out

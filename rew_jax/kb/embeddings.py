@@ -6,7 +6,9 @@ Layout of an embeddings directory (next to the KB index by default):
                      uint16 bit pattern because .npy has no bfloat16 type
 
 A shard is written to a temporary name and renamed when complete, so an interrupted run
-resumes at the first missing shard. 6M × 384 float16 is 4.7 GB: the retrieval step reads
+resumes at the first missing shard. In a multi-process job the shards are split over the
+processes (process p encodes shards p, p + P, ...), and process 0 alone writes the two
+metadata files, so the matrix is built once in all, into the one shared directory. 6M × 384 float16 is 4.7 GB: the retrieval step reads
 the shards as memory maps, chunk by chunk, and never holds the whole matrix in one array.
 """
 
@@ -19,6 +21,7 @@ from typing import Iterator
 import ml_dtypes
 import numpy as np
 
+from rew_jax import distributed
 from rew_jax.errors import UserError
 
 DTYPES = {"float16": np.dtype(np.float16), "bfloat16": np.dtype(ml_dtypes.bfloat16)}
@@ -95,22 +98,18 @@ def build_embeddings(kb, encoder, out_dir: str, *, text: str = "title",
   os.makedirs(out_dir, exist_ok=True)
   meta_path = os.path.join(out_dir, "meta.json")
   planned = os.path.join(out_dir, "planned.json")
-  if os.path.isfile(planned):
-    with open(planned) as f:
-      previous = json.load(f)
-    if previous != json.loads(json.dumps(meta)):
-      diff = sorted(k for k in meta if previous.get(k) != json.loads(json.dumps(meta))[k])
-      raise UserError(f"{out_dir} holds embeddings built with other settings ({', '.join(diff)} "
-                      "differ); remove the directory or point embeddings elsewhere")
-  else:
-    with open(planned + ".tmp", "w") as f:
-      json.dump(meta, f, indent=1)
-    os.replace(planned + ".tmp", planned)
+  index, count = distributed.process_index(), distributed.process_count()
+  if index == 0:
+    _check_or_write_plan(planned, meta, out_dir)
+  distributed.barrier("embeddings-planned")
+  if index != 0:
+    _check_or_write_plan(planned, meta, out_dir)  # Reads process 0's plan: same settings?
 
   n_shards = _num_shards(len(kb), shard_rows)
-  todo = [i for i in range(n_shards) if not os.path.isfile(_shard_path(out_dir, i))]
+  todo = [i for i in range(n_shards) if i % count == index
+          and not os.path.isfile(_shard_path(out_dir, i))]
   bar = None
-  if progress and todo:
+  if progress and todo and index == 0:
     import tqdm  # pylint: disable=g-import-not-at-top
     bar = tqdm.tqdm(total=len(kb), initial=len(kb) - sum(
         min(shard_rows, len(kb) - i * shard_rows) for i in todo), desc="entity embeddings",
@@ -129,7 +128,25 @@ def build_embeddings(kb, encoder, out_dir: str, *, text: str = "title",
       bar.update(stop - start)
   if bar is not None:
     bar.close()
-  with open(meta_path + ".tmp", "w") as f:
-    json.dump(meta, f, indent=1)
-  os.replace(meta_path + ".tmp", meta_path)
+  distributed.barrier("embeddings-written")
+  if index == 0:
+    with open(meta_path + ".tmp", "w") as f:
+      json.dump(meta, f, indent=1)
+    os.replace(meta_path + ".tmp", meta_path)
+  distributed.barrier("embeddings-complete")
   return EmbeddingStore(out_dir)
+
+
+def _check_or_write_plan(planned: str, meta: dict, out_dir: str) -> None:
+  """Records the settings of a new directory; refuses one built with other settings."""
+  if os.path.isfile(planned):
+    with open(planned) as f:
+      previous = json.load(f)
+    if previous != json.loads(json.dumps(meta)):
+      diff = sorted(k for k in meta if previous.get(k) != json.loads(json.dumps(meta))[k])
+      raise UserError(f"{out_dir} holds embeddings built with other settings ({', '.join(diff)} "
+                      "differ); remove the directory or point embeddings elsewhere")
+  else:
+    with open(planned + ".tmp", "w") as f:
+      json.dump(meta, f, indent=1)
+    os.replace(planned + ".tmp", planned)

@@ -141,6 +141,7 @@ class TextEncoder:
         raise UserError(f"encoder batch_size {batch_size} is not divisible by the "
                         f"{mesh.size} devices of the mesh")
       self.params = jax.device_put(params, replicated)
+      self._batch_sharding = batch
       self._embed = jax.jit(self._embed_impl, in_shardings=(replicated, batch, batch),
                             out_shardings=batch)
     else:
@@ -180,6 +181,8 @@ class TextEncoder:
       for i, r in enumerate(rows):
         ids[i, :len(seqs[r])] = seqs[r]
         mask[i, :len(seqs[r])] = 1
+      if self._mesh is not None:  # Placed first: a multi-process job refuses numpy inputs
+        ids, mask = jax.device_put((ids, mask), self._batch_sharding)  # with a sharding.
       emb = self._embed(self.params, ids, mask)
       out[rows] = np.asarray(emb)[:len(rows)]
     return out

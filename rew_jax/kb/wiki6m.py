@@ -33,6 +33,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from rew_jax import storage
 from rew_jax.errors import UserError
 
 INDEX_VERSION = 1
@@ -234,6 +235,7 @@ class EntityKB:
   """An opened KB index: rows 0..N-1 in source order, with id and name lookups."""
 
   def __init__(self, index_dir: str):
+    storage.require_local(index_dir, "KB index")  # Memory-mapped tables.
     meta_path = os.path.join(index_dir, "meta.json")
     if not os.path.isfile(meta_path):
       raise UserError(f"{index_dir!r} is not a KB index (no meta.json); build it with "

@@ -13,6 +13,7 @@ import time
 from typing import Callable, Mapping, Sequence
 
 from rew_jax import config as config_lib
+from rew_jax import distributed
 
 ConfigDict = config_lib.ConfigDict
 
@@ -42,6 +43,10 @@ def parse(p: argparse.ArgumentParser, argv: Sequence[str],
   are filled with their defaults before the overrides apply."""
   overrides, rest = config_lib.split_overrides(argv)
   args = p.parse_args(rest)
+  # Multi-host: join the job (launch/ sets the environment) before anything touches the XLA
+  # backend, and after --help, which must not wait for the other hosts.
+  distributed.initialize_from_env()
+  distributed.configure_logging()
   config = config_lib.load_config(args.config) if args.config else ConfigDict()
   for name, make in dict(defaults).items():
     if name not in config:
@@ -52,7 +57,8 @@ def parse(p: argparse.ArgumentParser, argv: Sequence[str],
 
 
 class Progress:
-  """`== stage ==` headers and lines on stdout, flushed, and the time since the start."""
+  """`== stage ==` headers and lines on stdout, flushed, and the time since the start; on
+  process 0 only, so that a multi-host run prints one copy."""
 
   def __init__(self):
     self.start = time.time()
@@ -61,7 +67,8 @@ class Progress:
     self.line(f"== {text} ==")
 
   def line(self, text: str) -> None:
-    print(text, flush=True)
+    if distributed.process_index() == 0:
+      print(text, flush=True)
 
   def elapsed(self) -> float:
     return time.time() - self.start

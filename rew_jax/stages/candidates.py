@@ -17,6 +17,7 @@ import shutil
 from typing import Sequence
 
 from rew_jax import config as config_lib
+from rew_jax import distributed
 from rew_jax import workdir as workdir_lib
 from rew_jax.errors import ConfigError
 from rew_jax.kb import candidates as candidates_lib
@@ -30,8 +31,10 @@ def ensure(config, wd: workdir_lib.Workdir, *, progress: base.Progress | None = 
   """W/candidates for `config.candidates` (and the world, when the config describes one)."""
   progress = progress or base.Progress()
   section = config_lib.section(config, SECTION, candidates_lib.default_config())
-  if world_stage.SECTION in config:
+  main = distributed.process_index() == 0  # Several hosts: one writes the stamps (and world).
+  if world_stage.SECTION in config and main:
     world_stage.ensure(config, wd, progress=progress)
+  distributed.barrier("candidates-world")
   uses_world = section.data.format == "world" and not section.data.path
   if uses_world and not os.path.isdir(wd.world):
     raise ConfigError(
@@ -43,13 +46,15 @@ def ensure(config, wd: workdir_lib.Workdir, *, progress: base.Progress | None = 
   if stamp and stamp["fingerprint"] == digest and stamp.get("complete"):
     progress.line(f"candidates: reusing {wd.candidates} (same config and inputs)")
     return wd.candidates
-  if stamp and stamp["fingerprint"] != digest:
+  if main and stamp and stamp["fingerprint"] != digest:
     shutil.rmtree(wd.candidates)  # Another config's candidates: none of them can be kept.
-  if not stamp or stamp["fingerprint"] != digest:
+  if main and (not stamp or stamp["fingerprint"] != digest):
     workdir_lib.write_stamp(wd.candidates, SECTION, digest, complete=False)
+  distributed.barrier("candidates-stamp")
   progress.header(SECTION)
   out = candidates_lib.run_candidates(section, wd.root, log=progress.line)
-  if os.path.isfile(os.path.join(out, "manifest.json")):  # Every host's shards are there.
+  # run_candidates returns once every host's shards and the manifest are written.
+  if main and os.path.isfile(os.path.join(out, "manifest.json")):
     workdir_lib.write_stamp(wd.candidates, SECTION, digest, complete=True)
   return out
 

@@ -8,7 +8,9 @@
         --predictions pred_entity.jsonl pred_query.jsonl
 
 A checkpoint is evaluated with the `train` section of its config (its model, `evals` and
-`predict` blocks); evaluator outputs go to W/eval/<name>/step_<step>/.
+`predict` blocks); evaluator outputs go to W/eval/<name>/step_<step>/. On several hosts
+(launch/, docs/launching.md) each predicts its share of the examples, and process 0 alone
+writes the files and prints the metrics.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import json
 from typing import Sequence
 
 from rew_jax import config as config_lib
+from rew_jax import distributed
 from rew_jax import train as train_lib
 from rew_jax.evaluators import checkpoint_eval
 from rew_jax.evaluators import oven_metric
@@ -47,7 +50,8 @@ def _checkpoint_main(argv: Sequence[str]) -> int:
   section = config_lib.section(config, "train", train_lib.default_config(),
                                source=args.config_source)
   results = checkpoint_eval.evaluate(train_lib.with_defaults(section), args.workdir, args.step)
-  print(json.dumps(results, sort_keys=True))
+  if distributed.process_index() == 0:  # Several hosts: each predicted a share; one reports.
+    print(json.dumps(results, sort_keys=True))
   return 0
 
 

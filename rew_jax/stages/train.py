@@ -6,13 +6,15 @@
 Reads the config's `train` section (every key checked against `rew_jax.train.default_config`)
 and trains in W itself: checkpoints in W/checkpoints, metrics in W/metrics.jsonl, evaluator
 outputs in W/eval. A workdir with checkpoints resumes from the latest, with the exact next
-batch; SIGTERM saves and exits. A workdir trained under another model, optimizer, loss,
-input or seed is refused, naming the keys that differ (the step count, logging, checkpoint
-cadence and evaluators may change between runs).
+batch; SIGTERM saves and exits 0 (on several hosts, all of them at the same step: see
+"The multi-host contract" in docs/launching.md). A workdir trained under another model,
+optimizer, loss, input or seed is refused, naming the keys that differ (the step count,
+logging, checkpoint cadence and evaluators may change between runs).
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Sequence
 
 from rew_jax import config as config_lib
@@ -64,11 +66,16 @@ def main(argv: Sequence[str]) -> int:
   args, config = base.parse(p, argv)
   section = config_lib.section(config, SECTION, train_lib.default_config(),
                                source=args.config_source)
-  # Multi-host: join the job before anything touches the XLA backend (launch/ sets the env).
-  distributed.initialize_from_env()
-  check_resume(section, workdir_lib.Workdir(args.workdir).train_run())
+  run_dir = workdir_lib.Workdir(args.workdir).train_run()
+  # Several hosts: process 0 stamps a new workdir, the others then check that stamp (all
+  # writing it at once would race on its temporary file).
+  if distributed.process_index() == 0:
+    check_resume(section, run_dir)
+  distributed.barrier("train-stamp")
+  if distributed.process_index() != 0:
+    check_resume(section, run_dir)
   try:
     train_lib.train(section, args.workdir)
   except train_lib.Preempted as e:
-    print(e, flush=True)
+    logging.getLogger(__name__).warning("%s", e)
   return 0

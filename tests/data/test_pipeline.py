@@ -117,6 +117,16 @@ def test_per_process_slicing(data_dir):
     train(data_dir, batch_size=4, p=0, n=3)
 
 
+def test_hosts_split_the_one_host_global_batch(data_dir):
+  # Random crops included: augmentations are keyed by global position, so the two hosts'
+  # rows, stacked, are the one-host batch itself (and a multi-host run its losses).
+  pp = "decode|inception_crop(2)|" + PP.split("|", 2)[2]
+  one = take(iter(train(data_dir, pp=pp)), 12)
+  two = [take(iter(train(data_dir, pp=pp, p=p, n=2)), 12) for p in range(2)]
+  stacked = [{k: np.concatenate([a[k], b[k]]) for k in a} for a, b in zip(*two)]
+  assert_same(stacked, one)
+
+
 def test_eval_keeps_every_example_and_pads(module_workdir):
   path = str(module_workdir / "eval11")
   records.write_records(path, [rec(i, curation_status="unresolved") for i in range(11)],

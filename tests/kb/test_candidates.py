@@ -86,7 +86,7 @@ def test_resume_rewrites_only_missing_shards(embedding_run):
   os.remove(last)
   log = []
   candidates.run_candidates(_config(world, k=3), work, log=log.append)
-  assert "2 already done" in log[0]
+  assert "2 of this host's 3 already done" in log[0]
   assert os.path.getmtime(first) == stamp and open(last).read() == content
 
 

@@ -1,0 +1,198 @@
+"""Where bytes live: local disk or an object store (`gs://`), through one API (`etils.epath`).
+
+Every path a user may point at a bucket (workdirs, checkpoints, records, metrics, evaluator
+outputs, the KB index, candidates, curation outputs) is read and written through this module
+or `epath.Path` directly, never `os.path`: `os.path.abspath("gs://b/run")` is
+"<cwd>/gs:/b/run", a local folder that would silently take a run's outputs.
+
+    storage.is_remote("gs://b/run")             # True: no directories, no renames, no appends
+    storage.absolute("run")                     # "/cwd/run"; a gs:// path is returned as is
+    storage.write_text(path, text)              # whole and atomic on both kinds
+    with storage.local_output(path) as tmp:     # a writer that only knows local files
+      write_array_record(tmp)                   # → path, on success only
+    storage.local_input(path)                   # a local copy of a remote file (cached)
+
+Object-store semantics decide three things here: an object upload is atomic (readers see
+the old object or the new one), so remote writes go straight to their name, whereas local
+ones go through a temporary name and a rename; objects cannot be appended to, so callers
+that append (metrics) rewrite the object; and libraries that open files by path themselves
+(ArrayRecord's reader and writer) get a local file staged by `local_input`/`local_output`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import tempfile
+from typing import Iterator
+
+from etils import epath
+import fsspec.config
+
+from rew_jax.errors import UserError
+
+# Where remote files that a library can only open locally are copied (ArrayRecord shards).
+CACHE_ENV = "REW_JAX_CACHE_DIR"
+
+# Processes read what others write (hosts, a resumed run, an evaluator of a running job): a
+# directory listing cached by gcsfs would hide their new objects, e.g. a checkpoint step.
+# fsspec applies these defaults when epath first makes its gcsfs instance.
+for _protocol in ("gs", "gcs"):
+  fsspec.config.conf.setdefault(_protocol, {}).setdefault("use_listings_cache", False)
+
+
+def is_remote(path) -> bool:
+  """True for object-store URLs (gs://, s3://): paths that never touch the local disk."""
+  return "://" in os.fspath(path)
+
+
+def absolute(path) -> str:
+  """`path` made absolute when local; a remote URL unchanged (os.path would mangle it)."""
+  path = os.fspath(path)
+  return path if is_remote(path) else os.path.abspath(path)
+
+
+class LocalOnlyError(UserError):
+  """A remote path given where rew_jax reads or writes only local files (for now)."""
+
+
+def require_local(p, what: str) -> None:
+  """Refuses a remote `p` for `what`, rather than let os.path make a local "gs:" folder."""
+  if p and is_remote(p):
+    raise LocalOnlyError(f"{what} {os.fspath(p)!r}: this step writes local files only (memory-"
+                         "mapped tables, appended journals); give it a local or mounted path "
+                         "(records and training workdirs may be gs://)")
+
+
+def path(p) -> epath.Path:
+  return epath.Path(p)
+
+
+def exists(p) -> bool:
+  return epath.Path(p).exists()
+
+
+def isfile(p) -> bool:
+  p = epath.Path(p)
+  return p.exists() and not p.is_dir()
+
+
+def isdir(p) -> bool:
+  return epath.Path(p).is_dir()
+
+
+def getsize(p) -> int:
+  return epath.Path(p).stat().length
+
+
+def makedirs(p) -> None:
+  """Creates a local directory; a no-op on object stores, which have no directories."""
+  epath.Path(p).mkdir(parents=True, exist_ok=True)
+
+
+def listdir(p) -> list[str]:
+  """Names (not paths) in a directory, sorted."""
+  return sorted(child.name for child in epath.Path(p).iterdir())
+
+
+def glob(directory, pattern: str) -> list[str]:
+  """Paths in `directory` whose names match `pattern`, sorted."""
+  return sorted(os.fspath(c) for c in epath.Path(directory).glob(pattern))
+
+
+def remove(p) -> None:
+  epath.Path(p).unlink()
+
+
+def rmtree(p) -> None:
+  """Removes a directory tree; nothing when it does not exist."""
+  p = epath.Path(p)
+  if p.exists():
+    p.rmtree()
+
+
+def read_text(p) -> str:
+  return epath.Path(p).read_text(encoding="utf-8")
+
+
+def read_bytes(p) -> bytes:
+  return epath.Path(p).read_bytes()
+
+
+def write_bytes(p, data: bytes) -> str:
+  """Writes `data` to `p` whole: readers never see a part of it."""
+  p = os.fspath(p)
+  if is_remote(p):  # One object upload is atomic; a rename would be a copy plus a delete.
+    epath.Path(p).write_bytes(data)
+    return p
+  directory, name = os.path.split(p)
+  tmp = os.path.join(directory, f".{name}.tmp-{os.getpid()}")
+  with open(tmp, "wb") as f:
+    f.write(data)
+  os.replace(tmp, p)
+  return p
+
+
+def write_text(p, text: str) -> str:
+  return write_bytes(p, text.encode("utf-8"))
+
+
+@contextlib.contextmanager
+def local_output(p) -> Iterator[str]:
+  """A local file path for a writer that cannot write `p` itself; on success it becomes `p`.
+
+  Local `p`: a temporary name beside it, renamed at the end (so a crash leaves no file under
+  the final name). Remote `p`: a file in a local temporary folder, uploaded at the end.
+  Nothing is left behind when the block raises.
+  """
+  p = os.fspath(p)
+  if is_remote(p):
+    folder = tempfile.mkdtemp(prefix="rew_jax_upload_")
+    tmp = os.path.join(folder, os.path.basename(p))
+    try:
+      yield tmp
+      epath.Path(tmp).copy(p, overwrite=True)
+    finally:
+      shutil.rmtree(folder, ignore_errors=True)
+    return
+  directory, name = os.path.split(p)
+  tmp = os.path.join(directory, f".{name}.tmp-{os.getpid()}")
+  try:
+    yield tmp
+    os.replace(tmp, p)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+
+
+def cache_dir() -> str:
+  """Local folder for copies of remote files: $REW_JAX_CACHE_DIR, else ~/.cache/rew_jax."""
+  return os.environ.get(CACHE_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "rew_jax")
+
+
+def local_input(p) -> str:
+  """A local path holding the bytes of `p`: `p` itself when local, else a cached copy.
+
+  The copy is named by the remote path, size and modification time, so a rewritten object
+  is fetched again and an unchanged one is fetched once per machine; it is written under a
+  temporary name and renamed, so concurrent readers (Grain workers) never see half a file.
+  """
+  p = os.fspath(p)
+  if not is_remote(p):
+    return p
+  stat = epath.Path(p).stat()
+  key = hashlib.sha256(f"{p}|{stat.length}|{stat.mtime}".encode()).hexdigest()[:16]
+  local = os.path.join(cache_dir(), "remote", f"{key}-{os.path.basename(p)}")
+  if os.path.isfile(local) and os.path.getsize(local) == stat.length:
+    return local
+  os.makedirs(os.path.dirname(local), exist_ok=True)
+  tmp = f"{local}.tmp-{os.getpid()}"
+  try:
+    epath.Path(p).copy(tmp, overwrite=True)
+    os.replace(tmp, local)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+  return local

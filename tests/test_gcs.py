@@ -1,0 +1,182 @@
+"""gs:// workdirs and records, against a local GCS emulator (the `gcs` fixture, conftest.py).
+
+Train → checkpoint → SIGKILL → resume → eval with the workdir, the records and the OVEN
+queries in a bucket gives the losses and metrics of the same run on local disk, and nothing
+lands on the local disk: the tests run in an empty current directory that must stay empty,
+and no `gs:` folder (what `os.path.abspath("gs://...")` would make) may appear.
+The documented GiT-L command runs, in its runlocal form, with a gs:// workdir and records.
+"""
+
+import dataclasses
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from rew_jax import __main__ as cli
+from rew_jax import checkpoint as ckpt_lib
+from rew_jax import config as config_lib
+from rew_jax import metrics as metrics_lib
+from rew_jax import records
+from rew_jax import storage
+from rew_jax import train as train_lib
+from rew_jax.data import synthetic_images as si
+
+import test_docstring_commands as docs
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+CONFIG = os.path.join(HERE, "tiny_train_config.py")
+NAMES = ["Crimson Plain Tower", "Cobalt Striped Dome", "Amber Spotted Lotus",
+         "Jade Checkered Kestrel"]
+LOOKS = [si.Look("tower", "crimson", "plain"), si.Look("dome", "cobalt", "striped"),
+         si.Look("lotus", "amber", "spotted"), si.Look("kestrel", "jade", "checkered")]
+
+
+def tiny_records(n: int = 48, seed: int = 0) -> list[records.RewRecord]:
+  rng = np.random.default_rng(seed)
+  return [records.RewRecord(
+      image_id=f"img_{i:04d}", image=si.encode_jpeg(si.draw([LOOKS[i % 4]], rng, min_size=32,
+                                                              max_size=40)),
+      entity_id=f"Q{i % 4}", entity_name=NAMES[i % 4], curation_status="kept", backend="test",
+      candidates=[{"entity_id": f"Q{(i + 1) % 4}", "name": NAMES[(i + 1) % 4], "score": 1.0}])
+      for i in range(n)]
+
+
+def _write_data(root: str) -> None:
+  """ROOT/records (REW records) and ROOT/oven (8 kNN queries), through rew_jax.storage."""
+  records.write_records(f"{root}/records", tiny_records(), records_per_shard=16)
+  rng = np.random.default_rng(1)
+  refs = []
+  for i in range(8):
+    image_id = f"oven_{i:04d}"
+    storage.write_bytes(f"{root}/oven/images/{image_id}.jpg",
+                        si.encode_jpeg(si.draw([LOOKS[i % 4]], rng, min_size=32, max_size=40)))
+    refs.append({"data_id": f"q{i}", "image_id": image_id, "entity_id": f"Q{i % 4}",
+                 "question": "what is this?", "data_split": "entity_val_seen"})
+  storage.write_text(f"{root}/oven/oven_entity_val.jsonl",
+                     "".join(json.dumps(r) + "\n" for r in refs))
+
+
+@pytest.fixture(scope="module")
+def data(gcs, tmp_path_factory):
+  """The same records and queries on local disk and in the bucket: {"local": .., "gs": ..}."""
+  local = str(tmp_path_factory.mktemp("local_data"))
+  os.makedirs(os.path.join(local, "oven", "images"))
+  _write_data(local)
+  _write_data(gcs.url("data"))
+  return {"local": local, "gs": gcs.url("data")}
+
+
+@pytest.fixture
+def empty_cwd(tmp_path, monkeypatch):
+  """An empty current directory (which must stay so) and a cache for remote shards."""
+  cwd = tmp_path / "cwd"
+  cwd.mkdir()
+  monkeypatch.chdir(cwd)
+  monkeypatch.setenv(storage.CACHE_ENV, str(tmp_path / "cache"))
+  yield cwd
+  assert os.listdir(cwd) == [], "a gs:// path leaked to the local disk"
+  for dirpath, dirnames, _ in os.walk(tmp_path):
+    assert "gs:" not in dirnames, f"{dirpath}/gs: was made: a gs:// path went through os.path"
+  for folder in (REPO, HERE):
+    assert not os.path.exists(os.path.join(folder, "gs:")), f"{folder}/gs: was made"
+
+
+def _arg(root, steps, every):
+  return f"{CONFIG}:data_dir={root}/records,steps={steps},every={every},knn={root}/oven"
+
+
+def _cli(argv, cwd):
+  env = dict(os.environ, PYTHONPATH=REPO)  # The code under test, from any directory.
+  return subprocess.Popen([sys.executable, "-m", "rew_jax", *argv], cwd=cwd, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _last(workdir, kind):
+  """step → row, the last row per step (a killed run logs its resumed steps again)."""
+  return {r["step"]: r for r in metrics_lib.read(workdir) if r["kind"] == kind}
+
+
+@pytest.mark.slow
+def test_train_kill_resume_eval_in_a_bucket_equals_local_disk(gcs, data, empty_cwd, tmp_path):
+  steps, every = 16, 4
+  local_run, run = str(tmp_path / "local_run"), gcs.url("run")
+  train_lib.train(config_lib.load_config(_arg(data["local"], steps, every)).train, local_run)
+
+  train = ["train", "--config", _arg(data["gs"], steps, every), "--workdir", run]
+  proc = _cli(train, empty_cwd)
+  deadline = time.time() + 300
+  while (ckpt_lib.latest_step(run) or 0) < every:
+    assert proc.poll() is None, proc.stdout.read()
+    assert time.time() < deadline, "no checkpoint appeared in the bucket"
+    time.sleep(0.1)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  proc.stdout.close()
+  assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+  assert ckpt_lib.latest_step(run) < steps
+
+  proc = _cli(train, empty_cwd)
+  log = proc.communicate(timeout=300)[0]
+  assert proc.returncode == 0, log
+  assert "resumed from step" in log and run in log, log
+  assert ckpt_lib.latest_step(run) == steps
+
+  losses = {s: r["loss"] for s, r in _last(run, "train").items()}
+  assert losses == {s: r["loss"] for s, r in _last(local_run, "train").items()}
+  assert sorted(losses) == list(range(1, steps + 1))
+  assert storage.listdir(f"{run}/tensorboard")
+
+  # The evaluator ran at the last step in both runs (memory: records; queries: OVEN files).
+  local_eval = storage.read_text(f"{local_run}/eval/knn/step_{steps}/metrics.json")
+  assert storage.read_text(f"{run}/eval/knn/step_{steps}/metrics.json") == local_eval
+  assert _last(run, "eval")[steps]["knn/curated_top1"] == json.loads(local_eval)["curated_top1"]
+
+  # The eval stage on the bucket's checkpoint writes the same results again.
+  storage.rmtree(f"{run}/eval")
+  arg = shlex.quote(_arg(data["gs"], steps, every))
+  assert cli.main(shlex.split(f"eval --config {arg} --workdir {run}")) == 0
+  assert storage.read_text(f"{run}/eval/knn/step_{steps}/metrics.json") == local_eval
+
+
+@pytest.mark.slow
+def test_git_large_rew_command_with_a_bucket_workdir(gcs, empty_cwd, capsys):
+  """configs/git_large_rew.py's documented command, runlocal, gs://BUCKET → the emulator.
+
+  One record's image is a JPEG cut in half: the recipe (input.on_error="skip") counts it in
+  the `skipped` column and trains on; 3 steps × 8 examples see all 16 records."""
+  recs = tiny_records(16)
+  recs[5] = dataclasses.replace(recs[5], image=recs[5].image[:len(recs[5].image) // 2])
+  records.write_records(gcs.url("rew/records"), recs, records_per_shard=8)
+  ran = 0
+  for argv in docs.commands(docs.docstring(os.path.join(REPO, "configs", "git_large_rew.py"))):
+    argv = docs.runlocal(argv, bucket=gcs.bucket)
+    assert any(a.startswith("gs://") for a in argv), argv
+    assert cli.main(argv) == 0, (argv, capsys.readouterr().err[-2000:])
+    ran += 1
+  assert ran == 1
+  assert ckpt_lib.latest_step(gcs.url("rew_gitl")) == 3
+  rows = [r for r in metrics_lib.read(gcs.url("rew_gitl")) if r["kind"] == "train"]
+  assert [r["step"] for r in rows] == [1, 2, 3]
+  assert sum(r["skipped"] for r in rows) >= 1 and all(np.isfinite(r["loss"]) for r in rows)
+
+
+def test_steps_that_write_local_files_only_refuse_a_bucket(tmp_path, monkeypatch):
+  """The KB index, candidates and curation journals are local files: a gs:// path there is
+  an error naming it, never a local "gs:" folder."""
+  from rew_jax.curation import run  # pylint: disable=g-import-not-at-top
+  from rew_jax.kb import wiki6m  # pylint: disable=g-import-not-at-top
+  monkeypatch.chdir(tmp_path)
+  config = config_lib.ConfigDict(dict(curation=run.default_config()))
+  with pytest.raises(storage.LocalOnlyError, match=r"curation candidates 'gs://b/w/candidates'"):
+    run.curate(config, "gs://b/w", verbose=False)
+  with pytest.raises(storage.LocalOnlyError, match=r"KB index 'gs://b/kb'"):
+    wiki6m.EntityKB("gs://b/kb")
+  assert os.listdir(tmp_path) == []
