@@ -1,9 +1,11 @@
 """Where bytes live: local disk or an object store (`gs://`), through one API (`etils.epath`).
 
 Every path a user may point at a bucket (workdirs, checkpoints, records, metrics, evaluator
-outputs, the KB index, candidates, curation outputs) is read and written through this module
-or `epath.Path` directly, never `os.path`: `os.path.abspath("gs://b/run")` is
-"<cwd>/gs:/b/run", a local folder that would silently take a run's outputs.
+outputs, OVEN files and images) is read and written through this module or `epath.Path`
+directly, never `os.path`: `os.path.abspath("gs://b/run")` is "<cwd>/gs:/b/run", a local
+folder that would silently take a run's outputs. The steps that still write local files only
+(the memory-mapped KB index, candidate shards, curation journals) refuse a remote path by
+name (`require_local`) instead.
 
     storage.is_remote("gs://b/run")             # True: no directories, no renames, no appends
     storage.absolute("run")                     # "/cwd/run"; a gs:// path is returned as is
