@@ -20,11 +20,10 @@ to any one of them makes all of them save the same step (`PreemptionNotice`).
 from __future__ import annotations
 
 import functools
+import logging
 import signal
 import time
 from typing import Any, Mapping
-
-import logging
 
 import flax
 import jax
