@@ -3,9 +3,9 @@
 Every path a user may point at a bucket (workdirs, checkpoints, records, metrics, evaluator
 outputs, OVEN files and images) is read and written through this module or `epath.Path`
 directly, never `os.path`: `os.path.abspath("gs://b/run")` is "<cwd>/gs:/b/run", a local
-folder that would silently take a run's outputs. The steps that still write local files only
-(the memory-mapped KB index, candidate shards, curation journals) refuse a remote path by
-name (`require_local`) instead.
+folder that would silently take a run's outputs. The KB index (memory-mapped tables) is
+worked on in a local `Mirror` of its bucket directory; the steps that still write local files
+only (curation journals) refuse a remote path by name (`require_local`) instead.
 
     storage.is_remote("gs://b/run")             # True: no directories, no renames, no appends
     storage.absolute("run")                     # "/cwd/run"; a gs:// path is returned as is
@@ -13,6 +13,8 @@ name (`require_local`) instead.
     with storage.local_output(path) as tmp:     # a writer that only knows local files
       write_array_record(tmp)                   # → path, on success only
     storage.local_input(path)                   # a local copy of a remote file (cached)
+    mirror = storage.Mirror("gs://b/kb", tag="process0")  # a local working copy of a folder
+    mirror.pull(); build_or_open(mirror.local); mirror.push()
 
 Object-store semantics decide three things here: an object upload is atomic (readers see
 the old object or the new one), so remote writes go straight to their name, whereas local
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -198,3 +201,118 @@ def local_input(p) -> str:
     if os.path.exists(tmp):
       os.remove(tmp)
   return local
+
+
+class Mirror:
+  """A local working copy of a directory that may be remote, for code that needs local files.
+
+  The KB index is a set of memory-mapped tables, and its builders (index, embeddings, BM25,
+  codes) write local files. With a remote directory they work on `local`, a folder in the
+  cache named by the remote path and `tag` (one per process, as each host has its own
+  disk), and the caller moves the changes across: `pull()` fetches what changed remotely,
+  `push()` uploads what changed locally and deletes remotely what was deleted locally. For a
+  local directory `local` is the directory itself and both are no-ops.
+
+  Changes are told apart by the (size, mtime) each file had at the last sync, kept in
+  `local/.mirror.json`. A push uploads the files named in `last` (e.g. an index's meta.json,
+  whose presence marks the index complete) after all others, and removes them first when they
+  changed, so a reader never sees the marker beside half-uploaded tables.
+  """
+
+  STATE = ".mirror.json"
+
+  def __init__(self, remote, *, tag: str = "", last: tuple[str, ...] = ("meta.json",)):
+    self.remote = os.fspath(remote).rstrip("/")
+    self.last = last
+    if not is_remote(self.remote):
+      self.local = self.remote
+      return
+    key = hashlib.sha256(f"{self.remote}|{tag}".encode()).hexdigest()[:16]
+    self.local = os.path.join(cache_dir(), "mirror", f"{key}-{os.path.basename(self.remote)}")
+    os.makedirs(self.local, exist_ok=True)
+
+  @property
+  def active(self) -> bool:
+    return self.local != self.remote
+
+  def _state(self) -> dict:
+    try:
+      with open(os.path.join(self.local, self.STATE)) as f:
+        return json.load(f)
+    except FileNotFoundError:
+      return {}
+
+  def _save(self, state: dict) -> None:
+    write_text(os.path.join(self.local, self.STATE), json.dumps(state, sort_keys=True))
+
+  def _local_files(self) -> dict[str, list[int]]:
+    out = {}
+    for root, _, files in os.walk(self.local):
+      for name in files:
+        full = os.path.join(root, name)
+        rel = os.path.relpath(full, self.local)
+        if rel != self.STATE and ".tmp" not in name:
+          st = os.stat(full)
+          out[rel] = [st.st_size, st.st_mtime_ns]
+    return out
+
+  def _remote_files(self) -> dict[str, list[float]]:
+    root = epath.Path(self.remote)
+    if not root.exists():
+      return {}
+    out, folders = {}, [root]
+    while folders:  # A walk by listings: epath has no recursive glob for buckets.
+      for p in folders.pop().iterdir():
+        if p.is_dir():
+          folders.append(p)
+        else:
+          st = p.stat()
+          out[os.path.relpath(os.fspath(p), self.remote)] = [st.length, st.mtime]
+    return out
+
+  def pull(self) -> int:
+    """Fetches remote files that are new or changed since the last sync; returns how many."""
+    if not self.active:
+      return 0
+    state, local, fetched = self._state(), self._local_files(), 0
+    remote = self._remote_files()
+    for rel, stat in sorted(remote.items()):
+      known = state.get(rel, {})
+      if known.get("remote") == stat and known.get("local") == local.get(rel):
+        continue
+      dest = os.path.join(self.local, rel)
+      os.makedirs(os.path.dirname(dest), exist_ok=True)
+      with local_output(dest) as tmp:
+        epath.Path(self.remote, rel).copy(tmp, overwrite=True)
+      st = os.stat(dest)
+      state[rel] = {"remote": stat, "local": [st.st_size, st.st_mtime_ns]}
+      fetched += 1
+    for rel in set(state) - set(remote):  # Deleted remotely since: delete here too.
+      if rel in local:
+        os.remove(os.path.join(self.local, rel))
+      del state[rel]
+    self._save(state)
+    return fetched
+
+  def push(self) -> int:
+    """Uploads local files that are new or changed since the last sync, and deletes remote
+    files deleted locally; returns how many files it uploaded."""
+    if not self.active:
+      return 0
+    state, local = self._state(), self._local_files()
+    changed = sorted(rel for rel, stat in local.items() if state.get(rel, {}).get("local") != stat)
+    gone = sorted(set(state) - set(local))
+    markers = [rel for rel in changed + gone if os.path.basename(rel) in self.last]
+    for rel in markers + [r for r in gone if r not in markers]:
+      target = epath.Path(self.remote, rel)
+      if target.exists():
+        target.unlink()
+      if rel in gone:
+        del state[rel]
+    ordered = [r for r in changed if r not in markers] + [r for r in changed if r in markers]
+    for rel in ordered:
+      target = epath.Path(self.remote, rel)
+      epath.Path(self.local, rel).copy(target, overwrite=True)
+      state[rel] = {"remote": [target.stat().length, target.stat().mtime], "local": local[rel]}
+    self._save(state)
+    return len(ordered)

@@ -168,9 +168,75 @@ def test_git_large_rew_command_with_a_bucket_workdir(gcs, empty_cwd, capsys):
   assert sum(r["skipped"] for r in rows) >= 1 and all(np.isfinite(r["loss"]) for r in rows)
 
 
+def test_a_mirror_moves_changes_both_ways_and_publishes_the_marker_last(gcs, tmp_path,
+                                                                       monkeypatch):
+  """Two processes' working copies of one bucket directory (the KB index's case)."""
+  monkeypatch.setenv(storage.CACHE_ENV, str(tmp_path / "cache"))
+  remote = gcs.url("mirror/index")
+  a, b = storage.Mirror(remote, tag="process0"), storage.Mirror(remote, tag="process1")
+  assert a.active and a.local != b.local and a.local.startswith(str(tmp_path / "cache"))
+  assert b.pull() == 0
+  for name, text in [("meta.json", "{}"), ("ids.bin", "abc"), ("emb/emb-00000.npy", "x")]:
+    os.makedirs(os.path.dirname(os.path.join(a.local, name)), exist_ok=True)
+    with open(os.path.join(a.local, name), "w") as f:
+      f.write(text)
+  assert a.push() == 3 and a.push() == 0  # Only what changed since the last sync.
+  assert storage.listdir(remote) == ["emb", "ids.bin", "meta.json"]
+  assert b.pull() == 3 and b.pull() == 0
+  with open(os.path.join(b.local, "emb", "emb-00000.npy")) as f:
+    assert f.read() == "x"
+  # Process 1 adds a shard; process 0 rebuilds (meta.json removed, ids.bin rewritten).
+  with open(os.path.join(b.local, "emb", "emb-00001.npy"), "w") as f:
+    f.write("y")
+  assert b.push() == 1 and a.pull() == 1
+  os.remove(os.path.join(a.local, "meta.json"))
+  with open(os.path.join(a.local, "ids.bin"), "w") as f:
+    f.write("abcd")
+  assert a.push() == 1
+  assert not storage.exists(f"{remote}/meta.json")  # Gone before the tables changed.
+  assert b.pull() == 1 and not os.path.exists(os.path.join(b.local, "meta.json"))
+  with open(os.path.join(b.local, "ids.bin")) as f:
+    assert f.read() == "abcd"
+  local = storage.Mirror(str(tmp_path / "plain"))
+  assert not local.active and local.local == str(tmp_path / "plain") and local.push() == 0
+
+
+@pytest.mark.slow
+def test_candidates_with_a_bucket_workdir_equal_local_disk(gcs, empty_cwd, tmp_path,
+                                                          monkeypatch):
+  """KB index, entity embeddings and candidate shards in a bucket (the index worked on in a
+  local mirror); the KB file read from the bucket too. A rerun reuses what is there."""
+  from rew_jax.kb import candidates  # pylint: disable=g-import-not-at-top
+  import kb.test_candidates as kbt  # pylint: disable=g-import-not-at-top
+  world = kbt.make_world(tmp_path / "world")
+  kb_file = os.path.join(world, "kb", "Wiki6M_ver_1_0.jsonl.gz")
+  with open(kb_file, "rb") as f:
+    storage.write_bytes(gcs.url("kb/Wiki6M_ver_1_0.jsonl.gz"), f.read())
+  quiet = lambda *_: None
+  local_out = candidates.run_candidates(kbt._config(world, k=3), str(tmp_path / "local"),
+                                        log=quiet)
+  config = kbt._config(world, k=3)
+  config.kb.path = gcs.url("kb/Wiki6M_ver_1_0.jsonl.gz")
+  out = candidates.run_candidates(config, gcs.url("work"), log=quiet)
+  assert out == gcs.url("work/candidates")
+  assert list(candidates.read_candidates(out)) == list(candidates.read_candidates(local_out))
+  manifest = json.loads(storage.read_text(f"{out}/manifest.json"))
+  assert manifest["records"] == 7 and manifest["kb"]["index_dir"] == gcs.url("work/kb")
+  index = storage.listdir(gcs.url("work/kb"))
+  assert "meta.json" in index and "ids.bin" in index, index
+  assert any(n.startswith("embeddings-") for n in index), index
+  # A second process on another machine (an empty cache) opens the bucket's index as is.
+  monkeypatch.setenv(storage.CACHE_ENV, str(tmp_path / "other_machine"))
+  storage.remove(f"{out}/candidates-00001-of-00003.jsonl")
+  log = []
+  candidates.run_candidates(config, gcs.url("work"), log=log.append)
+  assert any("2 of this host's 3 already done" in line for line in log), log
+  assert list(candidates.read_candidates(out)) == list(candidates.read_candidates(local_out))
+
+
 def test_steps_that_write_local_files_only_refuse_a_bucket(tmp_path, monkeypatch):
-  """The KB index, candidates and curation journals are local files: a gs:// path there is
-  an error naming it, never a local "gs:" folder."""
+  """Curation journals are local files, and the KB index is opened memory-mapped: a gs://
+  path there is an error naming it, never a local "gs:" folder."""
   from rew_jax.curation import run  # pylint: disable=g-import-not-at-top
   from rew_jax.kb import wiki6m  # pylint: disable=g-import-not-at-top
   monkeypatch.chdir(tmp_path)

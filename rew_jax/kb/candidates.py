@@ -21,6 +21,7 @@ next to the index (`kb.index_dir`, default W/kb) and reused afterwards.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import time
@@ -81,6 +82,35 @@ class _Paths:
     self.out = wd.candidates
 
 
+class _Mirrors:
+  """The KB index (and the entity embeddings, when kept outside it) as local working copies:
+  the directories themselves on a local or shared disk, a per-process copy of a bucket's."""
+
+  def __init__(self, paths: _Paths):
+    tag = f"process{distributed.process_index()}"
+    self.index = storage.Mirror(paths.index, tag=tag)
+    self.all = [self.index]
+    self.local_paths = copy.copy(paths)
+    self.local_paths.index = self.index.local
+    inside = paths.index.rstrip("/") + "/"
+    if paths.embeddings.startswith(inside):
+      self.local_paths.embeddings = os.path.join(self.index.local,
+                                                 paths.embeddings[len(inside):])
+    else:
+      self.all.append(storage.Mirror(paths.embeddings, tag=tag))
+      self.local_paths.embeddings = self.all[-1].local
+    for mirror in self.all:
+      mirror.pull()
+
+  def sync(self, name: str) -> None:
+    """Uploads this process's changes, waits for every process, fetches theirs."""
+    for mirror in self.all:
+      mirror.push()
+    distributed.barrier(name)
+    for mirror in self.all:
+      mirror.pull()
+
+
 def _shard_name(i: int, n: int) -> str:
   return f"candidates-{i:05d}-of-{n:05d}.jsonl"
 
@@ -88,7 +118,8 @@ def _shard_name(i: int, n: int) -> str:
 class CandidateRetriever:
   """Captions → top-k (entity_id, name, score), by embedding similarity or BM25."""
 
-  def __init__(self, config, kb: wiki6m.EntityKB, embeddings_dir: str):
+  def __init__(self, config, kb: wiki6m.EntityKB, embeddings_dir: str, *,
+               sync=distributed.barrier):
     self.kb, self.k = kb, config.retrieval.k
     self.method = config.retrieval.method
     if self.method not in METHODS:
@@ -105,7 +136,7 @@ class CandidateRetriever:
     store = embeddings_lib.build_embeddings(
         kb, self.encoder, embeddings_dir, text=config.embeddings.text,
         summary_chars=config.embeddings.summary_chars, shard_rows=config.embeddings.shard_rows,
-        dtype=config.embeddings.dtype)
+        dtype=config.embeddings.dtype, sync=sync)
     self.searcher = retrieval.TopKSearcher(
         store, chunk_rows=config.retrieval.chunk_rows, query_block=config.retrieval.query_block,
         mode=config.retrieval.mode, recall_target=config.retrieval.recall_target, mesh=mesh)
@@ -126,26 +157,21 @@ class CandidateRetriever:
 
 def _write_shard(path: str, records: list[dict], candidates: list[list[dict]],
                  stats: dict) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    for record, cands in zip(records, candidates):
-      f.write(json.dumps(dict(record, candidates=cands), ensure_ascii=False) + "\n")
-  with open(path + ".stats.tmp", "w") as f:
-    json.dump(stats, f)
-  os.replace(path + ".stats.tmp", os.path.splitext(path)[0] + ".stats.json")
-  os.replace(tmp, path)  # Last: the shard's presence means the shard is complete.
+  storage.write_text(os.path.splitext(path)[0] + ".stats.json", json.dumps(stats))
+  storage.write_text(path, "".join(  # Last, whole: its presence means the shard is complete.
+      json.dumps(dict(record, candidates=cands), ensure_ascii=False) + "\n"
+      for record, cands in zip(records, candidates)))
 
 
 def _manifest(out_dir: str, names: list[str], config, paths: _Paths, kb_count: int) -> dict:
   shards = []
   for name in names:
-    with open(os.path.join(out_dir, name), "rb") as f:
+    with storage.path(f"{out_dir}/{name}").open("rb") as f:
       records = sum(1 for _ in f)
-    stats_path = os.path.join(out_dir, os.path.splitext(name)[0] + ".stats.json")
+    stats_path = f"{out_dir}/{os.path.splitext(name)[0]}.stats.json"
     skipped = 0
-    if os.path.isfile(stats_path):
-      with open(stats_path) as f:
-        skipped = json.load(f).get("skipped", 0)
+    if storage.isfile(stats_path):
+      skipped = json.loads(storage.read_text(stats_path)).get("skipped", 0)
     shards.append({"path": name, "records": records, "skipped": skipped})
   manifest = {
       "format": "rew_jax.candidates/1",
@@ -153,15 +179,12 @@ def _manifest(out_dir: str, names: list[str], config, paths: _Paths, kb_count: i
       "records": sum(s["records"] for s in shards),
       "skipped": sum(s["skipped"] for s in shards),
       "k": config.retrieval.k, "method": config.retrieval.method,
-      "source": {"format": paths.format, "path": os.path.abspath(paths.data)},
-      "kb": {"path": os.path.abspath(paths.kb), "index_dir": os.path.abspath(paths.index),
+      "source": {"format": paths.format, "path": storage.absolute(paths.data)},
+      "kb": {"path": storage.absolute(paths.kb), "index_dir": storage.absolute(paths.index),
              "entities": kb_count},
       "shards": shards,
   }
-  tmp = os.path.join(out_dir, "manifest.json.tmp")
-  with open(tmp, "w") as f:
-    json.dump(manifest, f, indent=1)
-  os.replace(tmp, os.path.join(out_dir, "manifest.json"))
+  storage.write_text(f"{out_dir}/manifest.json", json.dumps(manifest, indent=1))
   return manifest
 
 
@@ -187,25 +210,26 @@ def run_candidates(config, workdir: str, *, host_index: int | None = None,
                    host_count: int | None = None, log=print) -> str:
   """Runs the step; returns W/candidates. `config` is the `candidates` section."""
   paths = _Paths(config, workdir)
-  storage.require_local(paths.out, "candidates output")
-  storage.require_local(paths.index, "KB index")
   host_index = jax.process_index() if host_index is None else host_index
   host_count = jax.process_count() if host_count is None else host_count
   units = sources.plan_units(paths.format, paths.data, config.data.records_per_shard)
-  os.makedirs(paths.out, exist_ok=True)
+  storage.makedirs(paths.out)
   names = [_shard_name(i, len(units)) for i in range(len(units))]
   mine = [i for i in range(len(units)) if i % host_count == host_index]
-  todo = [i for i in mine if not os.path.isfile(os.path.join(paths.out, names[i]))]
+  todo = [i for i in mine if not storage.isfile(f"{paths.out}/{names[i]}")]
+  # A bucket's index is worked on in a local mirror (memory-mapped tables), one per process.
+  mirrors = _Mirrors(paths)
   if distributed.process_index() == 0:  # Built once, then opened by the other hosts.
-    kb = prepare_kb(config, paths)
-  distributed.barrier("candidates-kb")
+    kb = prepare_kb(config, mirrors.local_paths)
+  mirrors.sync("candidates-kb")
   if distributed.process_index() != 0:
-    kb = prepare_kb(config, paths)
+    kb = prepare_kb(config, mirrors.local_paths)
   log(f"candidates: {len(units)} shards, {len(mine) - len(todo)} of this host's {len(mine)} "
       "already done; "
       f"KB {len(kb)} entities")
   if todo:
-    retriever = CandidateRetriever(config, kb, paths.embeddings)
+    retriever = CandidateRetriever(config, kb, mirrors.local_paths.embeddings,
+                                   sync=mirrors.sync)
     keys = sources.Keys(config.data.caption_key, config.data.image_key, config.data.id_key)
     for i in todo:
       start = time.time()
@@ -213,12 +237,12 @@ def run_candidates(config, workdir: str, *, host_index: int | None = None,
       records = list(sources.read_unit(units[i], keys, skip_bad=config.data.skip_bad_records,
                                        stats=stats))
       cands = retriever.search([r["caption"] for r in records])
-      _write_shard(os.path.join(paths.out, names[i]), records, cands, stats)
+      _write_shard(f"{paths.out}/{names[i]}", records, cands, stats)
       log(f"  {names[i]}: {len(records)} images, {stats['skipped']} skipped, "
           f"{time.time() - start:.1f} s")
   distributed.barrier("candidates-shards")
   if distributed.process_index() == 0 and all(
-      os.path.isfile(os.path.join(paths.out, n)) for n in names):
+      storage.isfile(f"{paths.out}/{n}") for n in names):
     m = _manifest(paths.out, names, config, paths, len(kb))
     log(f"candidates: {m['records']} images in {m['num_shards']} shards → {paths.out}")
   return paths.out
@@ -226,9 +250,8 @@ def run_candidates(config, workdir: str, *, host_index: int | None = None,
 
 def read_candidates(out_dir: str):
   """Yields the records of all candidate shards listed in the manifest, in order."""
-  with open(os.path.join(out_dir, "manifest.json")) as f:
-    manifest = json.load(f)
+  manifest = json.loads(storage.read_text(f"{out_dir}/manifest.json"))
   for shard in manifest["shards"]:
-    with open(os.path.join(out_dir, shard["path"]), encoding="utf-8") as f:
+    with storage.path(f"{out_dir}/{shard['path']}").open("r", encoding="utf-8") as f:
       for line in f:
         yield json.loads(line)

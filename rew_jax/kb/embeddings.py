@@ -83,8 +83,13 @@ def _num_shards(count: int, shard_rows: int) -> int:
 
 def build_embeddings(kb, encoder, out_dir: str, *, text: str = "title",
                      summary_chars: int = 300, shard_rows: int = 65536,
-                     dtype: str = "float16", progress: bool = True) -> EmbeddingStore:
+                     dtype: str = "float16", progress: bool = True,
+                     sync=distributed.barrier) -> EmbeddingStore:
   """Embeds every KB entity with `encoder` into `out_dir`; resumes an interrupted run.
+
+  With several processes, each embeds its share of the shards; `sync(name)` is where they
+  wait for each other (a barrier, or for a local mirror of a bucket one that also moves
+  the files across: `candidates._Mirrors.sync`).
 
   An existing directory built with other settings (encoder, text mode, dtype, KB) is an
   error rather than a silent mix of two embedding spaces.
@@ -101,7 +106,7 @@ def build_embeddings(kb, encoder, out_dir: str, *, text: str = "title",
   index, count = distributed.process_index(), distributed.process_count()
   if index == 0:
     _check_or_write_plan(planned, meta, out_dir)
-  distributed.barrier("embeddings-planned")
+  sync("embeddings-planned")
   if index != 0:
     _check_or_write_plan(planned, meta, out_dir)  # Reads process 0's plan: same settings?
 
@@ -128,12 +133,12 @@ def build_embeddings(kb, encoder, out_dir: str, *, text: str = "title",
       bar.update(stop - start)
   if bar is not None:
     bar.close()
-  distributed.barrier("embeddings-written")
+  sync("embeddings-written")
   if index == 0:
     with open(meta_path + ".tmp", "w") as f:
       json.dump(meta, f, indent=1)
     os.replace(meta_path + ".tmp", meta_path)
-  distributed.barrier("embeddings-complete")
+  sync("embeddings-complete")
   return EmbeddingStore(out_dir)
 
 

@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import array
 import bisect
+import contextlib
 import dataclasses
 import glob
 import gzip
+import io
 import json
 import os
 import re
@@ -91,10 +93,11 @@ class Entity:
   line: int  # 1-based line in the source file.
 
 
-def _open_text(path: str):
-  if path.endswith(".gz"):
-    return gzip.open(path, "rt", encoding="utf-8")
-  return open(path, "rt", encoding="utf-8")
+@contextlib.contextmanager
+def _open_text(path: str) -> Iterator[io.TextIOBase]:
+  with storage.path(path).open("rb") as raw:  # Local or a bucket's object, streamed.
+    binary = gzip.GzipFile(fileobj=raw) if path.endswith(".gz") else raw
+    yield io.TextIOWrapper(binary, encoding="utf-8")
 
 
 def read_wiki6m(path: str, *, skip_bad: bool = False, max_summary_chars: int = 2000,
@@ -105,7 +108,7 @@ def read_wiki6m(path: str, *, skip_bad: bool = False, max_summary_chars: int = 2
   file and line, or are counted in `stats["skipped"]` when `skip_bad`. A truncated or
   corrupt .gz always raises: silently losing the tail of the KB is never what one wants.
   """
-  if not os.path.isfile(path):
+  if not storage.isfile(path):
     raise KBFormatError(f"knowledge base file {path!r} does not exist")
   stats = stats if stats is not None else {}
   stats.setdefault("skipped", 0)
@@ -224,8 +227,8 @@ def _remove_derived(index_dir: str) -> None:
 
 
 def _source_stamp(path: str) -> dict:
-  st = os.stat(path)
-  return {"path": os.path.abspath(path), "size": st.st_size, "mtime": int(st.st_mtime)}
+  st = storage.path(path).stat()
+  return {"path": storage.absolute(path), "size": st.length, "mtime": int(st.mtime)}
 
 
 # ----------------------------------------------------------------------------------------

@@ -13,11 +13,11 @@ an interrupted run resumes at the next missing shard.
 from __future__ import annotations
 
 import os
-import shutil
 from typing import Sequence
 
 from rew_jax import config as config_lib
 from rew_jax import distributed
+from rew_jax import storage
 from rew_jax import workdir as workdir_lib
 from rew_jax.errors import ConfigError
 from rew_jax.kb import candidates as candidates_lib
@@ -47,14 +47,14 @@ def ensure(config, wd: workdir_lib.Workdir, *, progress: base.Progress | None = 
     progress.line(f"candidates: reusing {wd.candidates} (same config and inputs)")
     return wd.candidates
   if main and stamp and stamp["fingerprint"] != digest:
-    shutil.rmtree(wd.candidates)  # Another config's candidates: none of them can be kept.
+    storage.rmtree(wd.candidates)  # Another config's candidates: none of them can be kept.
   if main and (not stamp or stamp["fingerprint"] != digest):
     workdir_lib.write_stamp(wd.candidates, SECTION, digest, complete=False)
   distributed.barrier("candidates-stamp")
   progress.header(SECTION)
   out = candidates_lib.run_candidates(section, wd.root, log=progress.line)
   # run_candidates returns once every host's shards and the manifest are written.
-  if main and os.path.isfile(os.path.join(out, "manifest.json")):
+  if main and storage.isfile(f"{out}/manifest.json"):
     workdir_lib.write_stamp(wd.candidates, SECTION, digest, complete=True)
   return out
 
