@@ -52,7 +52,8 @@ def default_config() -> config_lib.ConfigDict:
                                             dtype="float16", shard_rows=65536))
   c.retrieval = config_lib.ConfigDict(dict(method="embedding", k=10, mode="exact",
                                            chunk_rows=65536, query_block=1024,
-                                           recall_target=0.95, query_batch=4096))
+                                           recall_target=0.95, query_batch=4096,
+                                           backend="auto"))
   # path empty with format=world → W/world (where `python -m rew_jax world` writes).
   c.data = config_lib.ConfigDict(dict(format="world", path="", caption_key="caption",
                                       image_key="image_path", id_key="image_id",
@@ -139,7 +140,8 @@ class CandidateRetriever:
         dtype=config.embeddings.dtype, sync=sync)
     self.searcher = retrieval.TopKSearcher(
         store, chunk_rows=config.retrieval.chunk_rows, query_block=config.retrieval.query_block,
-        mode=config.retrieval.mode, recall_target=config.retrieval.recall_target, mesh=mesh)
+        mode=config.retrieval.mode, recall_target=config.retrieval.recall_target, mesh=mesh,
+        backend=config.retrieval.backend)
 
   def search(self, captions: Sequence[str]) -> list[list[dict]]:
     out = []

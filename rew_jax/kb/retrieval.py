@@ -13,11 +13,19 @@ the lower index first among equal scores, and candidates are concatenated in row
 ties resolve to the lower row exactly as a stable numpy argsort does: exact mode returns the
 same ids as brute force. Approximate mode swaps the per-device `top_k` for
 `lax.approx_max_k` (fast on TPU; measured recall in tests and the benchmark).
+
+On a CPU the same search runs on faiss when it is installed (`backend="auto"`, the default;
+`"jax"` or `"faiss"` choose explicitly): XLA:CPU's `top_k` over a [S, C] score block costs
+more than the matrix product itself, where faiss's brute-force `knn` keeps a heap per query
+inside its blocked GEMM (benchmarks/retrieval.py measures both against `IndexFlatIP`). The
+chunks and the running merge are the same; only the per-chunk search differs, and among
+exactly equal scores faiss's order is its own (the JAX path's is the lower row).
 """
 
 from __future__ import annotations
 
 import functools
+import importlib.util
 from typing import Iterable
 
 import jax
@@ -26,6 +34,26 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 MODES = ("exact", "approx")
+BACKENDS = ("auto", "jax", "faiss")
+
+
+def choose_backend(backend: str, mesh: jax.sharding.Mesh) -> str:
+  """"auto" → faiss on CPU devices when it is installed, else jax; others as given."""
+  if backend not in BACKENDS:
+    raise ValueError(f"retrieval backend {backend!r} is not one of {BACKENDS}")
+  if backend != "auto":
+    return backend
+  if any(d.platform != "cpu" for d in mesh.devices.flat):
+    return "jax"
+  return "faiss" if importlib.util.find_spec("faiss") is not None else "jax"
+
+
+def merge_topk(scores_a, rows_a, scores_b, rows_b, k: int):
+  """The best k of two (scores, rows) lists per query, `a` first among equal scores."""
+  scores = np.concatenate([scores_a, scores_b], axis=1)
+  rows = np.concatenate([rows_a, rows_b], axis=1)
+  order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+  return np.take_along_axis(scores, order, axis=1), np.take_along_axis(rows, order, axis=1)
 
 
 def brute_force_topk(queries: np.ndarray, matrix: np.ndarray, k: int):
@@ -100,10 +128,11 @@ class TopKSearcher:
   def __init__(self, entities, *, mesh: jax.sharding.Mesh | None = None,
                chunk_rows: int = 65536, query_block: int = 1024, mode: str = "exact",
                recall_target: float = 0.95, resident_bytes: int = 2 << 30,
-               precision: str = "highest"):
+               precision: str = "highest", backend: str = "auto"):
     if mode not in MODES:
       raise ValueError(f"retrieval mode {mode!r} is not one of {MODES}")
     self.mesh = mesh or entity_mesh()
+    self.backend = choose_backend(backend, self.mesh)
     self.mode, self.recall_target = mode, recall_target
     self.precision = jax.lax.Precision[precision.upper()] if precision else None
     self.query_block = query_block
@@ -114,12 +143,18 @@ class TopKSearcher:
     else:
       self.num, self.dim = entities.shape
       itemsize = entities.dtype.itemsize
-    n = self.mesh.size
+    n = self.mesh.size if self.backend == "jax" else 1
     # A small KB gets one chunk sized to it rather than a mostly padded big one.
     self.chunk_rows = _round_up(min(chunk_rows, max(self.num, 1)), n * 8)
     self._chunk_sharding = NamedSharding(self.mesh, P(tuple(self.mesh.axis_names)))
-    self._resident = None
-    if self.num * self.dim * itemsize <= resident_bytes:
+    self._resident = self._faiss_index = None
+    if self.backend == "faiss":  # faiss computes in float32.
+      if self.num * self.dim * 4 <= resident_bytes:
+        import faiss  # pylint: disable=g-import-not-at-top
+        self._faiss_index = faiss.IndexFlatIP(self.dim)  # One flat index over every row.
+        for _, chunk in self._faiss_chunks():
+          self._faiss_index.add(chunk)
+    elif self.num * self.dim * itemsize <= resident_bytes:
       self._resident = list(self._device_chunks())
 
   def _host_chunks(self) -> Iterable[tuple[int, np.ndarray]]:
@@ -137,6 +172,22 @@ class TopKSearcher:
         chunk = np.concatenate([chunk, pad])
       yield start, jax.device_put(chunk, self._chunk_sharding)
 
+  def _faiss_chunks(self):
+    for start, chunk in self._host_chunks():
+      yield start, np.ascontiguousarray(chunk, np.float32)
+
+  def _search_faiss(self, queries: np.ndarray, k: int):
+    import faiss  # pylint: disable=g-import-not-at-top
+    queries = np.ascontiguousarray(queries)
+    if self._faiss_index is not None:
+      return self._faiss_index.search(queries, k)
+    scores = np.full((len(queries), k), -np.inf, np.float32)
+    rows = np.full((len(queries), k), -1, np.int64)
+    for start, chunk in self._faiss_chunks():  # Streamed from the store, merged as we go.
+      s, r = faiss.knn(queries, chunk, min(k, len(chunk)), metric=faiss.METRIC_INNER_PRODUCT)
+      scores, rows = merge_topk(scores, rows, s, np.where(r >= 0, r + start, -1), k)
+    return scores, rows
+
   def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """(scores float32 [Q, k'], rows int64 [Q, k']) best first, k' = min(k, N)."""
     queries = np.asarray(queries, np.float32)
@@ -144,6 +195,8 @@ class TopKSearcher:
     k_eff = min(k, self.num)
     if num_q == 0 or k_eff == 0:
       return np.zeros((num_q, k_eff), np.float32), np.zeros((num_q, k_eff), np.int64)
+    if self.backend == "faiss":
+      return self._search_faiss(queries, k_eff)
     block = min(self.query_block, _round_up(num_q, 8))
     padded = _round_up(num_q, block)
     q = np.zeros((padded, self.dim), np.float32)

@@ -76,12 +76,13 @@ def _data(n, q, d=24, seed=0):
   return m, rng.normal(size=(q, d)).astype(np.float32)
 
 
+@pytest.mark.parametrize("backend", ["jax", "faiss"])
 @pytest.mark.parametrize("n, chunk_rows, k", [(1000, 128, 10), (37, 4096, 5), (300, 64, 8)])
-def test_exact_equals_numpy_on_8_devices(n, chunk_rows, k):
+def test_exact_equals_numpy_on_8_devices(n, chunk_rows, k, backend):
   assert len(jax.devices()) == 8
   m, q = _data(n, 29)
-  searcher = retrieval.TopKSearcher(m, chunk_rows=chunk_rows, query_block=8)
-  assert searcher.chunk_rows % 8 == 0
+  searcher = retrieval.TopKSearcher(m, chunk_rows=chunk_rows, query_block=8, backend=backend)
+  assert searcher.backend == backend and searcher.chunk_rows % 8 == 0
   scores, rows = searcher.search(q, k)
   ref_scores, ref_rows = retrieval.brute_force_topk(q, m, k)
   np.testing.assert_array_equal(rows, ref_rows)
@@ -92,21 +93,39 @@ def test_ties_resolve_to_lower_row_across_chunks_and_devices():
   m = np.zeros((200, 4), np.float16)
   m[[3, 50, 77, 150, 199], 0] = 1.0  # Five exact ties spread over chunks and devices.
   q = np.array([[1, 0, 0, 0]], np.float32)
-  scores, rows = retrieval.TopKSearcher(m, chunk_rows=64).search(q, 6)
+  scores, rows = retrieval.TopKSearcher(m, chunk_rows=64, backend="jax").search(q, 6)
   assert rows[0, :5].tolist() == [3, 50, 77, 150, 199]
   assert rows[0, 5] == 0 and scores[0, 5] == 0  # Then the lowest of the zero-score rows.
+  # faiss orders exact ties its own way, but finds the same tied set.
+  scores, rows = retrieval.TopKSearcher(m, chunk_rows=64, backend="faiss").search(q, 5)
+  assert sorted(rows[0].tolist()) == [3, 50, 77, 150, 199] and (scores == 1).all()
+
+
+def test_backend_is_chosen_by_device_kind():
+  cpu = retrieval.entity_mesh()
+  assert retrieval.choose_backend("auto", cpu) == "faiss"  # Installed with the test extra.
+  assert retrieval.choose_backend("jax", cpu) == "jax"
+  with pytest.raises(ValueError, match="backend 'cuda'"):
+    retrieval.choose_backend("cuda", cpu)
+  scores, rows = retrieval.merge_topk(np.array([[3., 1.]]), np.array([[7, 8]]),
+                                      np.array([[3., 2.]]), np.array([[1, 2]]), 3)
+  assert rows.tolist() == [[7, 1, 2]] and scores.tolist() == [[3., 3., 2.]]
 
 
 def test_streamed_store_equals_resident_and_fewer_entities_than_k(kb, tmp_path):
   store = embeddings.build_embeddings(kb, HashEncoder(), str(tmp_path / "e"), shard_rows=10,
                                       progress=False)
   q = HashEncoder().encode(["Entity 3", "Entity 30", "zzz"])
-  streamed = retrieval.TopKSearcher(store, chunk_rows=16, resident_bytes=0)
+  streamed = retrieval.TopKSearcher(store, chunk_rows=16, resident_bytes=0, backend="jax")
   assert streamed._resident is None
-  resident = retrieval.TopKSearcher(store, chunk_rows=16)
+  resident = retrieval.TopKSearcher(store, chunk_rows=16, backend="jax")
   s1, r1 = streamed.search(q, 4)
   s2, r2 = resident.search(q, 4)
   np.testing.assert_array_equal(r1, r2)
+  for resident_bytes in (0, 1 << 20):  # faiss, streamed and resident.
+    _, r3 = retrieval.TopKSearcher(store, chunk_rows=16, resident_bytes=resident_bytes,
+                                   backend="faiss").search(q, 4)
+    np.testing.assert_array_equal(r3[:2], r1[:2])  # "zzz" may tie: faiss's order.
   assert r1[0, 0] == 3 and r1[1, 0] == 30
   s, r = resident.search(q, 100)
   assert r.shape == (3, 37) and sorted(r[0].tolist()) == list(range(37))
@@ -116,8 +135,8 @@ def test_streamed_store_equals_resident_and_fewer_entities_than_k(kb, tmp_path):
 def test_approx_mode_recall():
   m, q = _data(4096, 64, d=32, seed=1)
   m = m / np.linalg.norm(m.astype(np.float32), axis=1, keepdims=True).astype(np.float16)
-  _, rows = retrieval.TopKSearcher(m, chunk_rows=1024, mode="approx",
-                                   recall_target=0.9).search(q, 10)
+  _, rows = retrieval.TopKSearcher(m, chunk_rows=1024, mode="approx", recall_target=0.9,
+                                   backend="jax").search(q, 10)
   _, ref = retrieval.brute_force_topk(q, m, 10)
   recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(rows, ref)])
   assert recall >= 0.9, recall
@@ -126,5 +145,5 @@ def test_approx_mode_recall():
 def test_mesh_with_two_axes():
   mesh = jax.sharding.Mesh(np.asarray(jax.devices()).reshape(2, 4), ("data", "fsdp"))
   m, q = _data(500, 9)
-  _, rows = retrieval.TopKSearcher(m, mesh=mesh, chunk_rows=128).search(q, 7)
+  _, rows = retrieval.TopKSearcher(m, mesh=mesh, chunk_rows=128, backend="jax").search(q, 7)
   np.testing.assert_array_equal(rows, retrieval.brute_force_topk(q, m, 7)[1])
