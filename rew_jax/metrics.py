@@ -6,9 +6,11 @@ The workdir may be a bucket (`gs://`): objects cannot be appended to, so there t
 object is rewritten whole at each row (a few MB at most for a 600k-step run logged every
 100 steps), starting from the rows a resumed run finds, and TensorBoard's event file is
 uploaded whole at each of tensorboardX's flushes (every 2 minutes and at the end).
-Throughput (steps/s, examples/s) is measured between log steps, after compilation; MFU is
-the step's FLOPs (XLA's cost analysis of the compiled step) per second over the devices'
-peak (`config.peak_flops_per_device`, or a table of known chips).
+Throughput (steps/s, examples/s) is measured between log steps, from the end of the first
+step (compilation and the first step's run excluded); MFU is the step's FLOPs (XLA's cost
+analysis of the compiled step) per second over the devices' peak: `config.
+peak_flops_per_device`, else a table of accelerators' spec sheets, else on CPU a matmul
+probe run at start-up (`measure_cpu_peak`), never a typed-in CPU figure.
 """
 
 from __future__ import annotations
@@ -24,21 +26,44 @@ import tqdm
 
 from rew_jax import storage
 
-# Dense bf16 peak FLOP/s per device (public spec sheets); CPU: measured fp32 matmul peak of
-# the 2-core development VM, so that MFU there is meaningful rather than absent.
+# Dense bf16 peak FLOP/s per accelerator (public spec sheets). CPUs differ too much for a
+# table: their peak is measured (`measure_cpu_peak`).
 PEAK_FLOPS = {
     "TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12,
     "TPU v6 lite": 918e12, "NVIDIA H100": 989e12, "NVIDIA H200": 989e12,
-    "NVIDIA A100": 312e12, "cpu": 200e9,
+    "NVIDIA A100": 312e12,
 }
+_cpu_peak: dict[str, float] = {}
+
+
+def measure_cpu_peak(size: int = 1024, seconds: float = 0.5) -> float:
+  """This host's float32 matmul FLOP/s, as XLA:CPU reaches it: the best of repeated
+  `size`³ products on one device (XLA's thread pool spans every core) over ~`seconds`.
+  Measured once per process."""
+  if "flops" not in _cpu_peak:
+    device = jax.local_devices(backend="cpu")[0]
+    x = jax.device_put(jax.numpy.ones((size, size), jax.numpy.float32), device)
+    matmul = jax.jit(lambda a: a @ a)
+    matmul(x).block_until_ready()  # Compile.
+    best, deadline = float("inf"), time.perf_counter() + seconds
+    while time.perf_counter() < deadline or best == float("inf"):
+      start = time.perf_counter()
+      matmul(x).block_until_ready()
+      best = min(best, time.perf_counter() - start)
+    _cpu_peak["flops"] = 2 * size**3 / best
+  return _cpu_peak["flops"]
 
 
 def peak_flops_per_device(config=None) -> float | None:
+  """Peak FLOP/s of one device: the config's, the spec sheet's, or (CPU) the measured host
+  peak shared by the host's CPU devices (fake devices split the same cores)."""
   if config is not None and config.get("peak_flops_per_device"):
     return float(config.peak_flops_per_device)
-  kind = jax.devices()[0].device_kind
+  device = jax.devices()[0]
+  if device.platform == "cpu":
+    return measure_cpu_peak() / jax.local_device_count()
   for name, flops in PEAK_FLOPS.items():
-    if kind.lower().startswith(name.lower()):
+    if device.device_kind.lower().startswith(name.lower()):
       return flops
   return None
 
@@ -98,7 +123,8 @@ class Writer:
     self.peak = peak_flops_per_device(config)
 
   def note_compiled(self, step: int, step_flops: float | None, compile_seconds: float) -> None:
-    """Called once the first step has run: throughput is measured from here on."""
+    """Called once the first step (`step`) has finished running: throughput is measured
+    from here on, so the next log's rate counts the steps after it in their own time."""
     self.step_flops = step_flops
     self._last_step, self._last_time = step, time.time()
     self._write({"kind": "compile", "step": step, "seconds": round(compile_seconds, 3),

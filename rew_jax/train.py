@@ -73,7 +73,7 @@ def default_config() -> ConfigDict:
       evals=ConfigDict(),
       predict=ConfigDict(),
       early_stopping=ConfigDict(dict(metric="", patience=0)),  # patience 0: never stops.
-      peak_flops_per_device=0.0,    # For MFU; 0: from a table of known chips.
+      peak_flops_per_device=0.0,    # For MFU; 0: spec sheets, or measured on CPU.
   ))
 
 
@@ -338,13 +338,16 @@ def train(config, workdir: str, *, evaluators_fn=None) -> dict[str, Any]:
         host = next(data_iter)
         batch = sharding.host_batch_to_global(
             {k: v for k, v in host.items() if np.asarray(v).dtype.kind not in "USO"}, mesh)
-        if step_fn is None:  # Compile once, explicitly: its time and FLOPs are reported.
+        first = step_fn is None
+        if first:  # Compile once, explicitly: its time and FLOPs are reported.
           t0 = time.time()
           step_fn = jitted_step.lower(state, batch).compile()
           cost = step_fn.cost_analysis()
           cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-          writer.note_compiled(step, (cost or {}).get("flops"), time.time() - t0)
         state, metrics = step_fn(state, batch)
+        if first:  # Throughput counts from the end of this step (metrics.Writer).
+          jax.block_until_ready(metrics)
+          writer.note_compiled(step, (cost or {}).get("flops"), time.time() - t0)
         # Kept on device and summed on the host at log time: adding them here would
         # dispatch a few tiny computations every step.
         pending.append(metrics)

@@ -14,6 +14,8 @@ Activations are constrained with: batch, length, act_embed, act_heads, act_mlp, 
 
 from __future__ import annotations
 
+import logging
+import os
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -76,10 +78,48 @@ def softmax_attention(q, k, v, mask, *, dropout_rate=0.0, deterministic=True,
   return jnp.einsum("bhsl,blhk->bshk", probs.astype(v.dtype), v)
 
 
+ATTENTION_ENV = "REW_JAX_ATTENTION"  # auto (default), xla or cudnn.
+_logged_attention: set = set()
+
+
+def attention_implementation(platform: str, dtype, head_dim: int,
+                             requested: str = "auto") -> str:
+  """The `implementation=` of jax.nn.dot_product_attention for these shapes.
+
+  "cudnn" (flash attention) on GPUs for half-precision inputs with a head size cuDNN's
+  kernels take (a multiple of 8, at most 128); "xla" everywhere else: on TPU and CPU, and
+  for float32 GPU runs, which cuDNN's fused kernel refuses. `requested` (or the
+  REW_JAX_ATTENTION variable) forces one.
+  """
+  if requested not in ("auto", "xla", "cudnn"):
+    raise ValueError(f"attention implementation {requested!r} is not auto, xla or cudnn")
+  if requested != "auto":
+    return requested
+  half = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+  if platform == "gpu" and half and head_dim % 8 == 0 and head_dim <= 128:
+    return "cudnn"
+  return "xla"
+
+
 def fused_attention(q, k, v, mask):
-  """jax.nn.dot_product_attention: cuDNN flash attention on GPUs when it applies, XLA
-  elsewhere. mask: bool broadcastable to [B,H,S,L]."""
-  return jax.nn.dot_product_attention(q, k, v, mask=mask)
+  """jax.nn.dot_product_attention with its implementation chosen explicitly (and logged
+  once per choice): `attention_implementation`. mask: bool broadcastable to [B,H,S,L]."""
+  requested = os.environ.get(ATTENTION_ENV, "auto")
+  impl = attention_implementation(jax.default_backend(), q.dtype, q.shape[-1], requested)
+  why = ""
+  try:
+    out = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=impl)
+  except (ValueError, NotImplementedError) as e:  # cuDNN's checks run while tracing.
+    if requested != "auto" or impl == "xla":
+      raise
+    impl, why = "xla", f"; cudnn refused these shapes: {e}"
+    out = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=impl)
+  key = (impl, str(q.dtype), q.shape[-1])
+  if key not in _logged_attention:
+    _logged_attention.add(key)
+    logging.getLogger(__name__).info("attention: %s (%s, head size %d, %s)%s", impl,
+                                     jax.default_backend(), q.shape[-1], q.dtype, why)
+  return out
 
 
 class HeadsDense(nn.Module):
