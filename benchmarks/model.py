@@ -10,8 +10,9 @@ Both sides get the same architecture, batch and sequence lengths, randomly initi
   (c) peak resident memory of each side's process (MiB), measured in separate processes so
       that neither side's allocations count against the other.
 On a GPU/TPU, `--mfu --batch 256` instead reports the MFU of GiT-Large train steps
-(bfloat16, scanned + remat layers, FSDP over all devices); on CPU `--mfu --quick` runs that path on a small
-model as a smoke check.
+(bfloat16, scanned + remat layers, FSDP over all devices), the peak device memory and beam-4
+decoding throughput; on CPU `--mfu --quick` runs that path on a small model as a smoke check
+(benchmarks/accelerator.sh runs it with the other accelerator figures).
 The last stdout line is one JSON object: {"benchmark", per figure {"ours", "baseline",
 "speedup"}, ...}. torch and transformers are the `test` extra; without them the baseline
 figures are null.
@@ -171,25 +172,26 @@ def run_hf(setup):
 # ---------------------------------------------------------------------------------------------
 # MFU on an accelerator.
 
-PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12,
-             "TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12,
-             "TPU v6 lite": 918e12, "TPU v6e": 918e12}
 
-
-def run_mfu(batch, steps, smoke=False):
+def run_mfu(batch, steps, smoke=False, decode_batch=64, decode_len=16):
+  """GiT-Large bf16 train steps (scanned + remat layers, FSDP over every device): step time,
+  MFU against `rew_jax.metrics.peak_flops_per_device`, peak device memory; then beam-4
+  decoding of `decode_len` tokens for `decode_batch` images (generated tokens/s)."""
   import functools
 
   import jax
   import optax
 
-  from rew_jax import sharding
-  from rew_jax.models import flops, git, git_config
+  from rew_jax import metrics, sharding
+  from rew_jax.models import decoding, flops, git, git_config
 
   config = git.default_config()
   config.dtype, config.remat, config.scan_layers = "bfloat16", True, True
+  config.max_target_len = max(config.max_target_len, decode_len)
   if smoke:  # A CPU check of this code path with a small model.
     config.variant, config.image_size, config.vit.depth = "Ti/16", 64, 2
     config.decoder.num_layers, config.max_prompt_len, config.max_target_len = 1, 4, 8
+    decode_len = min(decode_len, 4)
   model = git.GiT(config)
   spec = git_config.parse_config(config)
   mesh = sharding.make_mesh({"fsdp": -1})
@@ -221,13 +223,27 @@ def run_mfu(batch, steps, smoke=False):
     for i in range(steps):
       params, opt_state, loss = train_step(params, opt_state, batch_arrays, jax.random.key(i))
     jax.block_until_ready(loss)
-  step_s = (time.perf_counter() - start) / steps
-  kind = jax.devices()[0].device_kind
-  peak = next((v for k, v in PEAK_BF16.items() if k in kind), None)
+    step_s = (time.perf_counter() - start) / steps
+    memory = jax.devices()[0].memory_stats() or {}  # None on CPU.
+
+    d_images, d_prompt, _ = git.dummy_inputs(spec, decode_batch)
+    # eos_id -1 matches no token: every beam runs to max_len.
+    beam = jax.jit(functools.partial(decoding.beam_search, model, num_beams=4,
+                                     max_len=decode_len, eos_id=-1))
+    jax.block_until_ready(beam(params, d_images, d_prompt))  # Compile.
+    start = time.perf_counter()
+    jax.block_until_ready(beam(params, d_images, d_prompt))
+    decode_s = time.perf_counter() - start
+  peak = metrics.peak_flops_per_device()
   achieved = flops.train_flops_per_example(config) * batch / step_s / jax.device_count()
-  return dict(device=kind, devices=jax.device_count(), batch=batch, step_s=step_s,
-              tflops_per_device=achieved / 1e12,
-              mfu=(achieved / peak) if peak else None)
+  peak_bytes = memory.get("peak_bytes_in_use")
+  return dict(device=jax.devices()[0].device_kind, devices=jax.device_count(), batch=batch,
+              variant=config.variant, step_s=round(step_s, 4),
+              tflops_per_device=round(achieved / 1e12, 3),
+              peak_flops_per_device=peak, mfu=round(achieved / peak, 4) if peak else None,
+              peak_memory_gib=round(peak_bytes / 2**30, 2) if peak_bytes else None,
+              decode_batch=decode_batch, decode_len=decode_len, beams=4,
+              decode_tokens_per_s=round(decode_batch * decode_len / decode_s, 1))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -260,13 +276,16 @@ def main(argv=None):
   parser.add_argument("--side", choices=["ours", "hf"], help=argparse.SUPPRESS)
   parser.add_argument("--mfu", action="store_true", help="GiT-Large MFU on an accelerator")
   parser.add_argument("--batch", type=int, default=256)
+  parser.add_argument("--decode-batch", type=int, default=64, help="--mfu: images decoded")
+  parser.add_argument("--steps", type=int, default=0, help="--mfu: timed train steps")
   args = parser.parse_args(argv)
   if args.side:
     child(args.side, args.quick)
     return 0
   if args.mfu:
-    result = run_mfu(args.batch, steps=3 if args.quick else 10,
-                     smoke=args.quick and jax_backend() == "cpu")
+    result = run_mfu(args.batch, steps=args.steps or (3 if args.quick else 10),
+                     smoke=args.quick and jax_backend() == "cpu",
+                     decode_batch=args.decode_batch)
     print(json.dumps(dict(benchmark="model_mfu", **result)))
     return 0
 

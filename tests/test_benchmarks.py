@@ -1,0 +1,32 @@
+"""benchmarks/accelerator.sh, prepared for a GPU, runs its three steps end to end on CPU at toy
+sizes (--dry-run) and prints one JSON object with every figure the docs report."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.slow
+def test_accelerator_script_dry_run_on_cpu(tmp_path):
+  env = dict(os.environ, PYTHON=sys.executable, PYTHONPATH=REPO,
+             XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu")
+  proc = subprocess.run(["bash", os.path.join(REPO, "benchmarks", "accelerator.sh"),
+                         "--dry-run", "--out", str(tmp_path)], capture_output=True, text=True,
+                        env=env, timeout=900)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  result = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert result["benchmark"] == "accelerator" and result["dry_run"] is True
+  train = result["train_decode"]
+  assert train["step_s"] > 0 and 0 < train["mfu"] < 1 and train["decode_tokens_per_s"] > 0
+  assert train["beams"] == 4 and train["device"] == "cpu"
+  assert result["input_pipeline"]["ours"] > 0
+  topk = result["topk"]["topk"]
+  assert topk["ours_s"] > 0 and topk["queries"] == 256 and result["topk"]["baseline_s"] is None
+  assert sorted(os.listdir(tmp_path)) == sorted(
+      f"{step}.{ext}" for step in ("train_decode", "input_pipeline", "topk")
+      for ext in ("log", "err", "json"))
