@@ -149,7 +149,7 @@ class Evaluator(common.Evaluator):
                           "class_maps")
       map_dir = class_map_dir or (os.path.join(workdir, "eval", name, "class_maps")
                                   if workdir else "")
-      resolver_fn = lambda: _resolver(kb)
+      resolver_fn = lambda: make_resolver(kb)
       class_maps = {}
       for set_name, data in sets.items():
         path = os.path.join(map_dir, f"{set_name}.jsonl") if map_dir else ""
@@ -235,7 +235,7 @@ class Evaluator(common.Evaluator):
     yield f"{self.name}/mean_top1", float(np.mean(top1s))
 
 
-def _resolver(kb):
+def make_resolver(kb):
   """The KB name resolver with BM25 fuzzy matching (as OVEN's text mapping uses)."""
   from rew_jax.kb.bm25 import TitleBM25  # pylint: disable=g-import-not-at-top
   from rew_jax.kb.resolver import NameResolver  # pylint: disable=g-import-not-at-top

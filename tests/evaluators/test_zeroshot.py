@@ -52,7 +52,7 @@ def test_class_map_resolves_then_keeps_a_persons_correction(kb, tmp_path):
 
   def resolver_fn():
     calls.append(1)
-    return zeroshot._resolver(kb)
+    return zeroshot.make_resolver(kb)
 
   rows = finegrained.load_class_map(path, CLASSES, kb, resolver_fn)
   assert [(r.class_name, r.entity_id, r.method) for r in rows] == [
