@@ -16,7 +16,7 @@ sharded over the devices).
 Dimensions: Q queries, M memory images, D embedding width, K neighbours, C label classes.
 
 `memory_records` "" reads the records of the evaluator's workdir (W/records, what `curate`
-writes there).
+writes there); `kb_dir` "" its KB index (W/kb).
 
 Vote: cosine similarity (embeddings are L2-normalised here), the K most similar memory
 images vote for their label, one vote each (`weighting="uniform"`) or their similarity
@@ -79,11 +79,14 @@ def vote(sims: jax.Array, labels: jax.Array, *, num_classes: int,
 
 
 def knn_classify(queries: np.ndarray, memory: np.ndarray, labels: np.ndarray, *, k: int,
-                 num_classes: int, weighting: str = "uniform", chunk: int = 8192) -> np.ndarray:
+                 num_classes: int, weighting: str = "uniform", chunk: int = 8192,
+                 mesh: jax.sharding.Mesh | None = None) -> np.ndarray:
   """int [Q]: kNN class of each query embedding; memory rows with label -1 are ignored.
 
   Neighbours: exact top-k cosine similarity by the KB retrieval's searcher, `chunk` memory
-  rows at a time; on equal similarity the lower memory row ranks first."""
+  rows at a time, rows split over all devices of `mesh` (default: a mesh of every device;
+  inside a model's mesh context, pass that mesh); on equal similarity the lower memory row
+  ranks first."""
   if weighting not in ("uniform", "similarity"):
     raise ConfigError(f"weighting {weighting!r}: expected 'uniform' or 'similarity'")
   labels = np.asarray(labels)
@@ -93,7 +96,7 @@ def knn_classify(queries: np.ndarray, memory: np.ndarray, labels: np.ndarray, *,
   mem, lab = np.asarray(memory)[keep], labels[keep]
   k = min(k, len(mem))
   chunk = min(chunk, len(mem))
-  searcher = retrieval.TopKSearcher(np.asarray(normalize(mem)), chunk_rows=chunk)
+  searcher = retrieval.TopKSearcher(np.asarray(normalize(mem)), chunk_rows=chunk, mesh=mesh)
   sims, idx = searcher.search(np.asarray(normalize(queries)), k)
   return np.asarray(vote(jnp.asarray(sims), jnp.asarray(lab)[idx], num_classes=num_classes,
                          weighting=weighting))
@@ -191,7 +194,9 @@ class Evaluator(common.Evaluator):
                    max_examples):
     """A fine-grained set's images, labelled by the zero-shot evaluator's class maps."""
     if not kb_dir:
-      raise ConfigError("knn_matching query_set needs kb_dir (to map classes to entities)")
+      if not self.workdir:
+        raise ConfigError("knn_matching query_set needs kb_dir (to map classes to entities)")
+      kb_dir = workdir_lib.Workdir(self.workdir).kb_index
     from rew_jax.evaluators import zeroshot  # pylint: disable=g-import-not-at-top
     from rew_jax.kb.wiki6m import EntityKB  # pylint: disable=g-import-not-at-top
     kb = EntityKB(kb_dir)
@@ -223,7 +228,8 @@ class Evaluator(common.Evaluator):
     out = common.predict_all(predict, params, items, self.batch_size, self._load)
     return np.asarray(out["embedding"], np.float32)
 
-  def classify(self, query_emb: np.ndarray, memory_emb: np.ndarray) -> dict[str, list]:
+  def classify(self, query_emb: np.ndarray, memory_emb: np.ndarray,
+               mesh: jax.sharding.Mesh | None = None) -> dict[str, list]:
     """labelling → predicted entity id (or None) per query."""
     out = {}
     for labelling in self.labellings:
@@ -231,14 +237,17 @@ class Evaluator(common.Evaluator):
       index = {n: i for i, n in enumerate(names)}
       labels = np.array([index.get(m.get(labelling), -1) for m in self.memory], np.int32)
       pred = knn_classify(query_emb, memory_emb, labels, k=self.k, num_classes=max(1, len(names)),
-                          weighting=self.weighting, chunk=self.chunk)
+                          weighting=self.weighting, chunk=self.chunk, mesh=mesh)
       out[labelling] = [names[p] if p >= 0 else None for p in pred.tolist()]
     return out
 
   def run(self, params, *, step: int | None = None) -> Iterator[tuple[str, float]]:
     memory_emb = self.embed(params, self.memory)
     query_emb = self.embed(params, self.queries)
-    preds = self.classify(query_emb, memory_emb)
+    # The search runs on the parameters' mesh when they have one (the model's mesh context).
+    meshes = [x.sharding.mesh for x in jax.tree.leaves(params)
+              if isinstance(getattr(x, "sharding", None), jax.sharding.NamedSharding)]
+    preds = self.classify(query_emb, memory_emb, meshes[0] if meshes else None)
     truth = [q["entity_id"] for q in self.queries]
     metrics = {}
     for labelling in self.labellings:

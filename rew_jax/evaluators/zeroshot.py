@@ -31,6 +31,7 @@ encoded bytes), `prompt` int32 [B, P] (the fixed question) and `mask`.
 from __future__ import annotations
 
 import io
+import logging
 import os
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
@@ -88,9 +89,9 @@ class _SetRun:
       raise UserError(f"zeroshot {data.name}: the data source is empty")
     # The answer space: each mapped entity once, in the order of its first class.
     self.entity_ids = list(dict.fromkeys(c.entity_id for c in class_map if c.entity_id))
-    if not self.entity_ids:
-      raise UserError(f"zeroshot {data.name}: none of its {len(class_map)} classes is mapped "
-                      "to a KB entity (see its class map)")
+    if not self.entity_ids:  # Reported as 0 % with every class unmapped, not skipped.
+      logging.warning("zeroshot %s: none of its %d classes is mapped to a KB entity (see its "
+                      "class map)", data.name, len(class_map))
     names = {c.entity_id: c.entity_name or c.class_name for c in class_map if c.entity_id}
     self.entity_names = [names[e] for e in self.entity_ids]
     self.unmapped = [c.class_name for c in class_map if not c.entity_id]
@@ -162,6 +163,8 @@ class Evaluator(common.Evaluator):
       from rew_jax.data.tokenizers import load_tokenizer  # pylint: disable=g-import-not-at-top
       tokenizer = load_tokenizer(tokenizer_kind, tokenizer_path)
     for run in self.runs.values():
+      if not run.entity_ids:
+        continue
       seqs = entity_sequences(entity_target, run.entity_ids, run.entity_names,
                               tokenizer=tokenizer, kb=kb, codes_path=codes_path)
       empty = [n for n, s in zip(run.entity_names, seqs) if not s]
@@ -190,6 +193,8 @@ class Evaluator(common.Evaluator):
 
   def predict(self, params, run: _SetRun) -> list[int]:
     """Entity index (into run.entity_ids) per example, -1 for none."""
+    if not run.entity_ids:
+      return [-1] * len(run.indices)
     kwargs = dict(self.predict_kwargs)
     if self.mode == "trie":
       kwargs["trie"] = run.trie

@@ -198,9 +198,10 @@ def test_bad_config(tok):
     zeroshot.Evaluator(None, tokenizer=tok)
   with pytest.raises(Exception, match="needs kb_dir"):
     zeroshot.Evaluator(None, sets={"a": _set()}, tokenizer=tok)
-  with pytest.raises(Exception, match="none of its 4 classes is mapped"):
-    zeroshot.Evaluator(None, sets={"a": _set()}, tokenizer=tok,
-                       class_maps={"a": finegrained.injected_class_map(CLASSES, [None] * 4)})
+  nothing = zeroshot.Evaluator(None, sets={"a": _set()}, tokenizer=tok, class_maps={
+      "a": finegrained.injected_class_map(CLASSES, [None] * 4)})
+  assert dict(nothing.run(None)) == {"zeroshot/a/top1": 0.0, "zeroshot/a/unmapped_classes": 4.0,
+                                     "zeroshot/a/unmapped_examples": 5.0, "zeroshot/mean_top1": 0.0}
 
 
 def test_mock_tfds_flowers_through_the_kb(tok, kb, tmp_path):
