@@ -229,3 +229,19 @@ def test_mock_tfds_flowers_through_the_kb(tok, kb, tmp_path):
   assert metrics["zeroshot/flowers102/unmapped_classes"] == 99.0
   lines = (tmp_path / "maps" / "flowers102.jsonl").read_text().splitlines()
   assert len(lines) == 102 and json.loads(lines[0])["source"] == "manual"
+
+
+def test_ald_answer_space_is_the_mapped_entities_codes(tok, kb):
+  """For a model trained on ALD codes the trie holds the mapped entities' codes (the KB's
+  code table), not their names."""
+  # The KB's code table in KB row order (the file the KB build writes): code, EOS, padding.
+  table = np.array([[1000 + r, 2000 + r, EOS, 0] if r % 2 else [1000 + r, 2000 + r, 3000, EOS]
+                    for r in range(len(KB))], np.int32)
+  np.savez(kb.path("ald_codes.npz"), codes=table)
+  seqs = zeroshot.entity_sequences("ald", ["Q3", "Q2"], ["Helianthus annuus", "Rose hip"],
+                                   tokenizer=tok, kb=kb)
+  assert seqs == [[1002, 2002, 3000], [1001, 2001]]
+  assert zeroshot.entity_sequences("name", ["Q1"], ["Rose"], tokenizer=tok) == [
+      tok.encode("Rose")]
+  with pytest.raises(Exception, match="entity_target='ald' needs kb_dir"):
+    zeroshot.entity_sequences("ald", ["Q3"], ["x"], tokenizer=tok)
