@@ -21,6 +21,8 @@ Variants:
             (each entity's name scored by the model)
   variant   L/14 (must match the checkpoint), runlocal (the runlocal model of
             git_large_rew.py, a few examples, 32 px)
+  target    the recipe's entity target, as the checkpoint was trained (`target=ald` for ALD
+            codes; default: the recipe's own default)
 The answer space follows the recipe's entity target: entity names, or their ALD codes for
 a model trained on codes (`entity_target` of the evaluator, from the recipe's
 `input.tasks.entity_target` when it sets one).
@@ -38,12 +40,13 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 def get_config(arg=None):
   arg = config_lib.parse_arg(arg, dataset="flowers102", mode="trie", variant="L/14",
                              kb="kb", data_dir="", root_aircraft="", root_sports100="",
-                             runlocal=False)
+                             target="", runlocal=False)
   names = finegrained.SETS if arg.dataset == "all" else (arg.dataset,)
   if any(n not in finegrained.SETS for n in names):
     raise config_lib.ConfigError(f"dataset={arg.dataset!r}: use all or one of "
                                  f"{', '.join(finegrained.SETS)}")
   base = f"{os.path.join(_HERE, 'git_large_rew.py')}:variant={arg.variant},clip=none"
+  base += f",target={arg.target}" if arg.target else ""
   c = config_lib.load_config(base + (",runlocal" if arg.runlocal else "")).train
   c.init_from = "none"  # Evaluation reads the checkpoint of W.
   c.predict = config_lib.ConfigDict(dict(num_beams=4, alpha=0.6))

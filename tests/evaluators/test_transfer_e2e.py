@@ -171,8 +171,10 @@ def test_knn_clip_rew_labels_on_an_on_disk_set(setup, capsys):
   assert printed["knn/unlabelled_queries"] == 1  # "Zeppelin NT" is not in the KB.
   maps = open(os.path.join(w.root, "eval", "knn", "class_maps", "aircraft.jsonl")).read()
   rows = [json.loads(line) for line in maps.splitlines()]
-  assert [r["method"] for r in rows] == ["normalized", "normalized", "abstain"] or \
-      sorted(r["entity_id"] == "" for r in rows) == [False, False, True]
+  expected = {setup["kb"].titles[setup["kb"].row_of(r.entity_id)]: r.entity_id
+              for r in setup["recs"][:2]}
+  assert {r["class_name"]: r["entity_id"] for r in rows} == dict(expected, **{"Zeppelin NT": ""})
+  assert [r["source"] for r in rows] == ["resolver"] * 3
 
 
 def test_knn_missing_weights_name_the_folder(setup, capsys):
@@ -217,3 +219,9 @@ def test_zeroshot_all_sets_from_a_trained_checkpoint(setup, capsys):
     assert len(metrics["unmapped_classes"]) == printed[f"zeroshot/{name}/unmapped_classes"]
   flowers = [json.loads(line) for line in open(os.path.join(maps, "flowers102.jsonl"))]
   assert len(flowers) == 102 and flowers[0]["source"] == "manual"
+
+
+def test_frozen_evaluation_needs_a_loader_in_init_from(tmp_path, capsys):
+  assert cli.main(["eval", "--config", f"{REPO}/configs/knn_matching.py:runlocal",
+                   "--workdir", str(tmp_path), "--config.train.init_from=none"]) != 0
+  assert "total_steps=0 evaluates the weights init_from loads" in capsys.readouterr().err
