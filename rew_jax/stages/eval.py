@@ -70,8 +70,9 @@ def _evaluate_as_loaded(section, workdir: str) -> dict[str, float]:
   if train_lib.from_checkpoint(section.init_from) or section.init_from in ("", "none"):
     raise ConfigError(f"total_steps=0 evaluates the weights init_from loads (LOADER:PATH, e.g. "
                       f"hf_dinov2:DIR); init_from is {section.init_from!r}")
-  setup = model_setup.setup_model(section)
-  params = train_lib.init_from(section.init_from, setup.model, setup.params,
+  # Shapes only: every weight comes from the loader, none from a random init.
+  setup = model_setup.setup_model(section, init=False)
+  params = train_lib.init_from(section.init_from, setup.model, setup.abstract_params,
                                setup.param_shardings)
   return checkpoint_eval.evaluate_params(section, setup, params, workdir, step=0)
 
