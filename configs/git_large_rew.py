@@ -8,7 +8,12 @@
 ViT-L/14 at 224 px + 6-layer GIT decoder (≈0.39B parameters), batch 4096, 600k steps, AdamW
 (no weight decay), base lr 1e-5 with everything after the image encoder at ×10, 250 warmup
 steps then cosine, label smoothing 0.3, inception crop (≥ 8 % area) at 224 px; entity-only
-records are asked one of a few generic questions ("what is the main object?").
+records are asked one of a few generic questions ("what is the main object?"). The image
+encoder starts from CLIP ViT-L/14, as in the paper: `init_from="hf_clip:DIR"` with DIR a
+local Hugging Face CLIP folder (config.json + model.safetensors of
+openai/clip-vit-large-patch14, e.g. fetched once with `huggingface-cli download
+openai/clip-vit-large-patch14 --local-dir weights/clip-vit-large-patch14`); the decoder
+starts from its random initialisation. A missing folder stops the run with an error naming it.
 
 Variants (`--config configs/git_large_rew.py:data=rew,tasks=all,variant=L/14,mesh=fsdp`):
   data     rew (curated REW records) | entity_webli (top-1 candidate labels, the baseline)
@@ -17,7 +22,11 @@ Variants (`--config configs/git_large_rew.py:data=rew,tasks=all,variant=L/14,mes
   variant  L/14 (GiT-Large) | B/16 | S/16 | Ti/16: the image encoder
   mesh     fsdp (all chips one FSDP axis: v4/v5p pods) | hybrid (data=2 × fsdp: two slices
            or GPU hosts) | tp (fsdp × tensor=4: tensor parallelism inside a host)
-  runlocal a tiny model for 3 steps on CPU (smoke test of the recipe; needs train.input.data_dir)
+  clip     DIR of the HF CLIP folder (default weights/clip-vit-large-patch14; another variant
+           needs the CLIP of its own shapes) | none (from scratch; the same as
+           --config.train.init_from=none)
+  runlocal a tiny model for 3 steps on CPU (smoke test of the recipe; needs train.input.data_dir);
+           from scratch unless clip=DIR names a CLIP folder of the tiny model's shapes
 """
 
 from rew_jax import config as config_lib
@@ -31,6 +40,7 @@ TASKS = {
     "entity_rationale": dict(entity=1.0, rationale=0.5, qa=0.0, caption=0.0),
     "all": dict(entity=1.0, rationale=0.5, qa=0.5, caption=0.0),
 }
+DEFAULT_CLIP = "weights/clip-vit-large-patch14"
 MESHES = {
     "fsdp": dict(data=1, fsdp=-1, tensor=1),
     "hybrid": dict(data=2, fsdp=-1, tensor=1),
@@ -40,7 +50,7 @@ MESHES = {
 
 def get_config(arg=None):
   arg = config_lib.parse_arg(arg, data="rew", tasks="all", variant="L/14", mesh="fsdp",
-                             runlocal=False)
+                             runlocal=False, clip=DEFAULT_CLIP)
   if arg.data not in ("rew", "entity_webli", "captions"):
     raise config_lib.ConfigError(f"data={arg.data!r}: use rew, entity_webli or captions")
   c = config_lib.ConfigDict()
@@ -85,7 +95,9 @@ def get_config(arg=None):
   c.mesh = config_lib.ConfigDict(MESHES[arg.mesh])
   c.sharding_rules = None  # rew_jax.sharding.DEFAULT_RULES.
   c.checkpoint = config_lib.ConfigDict(dict(every=5000, keep=3, async_save=True))
-  c.init_from = ""  # A workdir or checkpoint step directory to start from.
+  # CLIP's image encoder (paper, GER-ALD); "none": from scratch; a workdir or checkpoint
+  # step directory: another run's parameters.
+  c.init_from = "none" if arg.clip == "none" else f"hf_clip:{arg.clip}"
 
   if arg.runlocal:
     c.total_steps, c.log_every = 3, 1
@@ -101,4 +113,6 @@ def get_config(arg=None):
                   f"pad(8, key='target', keep_eos={tokenizers.BERT_EOS_ID})")
     c.mesh = config_lib.ConfigDict(dict(data=2, fsdp=2, tensor=2))
     c.checkpoint.every = 3
+    if arg.clip == DEFAULT_CLIP:  # The tiny model cannot take ViT-L/14 weights.
+      c.init_from = "none"
   return config_lib.ConfigDict(dict(train=c))

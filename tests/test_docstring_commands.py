@@ -27,6 +27,10 @@ NOT_RUN = {
                         "against a local stub server",
     "curate_openai.py": "needs an OpenAI-compatible server; tested against a local stub",
     "curate_gemma.py": "needs Gemma weights and the gemma extra",
+    "knn_matching.py": "needs DINOv2/CLIP folders; tests/evaluators/test_transfer_e2e.py runs "
+                       "its runlocal form with random ones",
+    "zeroshot.py": "needs a pretraining run and TFDS sets; tests/evaluators/test_transfer_e2e.py "
+                   "runs its runlocal form on mock TFDS data and a checkpoint it trains",
 }
 # The order in which the docstrings run: later ones use what earlier ones made.
 ORDER = ("candidates_demo.py", "curate_demo.py", "git_large_rew.py", "oven_finetune.py")

@@ -71,11 +71,17 @@ def resolve(name: str) -> TfdsSet:
 
 
 def clean_class_name(name: str) -> str:
-  """TFDS label names as words: "/a/apartment_building/outdoor" → "apartment building outdoor"."""
-  parts = [p for p in name.split("/") if p]
-  if len(parts) > 1 and len(parts[0]) == 1:  # SUN397's leading letter folder.
-    parts = parts[1:]
-  return " ".join(" ".join(parts).replace("_", " ").split())
+  """A class label as words, the one rule for every set: underscores become spaces, and a
+  SUN397 path drops its letter folder and keeps the hierarchy's order
+  ("/a/apartment_building/outdoor" → "apartment building outdoor", "apple_pie" → "apple
+  pie"). Only a leading "/" marks a path: FGVC-Aircraft's "F-16A/B" stays as it is."""
+  name = name.strip()
+  if name.startswith("/"):
+    parts = [p for p in name.split("/") if p]
+    if len(parts) > 1 and len(parts[0]) == 1:  # SUN397's leading letter folder.
+      parts = parts[1:]
+    name = " ".join(parts)
+  return " ".join(name.replace("_", " ").split())
 
 
 def class_names(name: str, data_dir: str | None = None) -> list[str]:

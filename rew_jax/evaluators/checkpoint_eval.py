@@ -7,6 +7,10 @@ The model is built and placed as the train loop places it (`model_setup.setup_mo
 the checkpoint's parameters are read, straight onto their shardings. The evaluators are the
 train config's `evals` blocks, predicting with the model's functions configured by
 `config.predict`; their files go to `<workdir>/eval/<name>/step_<step>/` as in training.
+
+A frozen feature model (DINOv2, CLIP's image embedding: configs/knn_matching.py) is never
+trained: its config says `total_steps=0` and its parameters are `init_from`'s, loaded by the
+`eval` stage (which owns the train loop's `init_from`) and passed to `evaluate_params`.
 """
 
 from __future__ import annotations
@@ -32,6 +36,14 @@ def evaluate(config, workdir: str, step: int | None = None) -> dict[str, float]:
   setup = model_setup.setup_model(config, init=False)
   params = checkpoint.load_params(os.path.join(workdir, "checkpoints", str(step)),
                                   setup.abstract_params)
+  return evaluate_params(config, setup, params, workdir, step)
+
+
+def evaluate_params(config, setup: model_setup.ModelSetup, params, workdir: str,
+                    step: int) -> dict[str, float]:
+  """Runs `config.evals` on `params` (placed by `setup`); files under the step `step`."""
+  if not config.get("evals"):
+    raise ConfigError("the config has no `evals` block to evaluate with")
   results = {}
   with sharding.use(setup.mesh, setup.rules):
     for evaluator, _ in common.from_train_config(config, setup.model,

@@ -1,12 +1,22 @@
 """Visual-matching kNN: how good are an image memory's labels, seen through any image encoder.
 
-The paper's comparison (CLIP-L/14 and DINOv2-L/14 features): embed a memory of web images,
-label each with either its *candidate* entity (the caption's text-retrieval top-1, as in
-Entity-WebLI) or its *curated* entity (after LLM verification/correction), classify OVEN
-queries by a k-nearest-neighbour vote in that memory, and report top-1 for both labellings
-and the gain. Same images, same encoder: only the labels differ.
+The paper's comparison (Table 3; CLIP-L/14 and DINOv2-L/14 features, the registered
+`clip_image` and `dinov2` models): embed a memory of web images, label each with either its
+*candidate* entity (the caption's text-retrieval top-1: Entity-WebLI's label) or its
+*curated* entity (after LLM verification/correction: REW's label), classify queries by a
+k-nearest-neighbour vote in that memory, and report top-1 for each labelling (`labellings`)
+and, with both, the gain. Same images, same encoder: only the labels differ.
+
+Queries: OVEN reference files and their images, or a fine-grained set of the zero-shot
+table (`query_set`, rew_jax/evaluators/finegrained.py) whose classes are mapped to KB
+entities by a class map (an unmapped class's queries count as wrong). The neighbour search
+is the KB retrieval's exact top-k (`rew_jax.kb.retrieval.TopKSearcher`, memory rows
+sharded over the devices).
 
 Dimensions: Q queries, M memory images, D embedding width, K neighbours, C label classes.
+
+`memory_records` "" reads the records of the evaluator's workdir (W/records, what `curate`
+writes there); `kb_dir` "" its KB index (W/kb).
 
 Vote: cosine similarity (embeddings are L2-normalised here), the K most similar memory
 images vote for their label, one vote each (`weighting="uniform"`) or their similarity
@@ -30,10 +40,13 @@ import numpy as np
 
 from rew_jax import records as records_lib
 from rew_jax import storage
+from rew_jax import workdir as workdir_lib
 from rew_jax.data import ops as ops_lib
 from rew_jax.data import oven_files
 from rew_jax.errors import ConfigError, UserError
 from rew_jax.evaluators import common
+from rew_jax.evaluators import finegrained
+from rew_jax.kb import retrieval
 from rew_jax.registry import EVALUATORS
 
 DEFAULT_PP = "decode|resize_crop(224)|normalize('clip')"
@@ -48,37 +61,6 @@ LABELLINGS = ("candidate", "curated")
 def normalize(x: jax.Array) -> jax.Array:
   x = jnp.asarray(x, jnp.float32)
   return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
-
-
-@functools.partial(jax.jit, static_argnames=("k", "chunk"))
-def top_k_neighbours(queries: jax.Array, memory: jax.Array, *, k: int,
-                     chunk: int = 8192) -> tuple[jax.Array, jax.Array]:
-  """(similarities float32 [Q, K], memory indices int32 [Q, K]), most similar first.
-
-  The memory is scanned in chunks of `chunk` rows with a running top-k, so the [Q, M]
-  similarity matrix is never materialised whole.
-  """
-  num, dim = memory.shape
-  pad = (-num) % chunk
-  mem = jnp.pad(memory, ((0, pad), (0, 0))).reshape(-1, chunk, dim)
-  valid = (jnp.arange(num + pad) < num).reshape(-1, chunk)
-  init = (jnp.full((queries.shape[0], k), -jnp.inf, jnp.float32),
-          jnp.full((queries.shape[0], k), -1, jnp.int32))
-
-  def step(carry, xs):
-    best_s, best_i = carry
-    block, ok, offset = xs
-    sims = jnp.where(ok[None], queries @ block.T, -jnp.inf)
-    s, i = jax.lax.top_k(sims, min(k, chunk))
-    # Earlier chunks first in the concatenation: on equal similarity the lower index wins.
-    all_s = jnp.concatenate([best_s, s], axis=1)
-    all_i = jnp.concatenate([best_i, (i + offset).astype(jnp.int32)], axis=1)
-    s, pos = jax.lax.top_k(all_s, k)
-    return (s, jnp.take_along_axis(all_i, pos, axis=1)), None
-
-  offsets = jnp.arange(mem.shape[0], dtype=jnp.int32) * chunk
-  (sims, idx), _ = jax.lax.scan(step, init, (mem, valid, offsets))
-  return sims, idx
 
 
 @functools.partial(jax.jit, static_argnames=("num_classes", "weighting"))
@@ -97,8 +79,14 @@ def vote(sims: jax.Array, labels: jax.Array, *, num_classes: int,
 
 
 def knn_classify(queries: np.ndarray, memory: np.ndarray, labels: np.ndarray, *, k: int,
-                 num_classes: int, weighting: str = "uniform", chunk: int = 8192) -> np.ndarray:
-  """int [Q]: kNN class of each query embedding; memory rows with label -1 are ignored."""
+                 num_classes: int, weighting: str = "uniform", chunk: int = 8192,
+                 mesh: jax.sharding.Mesh | None = None) -> np.ndarray:
+  """int [Q]: kNN class of each query embedding; memory rows with label -1 are ignored.
+
+  Neighbours: exact top-k cosine similarity by the KB retrieval's searcher, `chunk` memory
+  rows at a time, rows split over all devices of `mesh` (default: a mesh of every device;
+  inside a model's mesh context, pass that mesh); on equal similarity the lower memory row
+  ranks first."""
   if weighting not in ("uniform", "similarity"):
     raise ConfigError(f"weighting {weighting!r}: expected 'uniform' or 'similarity'")
   labels = np.asarray(labels)
@@ -108,8 +96,9 @@ def knn_classify(queries: np.ndarray, memory: np.ndarray, labels: np.ndarray, *,
   mem, lab = np.asarray(memory)[keep], labels[keep]
   k = min(k, len(mem))
   chunk = min(chunk, len(mem))
-  sims, idx = top_k_neighbours(normalize(queries), normalize(mem), k=k, chunk=chunk)
-  return np.asarray(vote(sims, jnp.asarray(lab)[idx], num_classes=num_classes,
+  searcher = retrieval.TopKSearcher(np.asarray(normalize(mem)), chunk_rows=chunk, mesh=mesh)
+  sims, idx = searcher.search(np.asarray(normalize(queries)), k)
+  return np.asarray(vote(jnp.asarray(sims), jnp.asarray(lab)[idx], num_classes=num_classes,
                          weighting=weighting))
 
 
@@ -143,26 +132,54 @@ def queries_from_oven(references: str | Sequence[str], image_dir: str, *,
            "data_split": r.get("data_split", "")} for r in refs]
 
 
+def queries_from_set(data: finegrained.LabelledSet,
+                     class_map: Sequence[finegrained.ClassEntity], *,
+                     max_examples: int = 0) -> list[dict[str, Any]]:
+  """Query items from a fine-grained set: the image and its class's entity (None: unmapped)."""
+  n = min(len(data), max_examples) if max_examples else len(data)
+  out = []
+  for i in range(n):
+    ex = data[i]
+    entity = class_map[int(ex["label"])].entity_id or None
+    out.append({"query_id": f"{data.name}/{i}", "image": ex["image"], "entity_id": entity})
+  return out
+
+
 @EVALUATORS.register("knn_matching")
 class Evaluator(common.Evaluator):
-  """Top-1 of kNN with candidate labels vs curated labels, and the gain (percent points)."""
+  """Top-1 of kNN under each labelling of the memory, and the gain (percent points) of
+  curated over candidate labels when both are evaluated."""
 
   def __init__(self, predict_fn: Callable[..., Any], *,
                memory: Sequence[Mapping[str, Any]] | None = None, memory_records: str = "",
+               labellings: Sequence[str] = LABELLINGS,
                queries: Sequence[Mapping[str, Any]] | None = None,
                query_references: str | Sequence[str] = (), image_dir: str = "",
+               query_set: str = "", query_split: str = "", data_dir: str | None = None,
+               query_root: str = "", kb_dir: str = "", class_map_dir: str = "",
                k: int = 10, weighting: str = "uniform", pp: str = DEFAULT_PP,
                batch_size: int = 64, max_examples: int = 0, chunk: int = 8192,
                name: str = "knn", workdir: str | None = None):
     self.predict_fn, self.name, self.workdir = predict_fn, name, workdir
+    labellings = tuple(labellings)
+    if not labellings or set(labellings) - set(LABELLINGS):
+      raise ConfigError(f"knn_matching labellings {labellings}: some of {LABELLINGS}")
+    self.labellings = labellings
     if memory is None:
       if not memory_records:
-        raise ConfigError("knn_matching needs memory items or memory_records (a records dir)")
+        if not workdir:
+          raise ConfigError("knn_matching needs memory items or memory_records (a records dir)")
+        memory_records = workdir_lib.Workdir(workdir).records()
       memory = memory_from_records(memory_records)
     if queries is None:
-      if not query_references or not image_dir:
-        raise ConfigError("knn_matching needs query items, or query_references and image_dir")
-      queries = queries_from_oven(query_references, image_dir, max_examples=max_examples)
+      if query_set:
+        queries = self._set_queries(query_set, query_split, data_dir, query_root, kb_dir,
+                                    class_map_dir, max_examples)
+      elif query_references and image_dir:
+        queries = queries_from_oven(query_references, image_dir, max_examples=max_examples)
+      else:
+        raise ConfigError("knn_matching needs query items, query_set (a fine-grained set), or "
+                          "query_references and image_dir (OVEN)")
     if not memory or not queries:
       raise UserError(f"knn_matching: {len(memory)} memory images and {len(queries)} queries; "
                       "both must be non-empty")
@@ -172,6 +189,28 @@ class Evaluator(common.Evaluator):
     self.k, self.weighting, self.chunk = k, weighting, chunk
     self.pp = ops_lib.get_preprocess(pp)
     self.batch_size = batch_size
+
+  def _set_queries(self, query_set, split, data_dir, root, kb_dir, class_map_dir,
+                   max_examples):
+    """A fine-grained set's images, labelled by the zero-shot evaluator's class maps."""
+    if not kb_dir:
+      if not self.workdir:
+        raise ConfigError("knn_matching query_set needs kb_dir (to map classes to entities)")
+      kb_dir = workdir_lib.Workdir(self.workdir).kb_index
+    from rew_jax.evaluators import zeroshot  # pylint: disable=g-import-not-at-top
+    from rew_jax.kb.wiki6m import EntityKB  # pylint: disable=g-import-not-at-top
+    kb = EntityKB(kb_dir)
+    data = finegrained.open_set(query_set, split=split, data_dir=data_dir, root=root)
+    map_dir = class_map_dir or (os.path.join(self.workdir, "eval", self.name, "class_maps")
+                                if self.workdir else "")
+    resolver_fn = lambda: zeroshot.make_resolver(kb)
+    if map_dir:
+      class_map = finegrained.load_class_map(os.path.join(map_dir, f"{query_set}.jsonl"),
+                                             data.class_names, kb, resolver_fn,
+                                             write=jax.process_index() == 0)
+    else:
+      class_map = finegrained.resolve_classes(data.class_names, resolver_fn(), kb)
+    return queries_from_set(data, class_map, max_examples=max_examples)
 
   def _load(self, item: Mapping[str, Any]) -> dict[str, Any]:
     image = item.get("image")
@@ -189,34 +228,40 @@ class Evaluator(common.Evaluator):
     out = common.predict_all(predict, params, items, self.batch_size, self._load)
     return np.asarray(out["embedding"], np.float32)
 
-  def classify(self, query_emb: np.ndarray, memory_emb: np.ndarray) -> dict[str, list]:
+  def classify(self, query_emb: np.ndarray, memory_emb: np.ndarray,
+               mesh: jax.sharding.Mesh | None = None) -> dict[str, list]:
     """labelling → predicted entity id (or None) per query."""
     out = {}
-    for labelling in LABELLINGS:
+    for labelling in self.labellings:
       names = sorted({m[labelling] for m in self.memory if m.get(labelling)})
       index = {n: i for i, n in enumerate(names)}
       labels = np.array([index.get(m.get(labelling), -1) for m in self.memory], np.int32)
       pred = knn_classify(query_emb, memory_emb, labels, k=self.k, num_classes=max(1, len(names)),
-                          weighting=self.weighting, chunk=self.chunk)
+                          weighting=self.weighting, chunk=self.chunk, mesh=mesh)
       out[labelling] = [names[p] if p >= 0 else None for p in pred.tolist()]
     return out
 
   def run(self, params, *, step: int | None = None) -> Iterator[tuple[str, float]]:
     memory_emb = self.embed(params, self.memory)
     query_emb = self.embed(params, self.queries)
-    preds = self.classify(query_emb, memory_emb)
+    # The search runs on the parameters' mesh when they have one (the model's mesh context).
+    meshes = [x.sharding.mesh for x in jax.tree.leaves(params)
+              if isinstance(getattr(x, "sharding", None), jax.sharding.NamedSharding)]
+    preds = self.classify(query_emb, memory_emb, meshes[0] if meshes else None)
     truth = [q["entity_id"] for q in self.queries]
     metrics = {}
-    for labelling in LABELLINGS:
-      correct = sum(p == t for p, t in zip(preds[labelling], truth))
+    for labelling in self.labellings:
+      correct = sum(t is not None and p == t for p, t in zip(preds[labelling], truth))
       metrics[f"{labelling}_top1"] = 100.0 * correct / len(truth)
       metrics[f"{labelling}_labelled"] = sum(bool(m.get(labelling)) for m in self.memory)
-    metrics["gain"] = metrics["curated_top1"] - metrics["candidate_top1"]
+    if len(self.labellings) == 2:
+      metrics["gain"] = metrics["curated_top1"] - metrics["candidate_top1"]
+    metrics["unlabelled_queries"] = sum(t is None for t in truth)
     directory = self.output_dir(step)
     if directory:
-      rows = [{"query_id": q.get("query_id", q.get("image_id")), "entity_id": t,
-               "pred_candidate": pc, "pred_curated": pu}
-              for q, t, pc, pu in zip(self.queries, truth, preds["candidate"], preds["curated"])]
+      rows = [dict({"query_id": q.get("query_id", q.get("image_id")), "entity_id": t},
+                   **{f"pred_{lab}": preds[lab][i] for lab in self.labellings})
+              for i, (q, t) in enumerate(zip(self.queries, truth))]
       common.write_table(os.path.join(directory, "table.tsv"), rows)
       common.write_metrics(os.path.join(directory, "metrics.json"),
                            dict(metrics, k=self.k, weighting=self.weighting))

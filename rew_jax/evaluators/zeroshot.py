@@ -1,162 +1,247 @@
-"""Zero-shot fine-grained classification (the paper's Flowers, SUN397, Food, Aircraft, Sports100
-table) with the generative model: the dataset's class names are the only allowed answers.
+"""Zero-shot fine-grained classification (the paper's Table 2: Flowers102, SUN397, Food101,
+FGVC-Aircraft, Sports100) with the generative model, in the model's own answer space: each
+class is a KB entity (rew_jax/evaluators/finegrained.py maps classes to entities, with a
+file a person can correct), and decoding may only produce the mapped entities.
 
-Two modes (`mode`):
-  trie        class names (through `class_template`, tokenized, EOS-terminated) become a
-              prefix trie; `predict_fn(params, batch, trie=trie) -> {"rows": int [B] or
-              [B, R]}` decodes under it (`decoding.constrained_beam_search`, then
-              `rows` = trie leaf rows = class indices; the first beam decides).
-  likelihood  every class name is scored by the model's likelihood;
-              `predict_fn(params, batch, class_tokens=T) -> {"scores": float [B, C]}` where
-              `T` int32 [C, L] holds each name's tokens, EOS, then 0-padding; argmax decides.
+Dimensions: B batch, R beams, E mapped entities of a set, L longest entity sequence + 1.
 
-Data: a TFDS random-access source (`tfds.data_source(dataset, split=...)`, class names from
-the builder's `features[label_key].names`), or any injected sequence of examples with the
-same keys plus `class_names`. Images may be decoded arrays (TFDS) or encoded bytes. Batches
-hold `image` float32 [B, H, W, 3], `prompt` int32 [B, P] (the fixed question) and `mask`.
-Datasets absent from TFDS (FGVC-Aircraft, Sports100) come in through `source=` or a TFDS
-builder of their own.
+What the model emits for an entity (`entity_target`, the recipe's entity target):
+  name  the entity's KB title, tokenized (what the name-trained recipes learn)
+  ald   the entity's ALD code from the KB's code table (`codes_path`, default the KB
+        index's ald_codes.npz): the same restriction over code tokens instead of names
+Two ways to restrict (`mode`):
+  trie        the E sequences (EOS-terminated) become a prefix trie; `predict_fn(params,
+              batch, trie=trie) -> {"rows": int [B] or [B, R]}` decodes under it (the GiT
+              function `class_rows`; rows = trie leaf rows = entity indices; beam 0 decides)
+  likelihood  `predict_fn(params, batch, class_tokens=T) -> {"scores": float [B, E]}`, T
+              int32 [E, L] each entity's tokens, EOS, 0-padding (`class_likelihood`); argmax
+An example is right when the predicted entity is its class's entity. Classes without an
+entity are reported (`unmapped_classes`, and listed in metrics.json) and their examples
+stay in the denominator; classes sharing one entity cannot be told apart (`shared_entity`).
+
+Metrics per set and over sets: `<name>/<set>/top1`, `<name>/<set>/unmapped_classes`,
+`<name>/<set>/unmapped_examples`, `<name>/mean_top1`. Files under
+`<workdir>/eval/<name>/[step_<s>/]<set>/` (table.tsv, metrics.json); class maps under
+`class_map_dir` (default `<workdir>/eval/<name>/class_maps/<set>.jsonl`), kept across runs.
+
+Batches hold `image` float32 [B, H, W, 3] (images may be decoded arrays, as TFDS gives, or
+encoded bytes), `prompt` int32 [B, P] (the fixed question) and `mask`.
 """
 
 from __future__ import annotations
 
 import io
+import logging
 import os
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
+import jax
 import numpy as np
 from PIL import Image
 
+from rew_jax import storage
 from rew_jax.data import ops as ops_lib
 from rew_jax.errors import ConfigError, UserError
 from rew_jax.evaluators import common
+from rew_jax.evaluators import finegrained
 from rew_jax.models import trie as trie_lib
 from rew_jax.registry import EVALUATORS
 
 DEFAULT_PP = ("resize_crop(224)|normalize('clip')|"
               "tokenize(key='prompt', bos=True, max_len=20)|pad(20, key='prompt')")
 MODES = ("trie", "likelihood")
+ENTITY_TARGETS = ("name", "ald")
 
 
-def clean_class_name(name: str) -> str:
-  """TFDS label names → natural text: "/a/abbey" → "abbey", "apple_pie" → "apple pie"."""
-  name = name.strip().rstrip("/")
-  if name.startswith("/"):  # SUN397 style "/b/bakery/shop": drop the letter bucket.
-    parts = [p for p in name.split("/") if p]
-    name = " ".join(reversed(parts[1:])) if len(parts) > 1 else parts[0]
-  return " ".join(name.replace("_", " ").split())
-
-
-def open_tfds(dataset: str, split: str, data_dir: str | None = None, label_key: str = "label"):
-  """(random-access source, class names) of a TFDS dataset prepared on disk."""
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  try:
-    builder = tfds.builder(dataset, data_dir=data_dir)
-    names = list(builder.info.features[label_key].names)
-    source = tfds.data_source(dataset, split=split, data_dir=data_dir)
-  except Exception as e:  # tfds raises many types for an absent or unprepared dataset.
-    raise UserError(f"TFDS dataset {dataset!r} split {split!r} (data_dir {data_dir!r}) cannot "
-                    f"be opened: {type(e).__name__}: {e}") from None
-  return source, names
-
-
-def class_token_table(names_tokens: Sequence[Sequence[int]], eos_id: int) -> np.ndarray:
-  """int32 [C, L]: tokens, EOS, then 0-padding, L = longest name + 1."""
-  width = max(len(t) for t in names_tokens) + 1
-  table = np.zeros((len(names_tokens), width), np.int32)
-  for i, toks in enumerate(names_tokens):
+def class_token_table(sequences: Sequence[Sequence[int]], eos_id: int) -> np.ndarray:
+  """int32 [C, L]: tokens, EOS, then 0-padding, L = longest sequence + 1."""
+  width = max(len(t) for t in sequences) + 1
+  table = np.zeros((len(sequences), width), np.int32)
+  for i, toks in enumerate(sequences):
     table[i, :len(toks)] = toks
     table[i, len(toks)] = eos_id
   return table
 
 
+def entity_sequences(entity_target: str, entity_ids: Sequence[str], names: Sequence[str], *,
+                     tokenizer, kb=None, codes_path: str = "") -> list[list[int]]:
+  """What the model emits for each entity: its tokenized name, or its ALD code (the KB's
+  code table, in KB row order). The one place that knows the recipe's entity target."""
+  if entity_target == "name":
+    return [list(t) for t in tokenizer.encode_batch(list(names))]
+  if entity_target == "ald":
+    from rew_jax.kb import codes as codes_lib  # pylint: disable=g-import-not-at-top
+    if kb is None:
+      raise ConfigError("entity_target='ald' needs kb_dir (the KB whose codes the model learnt)")
+    table = codes_lib.load_codes(codes_path or kb.path("ald_codes.npz"))
+    return codes_lib.code_tokens(table[[kb.row_of(e) for e in entity_ids]], tokenizer.eos_id)
+  raise ConfigError(f"entity_target {entity_target!r}: expected one of {ENTITY_TARGETS}")
+
+
+class _SetRun:
+  """One set's examples, class map and restricted answer space."""
+
+  def __init__(self, data: finegrained.LabelledSet, class_map, max_examples: int):
+    self.data, self.class_map = data, class_map
+    n = len(data)
+    self.indices = list(range(min(n, max_examples) if max_examples else n))
+    if not self.indices:
+      raise UserError(f"zeroshot {data.name}: the data source is empty")
+    # The answer space: each mapped entity once, in the order of its first class.
+    self.entity_ids = list(dict.fromkeys(c.entity_id for c in class_map if c.entity_id))
+    if not self.entity_ids:  # Reported as 0 % with every class unmapped, not skipped.
+      logging.warning("zeroshot %s: none of its %d classes is mapped to a KB entity (see its "
+                      "class map)", data.name, len(class_map))
+    names = {c.entity_id: c.entity_name or c.class_name for c in class_map if c.entity_id}
+    self.entity_names = [names[e] for e in self.entity_ids]
+    self.unmapped = [c.class_name for c in class_map if not c.entity_id]
+    counts = {}
+    for c in class_map:
+      if c.entity_id:
+        counts[c.entity_id] = counts.get(c.entity_id, 0) + 1
+    self.shared = sorted(c.class_name for c in class_map if counts.get(c.entity_id, 0) > 1)
+
+
 @EVALUATORS.register("zeroshot")
 class Evaluator(common.Evaluator):
-  """Top-1 accuracy of choosing the class name; see the module docstring."""
+  """Top-1 of choosing each image's class entity; see the module docstring.
+
+  Data: `datasets` (names of `finegrained.SETS`, read with `split`, `data_dir` for TFDS,
+  `roots` {set: folder} for on-disk sets) or injected `sets` {name: LabelledSet}. Class
+  maps: built or read under `class_map_dir` with the KB of `kb_dir`, or injected
+  `class_maps` {name: [ClassEntity]}.
+  """
 
   SHARED_KWARGS = ("tokenizer",)
 
-  def __init__(self, predict_fn: Callable[..., Mapping[str, Any]], *, dataset: str = "",
-               split: str = "test", data_dir: str | None = None,
-               source: Sequence[Mapping[str, Any]] | None = None,
-               class_names: Sequence[str] | None = None, label_key: str = "label",
-               image_key: str = "image", mode: str = "trie", class_template: str = "{}",
-               prompt: str = "what is this?", tokenizer=None, tokenizer_kind: str = "bert",
-               tokenizer_path: str | None = None, pp: str = DEFAULT_PP, batch_size: int = 32,
-               max_examples: int = 0, predict_kwargs: Mapping[str, Any] | None = None,
-               name: str = "zeroshot", workdir: str | None = None):
+  def __init__(self, predict_fn: Callable[..., Mapping[str, Any]], *,
+               datasets: Sequence[str] | str = (), split: str = "",
+               data_dir: str | None = None, roots: Mapping[str, str] | None = None,
+               sets: Mapping[str, finegrained.LabelledSet] | None = None,
+               class_maps: Mapping[str, Sequence[finegrained.ClassEntity]] | None = None,
+               class_map_dir: str = "", kb_dir: str = "", entity_target: str = "name",
+               codes_path: str = "", mode: str = "trie", prompt: str = "what is this?",
+               tokenizer=None, tokenizer_kind: str = "bert", tokenizer_path: str | None = None,
+               pp: str = DEFAULT_PP, batch_size: int = 32, max_examples: int = 0,
+               predict_kwargs: Mapping[str, Any] | None = None, name: str = "zeroshot",
+               workdir: str | None = None):
     if mode not in MODES:
       raise ConfigError(f"zeroshot mode {mode!r}: expected one of {', '.join(MODES)}")
+    if entity_target not in ENTITY_TARGETS:
+      raise ConfigError(f"zeroshot entity_target {entity_target!r}: expected one of "
+                        f"{', '.join(ENTITY_TARGETS)}")
     self.predict_fn, self.name, self.workdir, self.mode = predict_fn, name, workdir, mode
-    if source is None:
-      if not dataset:
-        raise ConfigError("zeroshot needs `dataset` (a TFDS name) or an injected `source`")
-      source, tfds_names = open_tfds(dataset, split, data_dir, label_key)
-      class_names = class_names or [clean_class_name(n) for n in tfds_names]
-    if not class_names:
-      raise ConfigError(f"zeroshot {name}: no class names")
-    self.source, self.class_names = source, list(class_names)
-    self.label_key, self.image_key, self.prompt = label_key, image_key, prompt
-    n = len(source)
-    self.indices = list(range(min(n, max_examples) if max_examples else n))
-    if not self.indices:
-      raise UserError(f"zeroshot {name}: the data source is empty")
+    if isinstance(datasets, str):
+      datasets = [d for d in datasets.split(",") if d]
+    if sets is None:
+      if not datasets:
+        raise ConfigError("zeroshot needs `datasets` (some of "
+                          f"{', '.join(finegrained.SETS)}) or injected `sets`")
+      roots = dict(roots or {})
+      sets = {d: finegrained.open_set(d, split=split, data_dir=data_dir, root=roots.get(d, ""))
+              for d in datasets}
+    kb = None
+    if kb_dir:
+      from rew_jax.kb.wiki6m import EntityKB  # pylint: disable=g-import-not-at-top
+      kb = EntityKB(kb_dir)
+    if class_maps is None:
+      if kb is None:
+        raise ConfigError("zeroshot needs kb_dir (to map classes to entities) or injected "
+                          "class_maps")
+      map_dir = class_map_dir or (os.path.join(workdir, "eval", name, "class_maps")
+                                  if workdir else "")
+      resolver_fn = lambda: make_resolver(kb)
+      class_maps = {}
+      for set_name, data in sets.items():
+        path = os.path.join(map_dir, f"{set_name}.jsonl") if map_dir else ""
+        class_maps[set_name] = (
+            finegrained.load_class_map(path, data.class_names, kb, resolver_fn,
+                                       write=jax.process_index() == 0)
+            if path else finegrained.resolve_classes(data.class_names, resolver_fn(), kb))
+    self.runs = {s: _SetRun(data, class_maps[s], max_examples) for s, data in sets.items()}
     if tokenizer is None:
       from rew_jax.data.tokenizers import load_tokenizer  # pylint: disable=g-import-not-at-top
       tokenizer = load_tokenizer(tokenizer_kind, tokenizer_path)
-    texts = [class_template.format(c) for c in self.class_names]
-    tokens = tokenizer.encode_batch(texts)
-    empty = [t for t, ids in zip(texts, tokens) if not ids]
-    if empty:
-      raise ConfigError(f"class names that tokenize to nothing: {empty[:5]}")
-    # Several classes with one tokenization (e.g. case-only differences) cannot be told apart;
-    # the trie keeps the first, the likelihood mode scores them equal (first wins as well).
-    self.class_tokens = class_token_table(tokens, tokenizer.eos_id)
-    self.trie = trie_lib.build_trie(tokens, tokenizer.eos_id) if mode == "trie" else None
+    for run in self.runs.values():
+      if not run.entity_ids:
+        continue
+      seqs = entity_sequences(entity_target, run.entity_ids, run.entity_names,
+                              tokenizer=tokenizer, kb=kb, codes_path=codes_path)
+      empty = [n for n, s in zip(run.entity_names, seqs) if not s]
+      if empty:
+        raise ConfigError(f"zeroshot {run.data.name}: entities that tokenize to nothing: "
+                          f"{empty[:5]}")
+      # Entities with one sequence cannot be told apart: the trie keeps the first, the
+      # likelihood mode scores them equal (argmax: the first as well).
+      run.class_tokens = class_token_table(seqs, tokenizer.eos_id)
+      run.trie = trie_lib.build_trie(seqs, tokenizer.eos_id) if mode == "trie" else None
+    self.prompt = prompt
     self.pp = ops_lib.get_preprocess(pp)
     self.batch_size = batch_size
     self.predict_kwargs = dict(predict_kwargs or {})
 
-  def load(self, index: int) -> dict[str, Any]:
-    example = self.source[index]
-    image = example[self.image_key]
+  def load(self, run: _SetRun, index: int) -> dict[str, Any]:
+    image = run.data[index]["image"]
     if isinstance(image, (bytes, bytearray)):
       with Image.open(io.BytesIO(image)) as img:
         image = np.asarray(img.convert("RGB"))
     image = np.asarray(image)
     if image.ndim == 2:
       image = np.repeat(image[..., None], 3, axis=-1)
-    return self.pp({"image": image, "prompt": self.prompt, "_where": f"example {index}"})
+    return self.pp({"image": image, "prompt": self.prompt,
+                    "_where": f"{run.data.name} example {index}"})
 
-  def _label(self, index: int) -> int:
-    return int(self.source[index][self.label_key])
-
-  def predict(self, params) -> list[int]:
+  def predict(self, params, run: _SetRun) -> list[int]:
+    """Entity index (into run.entity_ids) per example, -1 for none."""
+    if not run.entity_ids:
+      return [-1] * len(run.indices)
     kwargs = dict(self.predict_kwargs)
     if self.mode == "trie":
-      kwargs["trie"] = self.trie
+      kwargs["trie"] = run.trie
     else:
-      kwargs["class_tokens"] = self.class_tokens
+      kwargs["class_tokens"] = run.class_tokens
     # Several processes: each predicts its share, all get every prediction.
-    out = common.predict_all(self.predict_fn, params, self.indices, self.batch_size, self.load,
-                             **kwargs)
+    out = common.predict_all(self.predict_fn, params, run.indices, self.batch_size,
+                             lambda i: self.load(run, i), **kwargs)
     if self.mode == "trie":
       rows = out["rows"]
       return (rows[:, 0] if rows.ndim == 2 else rows).astype(int).tolist()
     return np.argmax(out["scores"], axis=-1).astype(int).tolist()
 
   def run(self, params, *, step: int | None = None) -> Iterator[tuple[str, float]]:
-    preds = self.predict(params)
-    labels = [self._label(i) for i in self.indices]
-    correct = [int(p == y) for p, y in zip(preds, labels)]
-    top1 = 100.0 * sum(correct) / len(correct)
-    directory = self.output_dir(step)
-    if directory:
-      name = lambda c: self.class_names[c] if 0 <= c < len(self.class_names) else ""
-      rows = [{"index": i, "label": y, "label_name": name(y), "pred": p, "pred_name": name(p),
-               "correct": c} for i, y, p, c in zip(self.indices, labels, preds, correct)]
-      common.write_table(os.path.join(directory, "table.tsv"), rows)
-      common.write_metrics(os.path.join(directory, "metrics.json"),
-                           {"top1": top1, "num_examples": len(correct), "mode": self.mode,
-                            "num_classes": len(self.class_names)})
-    yield f"{self.name}/top1", top1
+    top1s = []
+    for set_name, run in self.runs.items():
+      preds = self.predict(params, run)
+      labels = [int(run.data[i]["label"]) for i in run.indices]
+      truth = [run.class_map[y].entity_id for y in labels]
+      pred_ids = [run.entity_ids[p] if 0 <= p < len(run.entity_ids) else "" for p in preds]
+      correct = [int(bool(t) and p == t) for p, t in zip(pred_ids, truth)]
+      top1 = 100.0 * sum(correct) / len(correct)
+      top1s.append(top1)
+      unmapped_examples = sum(not t for t in truth)
+      directory = self.output_dir(step)
+      if directory:
+        directory = os.path.join(directory, set_name)
+        storage.makedirs(directory)
+        names = dict(zip(run.entity_ids, run.entity_names))
+        rows = [{"index": i, "label": y, "class_name": run.class_map[y].class_name,
+                 "entity_id": t, "pred_entity_id": p, "pred_name": names.get(p, ""),
+                 "correct": c}
+                for i, y, t, p, c in zip(run.indices, labels, truth, pred_ids, correct)]
+        common.write_table(os.path.join(directory, "table.tsv"), rows)
+        common.write_metrics(os.path.join(directory, "metrics.json"), {
+            "top1": top1, "num_examples": len(correct), "mode": self.mode,
+            "num_classes": len(run.class_map), "num_entities": len(run.entity_ids),
+            "unmapped_classes": run.unmapped, "unmapped_examples": unmapped_examples,
+            "shared_entity_classes": run.shared})
+      yield f"{self.name}/{set_name}/top1", top1
+      yield f"{self.name}/{set_name}/unmapped_classes", float(len(run.unmapped))
+      yield f"{self.name}/{set_name}/unmapped_examples", float(unmapped_examples)
+    yield f"{self.name}/mean_top1", float(np.mean(top1s))
+
+
+def make_resolver(kb):
+  """The KB name resolver with BM25 fuzzy matching (as OVEN's text mapping uses)."""
+  from rew_jax.kb.bm25 import TitleBM25  # pylint: disable=g-import-not-at-top
+  from rew_jax.kb.resolver import NameResolver  # pylint: disable=g-import-not-at-top
+  return NameResolver(kb, bm25=TitleBM25.open_or_build(kb))

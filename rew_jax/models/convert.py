@@ -1,5 +1,7 @@
 """Checkpoint converters: HF transformers GIT / CLIP vision weights → rew_jax GiT params,
-HF BERT weights → the text encoder's params, and the unrolled ↔ scanned layer layouts.
+CLIP's projected image embedding and DINOv2 → the frozen feature models (`clip_image`,
+`dinov2`), HF BERT weights → the text encoder's params, and the unrolled ↔ scanned layer
+layouts.
 
 Weights come from a local directory (`model.safetensors`, sharded safetensors with an index,
 or a torch `pytorch_model.bin`); nothing is ever downloaded. All arrays are numpy float32.
@@ -12,6 +14,12 @@ Layout map (HF torch Linear stores weight [out, in]; flax Dense kernels are [in,
   output.LayerNorm → ln_2 (post-LN); mlp.fc1/fc2 and intermediate.dense/output.dense → mlp.
   BERT embeddings.{word,position}_embeddings / LayerNorm → embed/{word,position}_embeddings
   / ln, the same for GIT and for BertModel (whose layers are the GIT decoder's layers).
+  CLIP visual_projection.weight [E,D] (no bias) → projection/kernel [D,E].
+  DINOv2 embeddings.{cls_token, position_embeddings, patch_embeddings.projection} →
+  cls_token, pos_embedding, patch_embed (with bias); encoder.layer.{i}.norm1/2 → ln_1/ln_2,
+  attention.{q,k,v,o}_proj (transformers 5) or attention.attention.{query,key,value} and
+  attention.output.dense (the names of checkpoints saved before it) → attn, layer_scale1/2
+  .lambda1 → ls_1/ls_2/scale, mlp.fc1/fc2 → mlp; layernorm → ln_final.
 """
 
 from __future__ import annotations
@@ -36,6 +44,15 @@ class CheckpointError(UserError):
 
 # ---------------------------------------------------------------------------------------------
 # Reading a local HF directory.
+
+
+def require_dir(path: str, what: str) -> str:
+  """`path` if it is a local folder, else a CheckpointError naming it and what belongs there."""
+  if not path or not os.path.isdir(path):
+    raise CheckpointError(f"{path or '(empty path)'}: no such folder; expected {what} "
+                          "(config.json and model.safetensors, e.g. written by a "
+                          "transformers model's save_pretrained)")
+  return path
 
 
 def read_state_dict(path: str) -> dict[str, np.ndarray]:
@@ -202,6 +219,75 @@ def clip_vision_to_params(state_dict: Mapping[str, np.ndarray], model_config,
   prefix = "vision_model." if any(k.startswith("vision_model.") for k in sd) else ""
   encoder = _vision(_Reader(sd, source), prefix, spec.vit)
   return scan_params(encoder) if spec.scan_layers else encoder
+
+
+def clip_image_to_params(state_dict: Mapping[str, np.ndarray], spec: vit_lib.ViTSpec,
+                         source: str = "state dict") -> dict:
+  """HF CLIPModel / CLIPVisionModelWithProjection weights → `clip_image` params:
+  {encoder: the vision tower, projection: {kernel [D,E]}} (text tower tensors are ignored)."""
+  sd = {k: np.asarray(v, np.float32) for k, v in state_dict.items()}
+  if "visual_projection.weight" not in sd:
+    raise CheckpointError(f"{source}: no visual_projection.weight (a CLIPVisionModel without "
+                          "projection? save a CLIPModel or CLIPVisionModelWithProjection)")
+  r = _Reader(sd, source)
+  return {"encoder": _vision(r, "vision_model.", spec),
+          "projection": {"kernel": r("visual_projection.weight").T}}
+
+
+def clip_vision_spec_from_hf(hf: Mapping[str, Any]) -> dict[str, Any]:
+  """The `clip_image` config.model fields of an HF CLIPConfig / CLIPVisionConfig dict."""
+  vis = dict(hf.get("vision_config") or hf)
+  return dict(image_size=vis.get("image_size", 224), patch_size=vis.get("patch_size", 32),
+              width=vis.get("hidden_size", 768), depth=vis.get("num_hidden_layers", 12),
+              num_heads=vis.get("num_attention_heads", 12),
+              mlp_dim=vis.get("intermediate_size", 3072),
+              activation=vis.get("hidden_act", "quick_gelu"),
+              ln_eps=vis.get("layer_norm_eps", 1e-5),
+              projection_dim=hf.get("projection_dim", vis.get("projection_dim", 512)))
+
+
+def dinov2_to_params(state_dict: Mapping[str, np.ndarray], depth: int, num_heads: int,
+                     source: str = "state dict") -> dict:
+  """HF Dinov2Model weights (names with or without "dinov2.") → `dinov2` params.
+
+  Checkpoints with SwiGLU MLPs (the giant model) or register tokens are refused by name.
+  """
+  sd = {k.removeprefix("dinov2."): np.asarray(v, np.float32) for k, v in state_dict.items()}
+  if any(".mlp.weights_in" in k or ".mlp.gate_proj" in k for k in sd):
+    raise CheckpointError(f"{source}: SwiGLU MLPs (DINOv2-g) are not supported")
+  if "embeddings.register_tokens" in sd:
+    raise CheckpointError(f"{source}: register tokens (Dinov2WithRegisters) are not supported")
+  r = _Reader(sd, source)
+  new_names = "encoder.layer.0.attention.q_proj.weight" in sd
+  out = {
+      "patch_embed": {"kernel": r("embeddings.patch_embeddings.projection.weight")
+                                .transpose(2, 3, 1, 0),
+                      "bias": r("embeddings.patch_embeddings.projection.bias")},
+      "cls_token": r("embeddings.cls_token").reshape(-1),
+      "pos_embedding": r("embeddings.position_embeddings")[0],
+      "ln_final": r.norm("layernorm"),
+  }
+  for i in range(depth):
+    p = f"encoder.layer.{i}."
+    a = p + ("attention." if new_names else "attention.attention.")
+    names = (("q_proj", "k_proj", "v_proj") if new_names else ("query", "key", "value"))
+    out[f"blocks_{i}"] = {
+        "ln_1": r.norm(p + "norm1"),
+        "attn": {"query": r.heads_in(a + names[0], num_heads),
+                 "key": r.heads_in(a + names[1], num_heads),
+                 "value": r.heads_in(a + names[2], num_heads),
+                 "out": r.heads_out(p + ("attention.o_proj" if new_names
+                                         else "attention.output.dense"), num_heads)},
+        "ls_1": {"scale": r(p + "layer_scale1.lambda1")},
+        "ln_2": r.norm(p + "norm2"),
+        "mlp": {"fc1": r.dense(p + "mlp.fc1"), "fc2": r.dense(p + "mlp.fc2")},
+        "ls_2": {"scale": r(p + "layer_scale2.lambda1")},
+    }
+  leftover = sorted(k for k in sd if k not in r.used and k.startswith("encoder."))
+  if leftover:
+    raise CheckpointError(f"{source}: tensors not understood (more layers than config.json "
+                          f"says?): {leftover[:5]}{' ...' if len(leftover) > 5 else ''}")
+  return out
 
 
 def git_to_params(state_dict: Mapping[str, np.ndarray], model_config,

@@ -167,6 +167,8 @@ class GiTModel(base.Model):
     return convert.git_to_params(convert.read_state_dict(path), self.config, path)["params"]
 
   def _load_hf_clip(self, path: str, params) -> Any:
+    convert.require_dir(path, "a local HF CLIP folder (CLIPModel, CLIPVisionModel or "
+                        "CLIPVisionModelWithProjection, e.g. clip-vit-large-patch14)")
     encoder = convert.clip_vision_to_params(convert.read_state_dict(path), self.config, path)
     return dict(jax.device_get(params), encoder=encoder)
 

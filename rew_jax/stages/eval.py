@@ -7,6 +7,10 @@
     python -m rew_jax eval oven --references oven_entity_val.jsonl oven_query_val.jsonl \
         --predictions pred_entity.jsonl pred_query.jsonl
 
+A config with `total_steps=0` describes a model used as loaded (the frozen feature models
+of configs/knn_matching.py): its `init_from` weights are evaluated, no checkpoint is read,
+and the files go to W/eval/<name>/step_0/.
+
 A checkpoint is evaluated with the `train` section of its config (its model, `evals` and
 `predict` blocks); evaluator outputs go to W/eval/<name>/step_<step>/. On several hosts
 (launch/, docs/launching.md) each predicts its share of the examples, and process 0 alone
@@ -20,7 +24,9 @@ from typing import Sequence
 
 from rew_jax import config as config_lib
 from rew_jax import distributed
+from rew_jax import model_setup
 from rew_jax import train as train_lib
+from rew_jax.errors import ConfigError
 from rew_jax.evaluators import checkpoint_eval
 from rew_jax.evaluators import oven_metric
 from rew_jax.stages import base
@@ -49,10 +55,26 @@ def _checkpoint_main(argv: Sequence[str]) -> int:
   args, config = base.parse(p, argv)
   section = config_lib.section(config, "train", train_lib.default_config(),
                                source=args.config_source)
-  results = checkpoint_eval.evaluate(train_lib.with_defaults(section), args.workdir, args.step)
+  section = train_lib.with_defaults(section)
+  if section.total_steps == 0:
+    results = _evaluate_as_loaded(section, args.workdir)
+  else:
+    results = checkpoint_eval.evaluate(section, args.workdir, args.step)
   if distributed.process_index() == 0:  # Several hosts: each predicted a share; one reports.
     print(json.dumps(results, sort_keys=True))
   return 0
+
+
+def _evaluate_as_loaded(section, workdir: str) -> dict[str, float]:
+  """A model that is not trained here: the parameters `init_from` loads, at step 0."""
+  if train_lib.from_checkpoint(section.init_from) or section.init_from in ("", "none"):
+    raise ConfigError(f"total_steps=0 evaluates the weights init_from loads (LOADER:PATH, e.g. "
+                      f"hf_dinov2:DIR); init_from is {section.init_from!r}")
+  # Shapes only: every weight comes from the loader, none from a random init.
+  setup = model_setup.setup_model(section, init=False)
+  params = train_lib.init_from(section.init_from, setup.model, setup.abstract_params,
+                               setup.param_shardings)
+  return checkpoint_eval.evaluate_params(section, setup, params, workdir, step=0)
 
 
 def main(argv: Sequence[str]) -> int:

@@ -1,4 +1,5 @@
-"""kNN matching: the jitted core against brute-force numpy, and the evaluator end to end."""
+"""kNN matching: the core (KB retrieval top-k + vote) against brute-force numpy, and the
+evaluator end to end."""
 
 import io
 import json
@@ -8,6 +9,7 @@ import pytest
 from PIL import Image
 
 from rew_jax import records as records_lib
+from rew_jax.evaluators import finegrained
 from rew_jax.evaluators import knn_matching as knn
 from rew_jax.registry import EVALUATORS
 
@@ -40,16 +42,6 @@ def test_knn_equals_brute_force(k, chunk, weighting):
   got = knn.knn_classify(queries, memory, labels, k=k, num_classes=4, weighting=weighting,
                          chunk=chunk)
   np.testing.assert_array_equal(got, brute_force(queries, memory, labels, k, 4, weighting))
-
-
-def test_top_k_neighbours_across_chunks():
-  rng = np.random.default_rng(0)
-  q = knn.normalize(rng.normal(size=(5, 8)))
-  m = knn.normalize(rng.normal(size=(23, 8)))
-  sims, idx = knn.top_k_neighbours(q, m, k=6, chunk=4)
-  ref = np.asarray(q) @ np.asarray(m).T
-  np.testing.assert_array_equal(np.asarray(idx), np.argsort(-ref, axis=1, kind="stable")[:, :6])
-  np.testing.assert_allclose(np.asarray(sims), np.sort(ref, axis=1)[:, ::-1][:, :6], atol=1e-5)
 
 
 def test_vote_tie_goes_to_nearest_and_no_labels():
@@ -120,3 +112,24 @@ def test_memory_from_records_and_queries_from_oven(tmp_path):
   metrics = dict(evaluator.run(None))
   assert metrics["knn_world/curated_top1"] == 100.0
   assert metrics["knn_world/gain"] == pytest.approx(100 / 3)
+
+
+def test_fine_grained_queries_and_one_labelling():
+  """Queries of a fine-grained set carry their class's entity; an unmapped class's query
+  stays in the denominator. `labellings` picks REW's (curated) labels alone."""
+  colours = [(235, 20, 20), (30, 210, 30), (25, 25, 225), (200, 30, 30)]
+  data = finegrained.LabelledSet("aircraft", ["red", "green", "blue"], [
+      {"image": _png(c), "label": label} for c, label in zip(colours, [0, 1, 2, 0])])
+  class_map = finegrained.injected_class_map(["red", "green", "blue"], [
+      {"entity_id": "QA"}, {"entity_id": "QB"}, None])
+  queries = knn.queries_from_set(data, class_map)
+  assert [q["entity_id"] for q in queries] == ["QA", "QB", None, "QA"]
+  memory = [{"image_id": f"m{i}", "image": _png(c), "candidate": a, "curated": b}
+            for i, (c, a, b) in enumerate(MEMORY)]
+  evaluator = knn.Evaluator(embed, memory=memory, queries=queries, labellings=("curated",),
+                            k=1, pp="decode")
+  metrics = dict(evaluator.run(None))
+  assert metrics == {"knn/curated_top1": 75.0, "knn/curated_labelled": 4,
+                     "knn/unlabelled_queries": 1}
+  with pytest.raises(Exception, match="labellings"):
+    knn.Evaluator(embed, memory=memory, queries=queries, labellings=("rew",))
