@@ -6,13 +6,17 @@
 Measures the REW training pipeline end to end (ArrayRecord read → msgpack decode → task
 mixture → JPEG decode + inception crop to 224 (fused: libjpeg's reduced-scale decoding when the
 window allows) → CLIP normalise → tokenize + pad → batch 64)
-over synthetic JPEG records written to a temporary directory. Side by side, when
-`tensorflow` is importable (pip install tensorflow-cpu==2.21.0; not a dependency of
-rew_jax), an equivalent tf.data pipeline over the same JPEG bytes and pre-tokenized
-targets (tf.data has no ArrayRecord reader and no WordPiece op in core TF, which favours it).
+over synthetic JPEG records written to a temporary directory. Side by side, an equivalent
+tf.data pipeline over the same JPEG bytes and pre-tokenized targets (tf.data has no
+ArrayRecord reader and no WordPiece op in core TF, which favours it), in this process when
+TensorFlow imports, else in benchmarks/.venv-tf, which `bash benchmarks/tf_comparator.sh`
+prepares once (TensorFlow conflicts with rew_jax's pins).
 
-The last stdout line is one JSON object: {"benchmark", "ours", "baseline", "speedup", ...};
-`ours` is the best images/s over the worker settings, `baseline` null when TF is absent.
+The last stdout line is one JSON object: {"benchmark", "ours", "baseline", "speedup", ...}.
+Rounds alternate every setting of ours and tf.data; each figure is a median over the rounds,
+`ours` the worker setting with the best median (tf.data autotunes its own parallelism);
+`baseline` is null when no TensorFlow is found. `per_core_efficiency` divides each side by
+the cores times a one-thread Pillow + numpy loop doing the same image work.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import argparse
 import io
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -83,41 +88,64 @@ def measure_ours(data_dir: str, *, batch_size: int, batches: int, num_workers: i
           "startup_s": round(t1 - t0, 2)}
 
 
-def measure_tf(jpegs: list[bytes], *, batch_size: int, batches: int) -> dict | None:
-  try:
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    return None
+def measure_raw_pillow(jpegs: list[bytes], n: int, size: int = 224) -> dict:
+  """The per-core ceiling: one thread decoding (reduced-scale draft when the crop allows),
+  cropping a random window, resizing to 224 and normalising, with Pillow and numpy only."""
+  rng = np.random.default_rng(0)
+  mean = np.array([0.48145466, 0.4578275, 0.40821073], np.float32) * 255
+  std = np.array([0.26862954, 0.26130258, 0.27577711], np.float32) * 255
+  t0 = time.perf_counter()
+  for i in range(n):
+    img = Image.open(io.BytesIO(jpegs[i % len(jpegs)]))
+    w, h = img.size
+    side = int(min(w, h) * rng.uniform(0.3, 1.0))
+    x, y = int(rng.integers(0, w - side + 1)), int(rng.integers(0, h - side + 1))
+    img.draft("RGB", (max(size, w * size // side), max(size, h * size // side)))
+    scale = img.size[0] / w
+    box = tuple(int(v * scale) for v in (x, y, x + side, y + side))
+    img = img.convert("RGB").resize((size, size), Image.BILINEAR, box=box)
+    arr = (np.asarray(img, np.float32) - mean) / std
+  assert arr.shape == (size, size, 3)
+  return {"images_per_s": round(n / (time.perf_counter() - t0), 1)}
+
+
+TF_VENV_PYTHON = os.path.join(os.path.dirname(os.path.abspath(__file__)), ".venv-tf", "bin",
+                              "python")
+
+
+def tf_targets(n: int) -> np.ndarray:
+  """The entity targets, tokenized here (core TF has no WordPiece op): [n, 32] int32."""
   from rew_jax.data.tokenizers import load_tokenizer  # pylint: disable=g-import-not-at-top
   tok = load_tokenizer("bert")
-  targets = np.zeros((len(jpegs), 32), np.int32)
-  for i in range(len(jpegs)):
+  targets = np.zeros((n, 32), np.int32)
+  for i in range(n):
     ids = (tok.encode(f"Golden Gate Bridge number {i}") + [tok.eos_id])[:32]
     targets[i, :len(ids)] = ids
-  mean = tf.constant([0.48145466, 0.4578275, 0.40821073])
-  std = tf.constant([0.26862954, 0.26130258, 0.27577711])
+  return targets
 
-  def preprocess(data, target):
-    shape = tf.io.extract_jpeg_shape(data)
-    begin, size, _ = tf.image.sample_distorted_bounding_box(
-        shape, tf.zeros([0, 0, 4], tf.float32), area_range=(0.08, 1.0),
-        aspect_ratio_range=(3 / 4, 4 / 3), min_object_covered=0, use_image_if_no_bounding_boxes=True)
-    window = tf.stack([begin[0], begin[1], size[0], size[1]])
-    img = tf.io.decode_and_crop_jpeg(data, window, channels=3)
-    img = tf.image.resize(img, (224, 224))
-    return {"image": (img / 255.0 - mean) / std, "target": target}
 
-  ds = (tf.data.Dataset.from_tensor_slices((jpegs, targets)).repeat().shuffle(256)
-        .map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
-        .batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE))
-  it = iter(ds)
-  next(it)
-  t1 = time.perf_counter()
-  for _ in range(batches):
-    batch = next(it)
-  t2 = time.perf_counter()
-  assert tuple(batch["image"].shape) == (batch_size, 224, 224, 3)
-  return {"images_per_s": round(batches * batch_size / (t2 - t1), 1), "tf": tf.__version__}
+def measure_tf(jpegs: list[bytes], tmp: str, *, batch_size: int, batches: int) -> dict | None:
+  """tf.data in this process when TensorFlow imports, else in benchmarks/.venv-tf (made by
+  benchmarks/tf_comparator.sh) on the same JPEGs and targets; None when neither exists."""
+  targets = tf_targets(len(jpegs))
+  try:
+    import tensorflow  # pylint: disable=g-import-not-at-top,unused-import  # noqa: F401
+  except ImportError:
+    pass
+  else:
+    import input_pipeline_tf  # pylint: disable=g-import-not-at-top
+    return input_pipeline_tf.tf_side(jpegs, targets, batch_size=batch_size, batches=batches)
+  if not os.path.isfile(TF_VENV_PYTHON):
+    return None
+  inputs = os.path.join(tmp, "tf_inputs.npz")
+  np.savez(inputs, targets=targets, jpegs=np.array(jpegs, dtype=object))
+  child = os.path.join(os.path.dirname(os.path.abspath(__file__)), "input_pipeline_tf.py")
+  out = subprocess.run([TF_VENV_PYTHON, child, inputs, "--batch-size", str(batch_size),
+                        "--batches", str(batches)],
+                       capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=""))
+  if out.returncode:
+    raise SystemExit(f"the tf.data side failed in {TF_VENV_PYTHON}:\n{out.stderr[-3000:]}")
+  return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main(argv=None) -> int:
@@ -129,10 +157,10 @@ def main(argv=None) -> int:
   parser.add_argument("--image-size", type=int, default=480, help="width of the JPEGs (4:3)")
   parser.add_argument("--workers", default="0,1,2")
   parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
-  parser.add_argument("--rounds", type=int, default=2, help="alternating rounds; best kept")
+  parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; medians")
   args = parser.parse_args(argv)
   if args.quick:
-    args.records, args.batches, args.rounds = 512, 6, 1
+    args.records, args.batches, args.rounds = 512, 6, 3
 
   with tempfile.TemporaryDirectory() as tmp:
     jpegs = write_records(tmp, args.records, args.image_size)
@@ -140,35 +168,50 @@ def main(argv=None) -> int:
     print(f"{args.records} records, {args.image_size}x{args.image_size * 3 // 4} JPEGs "
           f"({mean_kb:.0f} KiB), batch {args.batch_size}, {os.cpu_count()} CPUs, "
           f"load average {os.getloadavg()[0]:.1f}")
-    # Rounds alternate our settings and the baseline, keeping each one's best, so that load
-    # from other processes on a shared machine biases neither side.
-    best, baseline = {}, None
+    # Rounds alternate our settings and the baseline, so that load from other processes on a
+    # shared machine biases neither side; each side's figure is its median over the rounds
+    # (ours at the worker setting with the best median: tf.data tunes its own parallelism).
+    ours_runs, tf_runs, raw_runs = {}, [], []
     for _ in range(args.rounds):
       for workers in (int(w) for w in args.workers.split(",")):
-        r = measure_ours(tmp, batch_size=args.batch_size, batches=args.batches,
-                         num_workers=workers, num_threads=args.threads)
-        if workers not in best or r["images_per_s"] > best[workers]["images_per_s"]:
-          best[workers] = r
-      b = measure_tf(jpegs, batch_size=args.batch_size, batches=args.batches)
-      if b is not None and (baseline is None or b["images_per_s"] > baseline["images_per_s"]):
-        baseline = b
-    results = list(best.values())
+        ours_runs.setdefault(workers, []).append(measure_ours(
+            tmp, batch_size=args.batch_size, batches=args.batches, num_workers=workers,
+            num_threads=args.threads))
+      b = measure_tf(jpegs, tmp, batch_size=args.batch_size, batches=args.batches)
+      if b is not None:
+        tf_runs.append(b)
+      raw_runs.append(measure_raw_pillow(jpegs, n=max(32, args.batches * 4)))
+    median = lambda rs: float(np.median([r["images_per_s"] for r in rs]))
+    results = [dict(runs[-1], images_per_s=median(runs),
+                    rounds=[r["images_per_s"] for r in runs]) for runs in ours_runs.values()]
     for r in results:
       print(f"  grain, {r['workers']} workers x {r['threads']} threads: "
-            f"{r['images_per_s']:8.1f} images/s (start-up {r['startup_s']} s)")
+            f"{r['images_per_s']:8.1f} images/s (median of {r['rounds']}; "
+            f"start-up {r['startup_s']} s)")
+    baseline = median(tf_runs) if tf_runs else None
     if baseline is None:
-      print("  tf.data baseline: absent (tensorflow is not importable; "
-            "pip install tensorflow-cpu==2.21.0 in the benchmark's environment to compare)")
+      print("  tf.data baseline: absent (tensorflow is not importable and benchmarks/.venv-tf "
+            "does not exist: run `bash benchmarks/tf_comparator.sh` once)")
     else:
-      print(f"  tf.data {baseline['tf']}: {baseline['images_per_s']:8.1f} images/s")
-  ours = max(r["images_per_s"] for r in results)
+      print(f"  tf.data {tf_runs[0]['tf']}: {baseline:8.1f} images/s (median of "
+            f"{[r['images_per_s'] for r in tf_runs]})")
+    raw = median(raw_runs)
+    print(f"  raw Pillow, one thread: {raw:8.1f} images/s per core")
+  best = max(results, key=lambda r: r["images_per_s"])
+  ours, cores = best["images_per_s"], os.cpu_count() or 1
   summary = {
       "benchmark": "input_pipeline", "unit": "images/s", "ours": ours,
-      "baseline": baseline["images_per_s"] if baseline else None,
-      "speedup": round(ours / baseline["images_per_s"], 3) if baseline else None,
-      "baseline_name": "tf.data" if baseline else "absent: tensorflow not installed",
+      "ours_setting": {"workers": best["workers"], "threads": best["threads"]},
+      "baseline": baseline,
+      "speedup": round(ours / baseline, 3) if baseline else None,
+      "baseline_name": f"tf.data {tf_runs[0]['tf']}" if tf_runs else
+                       "absent: run benchmarks/tf_comparator.sh",
+      "raw_pillow_per_core": raw,
+      "per_core_efficiency": {"ours": round(ours / (raw * cores), 3),
+                              "baseline": round(baseline / (raw * cores), 3) if baseline
+                              else None},
       "settings": results, "records": args.records, "batch_size": args.batch_size,
-      "image_size": args.image_size, "cpus": os.cpu_count(), "quick": args.quick,
+      "image_size": args.image_size, "cpus": cores, "quick": args.quick,
       "rounds": args.rounds, "load_avg_1m": round(os.getloadavg()[0], 2),
   }
   print(json.dumps(summary))

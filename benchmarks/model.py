@@ -3,7 +3,9 @@
     python benchmarks/model.py --quick     # < 60 s on 2 cores (a small GiT)
     python benchmarks/model.py             # ViT-B/16 at 224 + 6-layer decoder, batch 8
 
-Both sides get the same architecture, batch and sequence lengths, randomly initialised:
+Both sides get the same architecture, batch and sequence lengths, randomly initialised, and
+run in fresh processes, alternating ours / theirs for --rounds (default 3; medians, spreads
+and per-round ratios reported, with the CPU model and load):
   (a) train step throughput, examples/s: forward + backward + AdamW update (dropout on);
   (b) beam-4 decoding throughput, generated tokens/s, every hypothesis run to max_len
       (ours: KV cache, image encoded once per example; HF: `generate(num_beams=4)`);
@@ -249,6 +251,14 @@ def run_mfu(batch, steps, smoke=False, decode_batch=64, decode_len=16):
 # ---------------------------------------------------------------------------------------------
 
 
+def cpu_model() -> str:
+  try:
+    with open("/proc/cpuinfo") as f:
+      return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+  except (OSError, StopIteration):
+    return "unknown"
+
+
 def jax_backend():
   import jax
   return jax.default_backend()
@@ -278,6 +288,8 @@ def main(argv=None):
   parser.add_argument("--batch", type=int, default=256)
   parser.add_argument("--decode-batch", type=int, default=64, help="--mfu: images decoded")
   parser.add_argument("--steps", type=int, default=0, help="--mfu: timed train steps")
+  parser.add_argument("--rounds", type=int, default=3,
+                      help="interleaved rounds per side (medians and spreads reported)")
   args = parser.parse_args(argv)
   if args.side:
     child(args.side, args.quick)
@@ -291,24 +303,38 @@ def main(argv=None):
 
   setup = QUICK if args.quick else FULL
   start = time.perf_counter()
-  ours = run_side("ours", args.quick)
   try:
     import torch  # noqa: F401
     import transformers  # noqa: F401
-    hf = run_side("hf", args.quick)
+    have_hf = True
   except ImportError:
     print("torch/transformers missing (pip install -e .[test]): no baseline")
-    hf = None
-  if ours is None:
-    raise SystemExit("our side failed (see stderr)")
+    have_hf = False
+  runs = {"ours": [], "hf": []}
+  for _ in range(args.rounds):  # Interleaved: both sides see the same load on a shared host.
+    ours_run = run_side("ours", args.quick)
+    if ours_run is None:
+      raise SystemExit("our side failed (see stderr)")
+    runs["ours"].append(ours_run)
+    if have_hf:
+      hf_run = run_side("hf", args.quick)
+      if hf_run is not None:
+        runs["hf"].append(hf_run)
 
   def figure(key, higher_is_better=True):
-    base = hf[key] if hf else None
+    mine = [r[key] for r in runs["ours"]]
+    theirs = [r[key] for r in runs["hf"]]
+    ours, base = float(np.median(mine)), float(np.median(theirs)) if theirs else None
     speed = None
     if base:
-      speed = ours[key] / base if higher_is_better else base / ours[key]
-    return dict(ours=round(ours[key], 2), baseline=None if base is None else round(base, 2),
-                speedup=None if speed is None else round(speed, 2))
+      speed = ours / base if higher_is_better else base / ours
+    # Per-round ratios show how far one round's figure can be trusted.
+    pairs = [(m / t if higher_is_better else t / m) for m, t in zip(mine, theirs)]
+    return dict(ours=round(ours, 2), baseline=None if base is None else round(base, 2),
+                speedup=None if speed is None else round(speed, 2),
+                ours_spread=[round(min(mine), 2), round(max(mine), 2)],
+                baseline_spread=[round(min(theirs), 2), round(max(theirs), 2)] if theirs else None,
+                round_speedups=[round(p, 2) for p in pairs])
 
   result = dict(
       benchmark="model", mode="quick" if args.quick else "full",
@@ -319,7 +345,8 @@ def main(argv=None):
       train_examples_per_s=figure("train_examples_per_s"),
       decode_tokens_per_s=figure("decode_tokens_per_s"),
       peak_rss_mib=figure("peak_rss_mib", higher_is_better=False),
-      baseline_name="transformers GitForCausalLM (torch CPU)",
+      baseline_name="transformers GitForCausalLM (torch CPU)", rounds=args.rounds,
+      cpu=cpu_model(), load_avg_1m=round(os.getloadavg()[0], 2),
       wall_s=round(time.perf_counter() - start, 1))
   for key in ("train_examples_per_s", "decode_tokens_per_s", "peak_rss_mib"):
     f = result[key]
