@@ -10,8 +10,8 @@ and, with both, the gain. Same images, same encoder: only the labels differ.
 Queries: OVEN reference files and their images, or a fine-grained set of the zero-shot
 table (`query_set`, rew_jax/evaluators/finegrained.py) whose classes are mapped to KB
 entities by a class map (an unmapped class's queries count as wrong). The neighbour search
-is the KB retrieval's exact top-k (`rew_jax.kb.retrieval.TopKSearcher`, memory rows
-sharded over the devices).
+is the KB retrieval's exact top-k (`rew_jax.kb.retrieval.TopKSearcher`: faiss on a CPU
+host when installed, memory rows sharded over the devices otherwise).
 
 Dimensions: Q queries, M memory images, D embedding width, K neighbours, C label classes.
 
