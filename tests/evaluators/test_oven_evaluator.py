@@ -11,6 +11,7 @@ from rew_jax.evaluators import common
 from rew_jax.evaluators import mapping as mapping_lib
 from rew_jax.evaluators import oven
 from rew_jax.evaluators import oven_metric
+from rew_jax.errors import ConfigError
 from rew_jax.registry import EVALUATORS
 
 # KB of 4 entities; an image's solid grey level encodes the KB row of its entity.
@@ -167,9 +168,13 @@ def test_from_config_modes_on_a_real_kb(kb):
   rows = mapping_lib.from_config("rows", kb=kb)({"rows": np.array([[2, 0], [-1, 1]])})
   assert [m.entity_id for m in rows] == ["Q30", None]
   codes = codes_lib.ald_codes(tok.encode_batch(TITLES), length=2)
-  np.savez(kb.path("ald_codes.npz"), codes=codes)  # The file codes.build_name_artifacts writes.
+  # The file codes.build_name_artifacts writes.
+  codes_lib.save_codes(kb.path("ald_codes.npz"), KB_IDS, codes, length=2, seed=0)
   code_mapper = mapping_lib.from_config("codes", kb=kb)
   assert [m.entity_id for m in code_mapper({"tokens": codes[[3, 1]]})] == ["Q40", "Q20"]
+  codes_lib.save_codes(kb.path("ald_codes.npz"), KB_IDS[::-1], codes, length=2, seed=0)
+  with pytest.raises(ConfigError, match="belongs to another KB"):
+    mapping_lib.from_config("codes", kb=kb)
   cascade = mapping_lib.from_config("text", kb=kb, tokenizer=tok)
   got = cascade({"text": np.array(["golden falcon", "Golden Falconn", "nothing at all"])})
   assert [m.entity_id for m in got] == ["Q30", "Q30", None]
