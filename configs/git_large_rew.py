@@ -1,16 +1,21 @@
 """GiT-Large pretraining on REW records: the paper's main recipe (GER-ALD's optimisation).
 
-  python -m rew_jax train --config configs/git_large_rew.py --workdir gs://BUCKET/rew_gitl \
-      --config.train.input.data_dir=gs://BUCKET/rew/records
+  python -m rew_jax train --config configs/git_large_rew.py:kb_dir=gs://BUCKET/rew/kb \
+      --workdir gs://BUCKET/rew_gitl --config.train.input.data_dir=gs://BUCKET/rew/records
   ./launch/tpu_vm.sh all --tpu-name rew --accelerator-type v4-128 \
-      --config configs/git_large_rew.py --workdir gs://BUCKET/rew_gitl   # see docs/launching.md
+      --config configs/git_large_rew.py:kb_dir=gs://BUCKET/rew/kb \
+      --workdir gs://BUCKET/rew_gitl   # see docs/launching.md
 
 ViT-L/14 at 224 px + 6-layer GIT decoder (≈0.39B parameters), batch 4096, 600k steps, AdamW
 (no weight decay), base lr 1e-5 with everything after the image encoder at ×10, 250 warmup
 steps then cosine, label smoothing 0.3, inception crop (≥ 8 % area) at 224 px; entity-only
-records are asked one of a few generic questions ("what is the main object?").
+records are asked one of a few generic questions ("what is the main object?"). The entity
+task's target is the entity's GER-ALD code (`target=ald`, read from the KB build's
+KB_DIR/ald_codes.npz) or its name (`target=name`); the fine-tuning stage must use the same.
 
 Variants (`--config configs/git_large_rew.py:data=rew,tasks=all,variant=L/14,mesh=fsdp`):
+  target   ald (GER-ALD codes, the paper's; needs kb_dir) | name (the entity name's tokens)
+  kb_dir   the KB index directory of the records' entities (W/kb: ald_codes.npz, tries)
   data     rew (curated REW records) | entity_webli (top-1 candidate labels, the baseline)
            | captions (raw web captions: the WebLI-captions baseline, caption task only)
   tasks    entity | entity_rationale | all (entity + rationale + QA, the paper's best)
@@ -22,6 +27,7 @@ Variants (`--config configs/git_large_rew.py:data=rew,tasks=all,variant=L/14,mes
 
 from rew_jax import config as config_lib
 from rew_jax import optim
+from rew_jax.data import code_table
 from rew_jax.data import pipeline
 from rew_jax.data import tokenizers
 from rew_jax.models import git
@@ -40,7 +46,7 @@ MESHES = {
 
 def get_config(arg=None):
   arg = config_lib.parse_arg(arg, data="rew", tasks="all", variant="L/14", mesh="fsdp",
-                             runlocal=False)
+                             target="ald", kb_dir="", runlocal=False)
   if arg.data not in ("rew", "entity_webli", "captions"):
     raise config_lib.ConfigError(f"data={arg.data!r}: use rew, entity_webli or captions")
   c = config_lib.ConfigDict()
@@ -75,6 +81,13 @@ def get_config(arg=None):
     if arg.tasks not in TASKS:
       raise config_lib.ConfigError(f"tasks={arg.tasks!r}: use one of {sorted(TASKS)}")
     c.input.tasks.weights = TASKS[arg.tasks]
+
+  if arg.target not in ("ald", "name"):
+    raise config_lib.ConfigError(f"target={arg.target!r}: use ald or name")
+  if arg.data != "captions":  # The captions baseline has no entity task.
+    c.input.tasks.entity_target = arg.target
+  if arg.target == "ald" and arg.data != "captions":  # Empty: train fails at start, naming the missing codes file.
+    c.input.tasks.codes_path = f"{arg.kb_dir}/{code_table.FILE_NAME}" if arg.kb_dir else ""
 
   c.optim = optim.default_config()
   c.optim.update(dict(lr=1e-5, warmup_steps=250, schedule="cosine", weight_decay=0.0,

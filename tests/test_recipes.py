@@ -11,6 +11,7 @@ from jax.sharding import PartitionSpec
 from rew_jax import config as config_lib
 from rew_jax import records
 from rew_jax import train as train_lib
+from rew_jax.data import code_table
 from rew_jax.data import synthetic_images as si
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -31,13 +32,23 @@ def record_dir(tmp_path_factory):
   return path
 
 
+@pytest.fixture(scope="module")
+def kb_dir(tmp_path_factory):
+  """A KB index directory holding only the ALD codes file (entity Q1's code)."""
+  path = str(tmp_path_factory.mktemp("kb"))
+  code_table.save_codes(os.path.join(path, code_table.FILE_NAME), ["Q0", "Q1"],
+                        np.array([[2000, 102, 0], [3000, 102, 0]], np.int32), length=3, seed=0)
+  return path
+
+
 @pytest.mark.parametrize("spec", [
-    "git_large_rew.py:runlocal",
+    "git_large_rew.py:runlocal,kb_dir={kb}",
+    "git_large_rew.py:runlocal,target=name",
     "git_large_rew.py:runlocal,data=captions",
-    "oven_finetune.py:runlocal",
+    "oven_finetune.py:runlocal,kb_dir={kb}",
 ])
-def test_recipe_runs_three_steps_on_a_3d_mesh(spec, record_dir, tmp_path):
-  config = config_lib.load_config(os.path.join(REPO, "configs", spec)).train
+def test_recipe_runs_three_steps_on_a_3d_mesh(spec, record_dir, kb_dir, tmp_path):
+  config = config_lib.load_config(os.path.join(REPO, "configs", spec.format(kb=kb_dir))).train
   config.input.data_dir = record_dir
   # Training only: evaluation needs OVEN files and a KB (tests/test_docstring_commands.py
   # runs oven_finetune's commands with them).

@@ -60,10 +60,17 @@ class RowMapper:
 
   def __call__(self, outputs: Mapping[str, np.ndarray]) -> list[Mapped]:
     rows = _first_beam(np.asarray(outputs[self.key]), 1)
+    # The deciding beam's generated tokens (before EOS), when the prediction returns them.
+    tokens = (_first_beam(np.asarray(outputs["tokens"]), 2) if "tokens" in outputs
+              else [None] * len(rows))
     out = []
-    for row in rows.tolist():
+    for row, seq in zip(rows.tolist(), tokens):
       valid = 0 <= row < len(self.entity_ids)
-      out.append(Mapped(self.entity_ids[row] if valid else None, {"row": row}))
+      info = {"row": row}
+      if seq is not None:
+        body = _strip(seq, EOS_ID)
+        info["tokens"] = " ".join(map(str, body if body is not None else seq))
+      out.append(Mapped(self.entity_ids[row] if valid else None, info))
     return out
 
 
