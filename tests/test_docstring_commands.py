@@ -100,8 +100,8 @@ def test_config_docstring_commands_run_in_runlocal_form(scratch, capsys):
   for name in ORDER:
     if name == "git_large_rew.py":  # Its input: the records the curate command made.
       (scratch / "bucket" / "rew").mkdir(parents=True)
-      for name in ("records", "kb"):  # The curated records and the KB build's codes.
-        os.symlink(scratch / "runs" / "curate_demo" / name, scratch / "bucket" / "rew" / name)
+      for part in ("records", "kb"):  # The curated records and the KB build's codes.
+        os.symlink(scratch / "runs" / "curate_demo" / part, scratch / "bucket" / "rew" / part)
     if name == "oven_finetune.py":  # W: the curated pipeline's workdir (its KB index).
       _link_oven(str(scratch / "runs" / "curate_demo" / "world"), scratch)
       os.symlink(scratch / "runs" / "curate_demo", scratch / "W")
