@@ -8,7 +8,8 @@
 
 ViT-L/14 at 224 px + 6-layer GIT decoder (≈0.39B parameters), batch 4096, 600k steps, AdamW
 (no weight decay), base lr 1e-5 with everything after the image encoder at ×10, 250 warmup
-steps then cosine, label smoothing 0.3, inception crop (≥ 8 % area) at 224 px; entity-only
+steps then cosine, label smoothing 0.3, inception crop (≥ 8 % area) at 224 px, targets of
+32 tokens (rationales 64; longer ones are cut and counted, never silently); entity-only
 records are asked one of a few generic questions ("what is the main object?"). The entity
 task's target is the entity's GER-ALD code (`target=ald`, read from the KB build's
 KB_DIR/ald_codes.npz) or its name (`target=name`); the fine-tuning stage must use the same.
@@ -37,6 +38,10 @@ TASKS = {
     "entity_rationale": dict(entity=1.0, rationale=0.5, qa=0.0, caption=0.0),
     "all": dict(entity=1.0, rationale=0.5, qa=0.5, caption=0.0),
 }
+# Target lengths in tokens, EOS included: names (ALD codes need 5 at most) and QA answers
+# are short, a rationale's 2–3 sentences are not; the batch is padded to the longest.
+TARGET_LENS = dict(entity=32, rationale=64, qa=32, caption=32)
+TARGET_LEN = max(TARGET_LENS.values())
 MESHES = {
     "fsdp": dict(data=1, fsdp=-1, tensor=1),
     "hybrid": dict(data=2, fsdp=-1, tensor=1),
@@ -57,7 +62,7 @@ def get_config(arg=None):
   c.model = git.default_config()
   c.model.variant = arg.variant
   c.model.max_prompt_len = 20
-  c.model.max_target_len = 32
+  c.model.max_target_len = TARGET_LEN
   c.model.dtype = "bfloat16"
   c.model.remat = True
 
@@ -72,7 +77,10 @@ def get_config(arg=None):
   c.input.pp = ("decode_inception_crop(224, area_min=8)|normalize('clip')|"
                 "tokenize(key='prompt', bos=True)|pad(20, key='prompt')|"
                 "tokenize(key='target', eos=True)|"
-                f"pad(32, key='target', keep_eos={tokenizers.BERT_EOS_ID})")
+                f"pad({TARGET_LEN}, key='target', keep_eos={tokenizers.BERT_EOS_ID})")
+  # Each task's target length (EOS included); longer targets are cut there and counted in
+  # the `truncated` columns of metrics.jsonl. A rationale is 2–3 sentences.
+  c.input.tasks.target_len = dict(TARGET_LENS)
   if arg.data == "captions":
     c.input.tasks.weights = dict(entity=0.0, rationale=0.0, qa=0.0, caption=1.0)
   elif arg.data == "entity_webli":
@@ -86,7 +94,8 @@ def get_config(arg=None):
     raise config_lib.ConfigError(f"target={arg.target!r}: use ald or name")
   if arg.data != "captions":  # The captions baseline has no entity task.
     c.input.tasks.entity_target = arg.target
-  if arg.target == "ald" and arg.data != "captions":  # Empty: train fails at start, naming the missing codes file.
+  if arg.target == "ald" and arg.data != "captions":
+    # Without kb_dir, train fails at start, naming the missing codes file.
     c.input.tasks.codes_path = f"{arg.kb_dir}/{code_table.FILE_NAME}" if arg.kb_dir else ""
 
   c.optim = optim.default_config()

@@ -9,6 +9,7 @@ import pytest
 from jax.sharding import PartitionSpec
 
 from rew_jax import config as config_lib
+from rew_jax import metrics as metrics_lib
 from rew_jax import records
 from rew_jax import train as train_lib
 from rew_jax.data import code_table
@@ -25,7 +26,8 @@ def record_dir(tmp_path_factory):
       image=si.encode_jpeg(si.draw([si.Look("tower", "crimson", "plain")], rng, min_size=32,
                                    max_size=40)),
       caption="a crimson tower", entity_id="Q1", entity_name="Crimson Plain Tower",
-      curation_status="kept", backend="test", rationale="it is a tall narrow crimson block",
+      curation_status="kept", backend="test",
+      rationale="it is a tall narrow crimson block with a flat top and no windows",
       qa=[{"question": "what colour is it?", "answer": "crimson"}]) for i in range(24)]
   path = str(tmp_path_factory.mktemp("records"))
   records.write_records(path, recs, records_per_shard=12)
@@ -59,6 +61,14 @@ def test_recipe_runs_three_steps_on_a_3d_mesh(spec, record_dir, kb_dir, tmp_path
   assert np.isfinite(out["metrics"]["loss"])
   loss_key = "loss/caption" if "captions" in spec else "loss/entity"
   assert loss_key in out["metrics"]
+  # The rationale (14 tokens + EOS) does not fit runlocal's 8: cut, and counted per task.
+  rows = [r for r in metrics_lib.read(str(tmp_path)) if r["kind"] == "train"]
+  if spec.startswith("git_large_rew.py") and "captions" not in spec:
+    assert sum(r.get("truncated/rationale", 0) for r in rows) >= 1
+  assert sum(r["truncated"] for r in rows) == sum(r.get(f"truncated/{t}", 0) for r in rows
+                                                  for t in ("entity", "rationale", "qa",
+                                                            "caption"))
+  assert not any(r.get("truncated/entity") for r in rows)
   # Adam's moments live where their parameters live: compare each moment of the output
   # layer (and of every other weight) with its parameter, by key path.
   params = {jax.tree_util.keystr(p): x for p, x in

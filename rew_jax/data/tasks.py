@@ -10,6 +10,10 @@ Tasks (each an image-conditioned prompt → target pair):
   caption    prompt: a fixed (possibly empty) prompt; target: the original web caption, for
              the WebLI-captions baseline trained from the same records.
 
+Each task has its own target length (`target_len`, ids with EOS): the `pad` op cuts a longer
+target there and flags it (`target_truncated`), and the train loop counts the flags per task;
+records keep their full texts.
+
 Per record, the task is drawn with probability proportional to its weight among the tasks
 the record supports (entity needs a usable curation status and an entity; rationale a
 non-empty rationale; qa at least one pair; caption a caption). Sampling one task per record
@@ -57,6 +61,9 @@ def default_config() -> ConfigDict:
       entity_statuses=("kept", "corrected", "candidate"),
       rationale_prompt="why is this the entity?",
       caption_prompt="",
+      # Each task's own target length in ids, EOS included (the `pad` op cuts there and
+      # counts it in `target_truncated`); 0: the pp spec's target pad length.
+      target_len=dict(entity=0, rationale=0, qa=0, caption=0),
       # 'name': the entity task's target is the entity name; 'ald': its GER-ALD code.
       entity_target="name",
       # With 'ald': the KB index's ald_codes.npz (rew_jax/data/code_table.py), local or gs://.
@@ -81,6 +88,10 @@ class TaskMixture:
     self.weights = np.array([float(weights.get(t, 0.0)) for t in TASKS])
     if (self.weights < 0).any() or not self.weights.sum():
       raise ConfigError(f"tasks.weights must be >= 0 with a positive sum, got {weights}")
+    self.target_len = {t: int(n) for t, n in dict(cfg["target_len"]).items()}
+    bad = {t: n for t, n in self.target_len.items() if t not in TASKS or n < 0}
+    if bad:
+      raise ConfigError(f"tasks.target_len {bad}: lengths are >= 0, per task of {list(TASKS)}")
     self.prefixes = dict(cfg["prefixes"])
     self.generic_questions = tuple(cfg["generic_questions"])
     self.entity_statuses = frozenset(cfg["entity_statuses"])
@@ -144,10 +155,12 @@ class TaskMixture:
       return record.question
     return self.generic_questions[int(rng.integers(len(self.generic_questions)))]
 
-  @staticmethod
-  def _base(record: RewRecord, task: str) -> dict[str, Any]:
-    return {"task": task, "task_id": np.int32(TASK_IDS[task]), "image": record.image,
-            "image_id": record.image_id, "entity_id": record.entity_id, "split": record.split}
+  def _base(self, record: RewRecord, task: str) -> dict[str, Any]:
+    ex = {"task": task, "task_id": np.int32(TASK_IDS[task]), "image": record.image,
+          "image_id": record.image_id, "entity_id": record.entity_id, "split": record.split}
+    if self.target_len.get(task):  # Read by the `pad` op; `_` keys never reach the batch.
+      ex["_target_len"] = self.target_len[task]
+    return ex
 
   def example(self, record: RewRecord, task: str, rng: np.random.Generator) -> dict[str, Any]:
     """The example of `task` for `record` (the task must be one the record supports)."""

@@ -129,8 +129,8 @@ def build_name_artifacts(kb, tokenizer, *, length: int = 3, seed: int = 0,
   names = tokenize_names(tokenizer, kb.titles)
   codes = ald_codes(names, length=length, vocab_size=vocab_size, seed=seed, stats=stats)
   paths = {k: kb.path(f"{k}.npz") for k in ("ald_codes", "name_trie", "code_trie")}
-  code_table.save_codes(paths["ald_codes"], [kb.ids[i] for i in range(len(kb))], codes, length=length,
-             seed=seed)
+  code_table.save_codes(paths["ald_codes"], [kb.ids[i] for i in range(len(kb))], codes,
+                        length=length, seed=seed)
   for key, seqs in (("name_trie", names), ("code_trie", code_tokens(codes))):
     trie_lib.save(trie_lib.build_trie(seqs, SEP_ID), paths[key] + ".tmp")
     os.replace(paths[key] + ".tmp", paths[key])

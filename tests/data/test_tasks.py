@@ -96,6 +96,17 @@ def test_codes_eval_placeholder(tmp_path):
   assert again._codes is None and again(record(), rng)["target_ids"] == [3000, 4000, 5000]
 
 
+def test_each_task_has_its_own_target_length():
+  mix = tasks.TaskMixture({"weights": ALL, "target_len": {"rationale": 64, "entity": 8}})
+  rng = np.random.default_rng(0)
+  assert mix.example(record(), "rationale", rng)["_target_len"] == 64
+  assert mix.example(record(), "entity", rng)["_target_len"] == 8
+  assert "_target_len" not in mix.example(record(), "qa", rng)  # 0: the pp's pad length.
+  assert mix.eval_example(record(), rng)["_target_len"] == 8
+  with pytest.raises(ConfigError, match="tasks.target_len"):
+    tasks.TaskMixture({"target_len": {"vqa": 3}})
+
+
 def test_config_errors():
   with pytest.raises(ConfigError, match="unknown tasks \\['vqa'\\]"):
     tasks.TaskMixture({"weights": {"vqa": 1.0}})
