@@ -12,6 +12,13 @@ on the OVEN validation splits every 500 steps with KB-constrained beam search (b
 early stopping when the final (query/entity) harmonic mean has not improved for 4
 evaluations (GER-ALD stopped near 8.5k steps). Resize + centre crop at evaluation.
 
+Decoding: GER-ALD's codes by default (`target=ald`: beam search, then code → entity), or
+names under the KB's name trie (`target=name`). The `eval` command runs the validation
+evaluator and `oven_test`, which predicts OVEN's test splits (their references carry no
+labels) and writes W/finetune/eval/oven_test/step_<N>/predictions_{entity,query}.jsonl in
+the official format, the files to submit; it never runs during training, so selection sees
+validation only.
+
 Variants: `variant=L/14` (must match the checkpoint), `mesh=fsdp|hybrid|tp`, `oven_dir=DIR`
 (where the OVEN files and images/ are; default ./OVEN), `target=ald|name` (the pretraining's
 entity target: GER-ALD codes or names), `kb_dir=DIR` (the KB index: its ald_codes.npz,
@@ -65,11 +72,20 @@ def get_config(arg=None):
       image_dir=os.path.join(arg.oven_dir, "images"),
       mapping=config_lib.ConfigDict(dict(mode="rows", kb_dir=arg.kb_dir)),
       pp=oven.DEFAULT_PP, batch_size=256, max_examples=0))
+  # The test splits (no labels in OVEN: predicted, written as the submission files, scored
+  # only where labels exist). every=0: never during training, so never for selection; the
+  # `eval` command runs it on the kept checkpoint.
+  c.evals.oven_test = config_lib.ConfigDict(dict(c.evals.oven_val))
+  c.evals.oven_test.update(dict(
+      every=0, references=(os.path.join(arg.oven_dir, "oven_entity_test.jsonl"),
+                           os.path.join(arg.oven_dir, "oven_query_test.jsonl"))))
   if arg.runlocal:  # The runlocal model's image and prompt sizes; a few examples, 2 beams.
-    c.evals.oven_val.update(dict(
-        every=3, batch_size=8, max_examples=8,
-        pp=("decode|resize_crop(32)|normalize('clip')|"
-            "tokenize(key='prompt', bos=True, max_len=8)|pad(8, key='prompt')")))
+    for name in ("oven_val", "oven_test"):
+      c.evals[name].update(dict(
+          batch_size=8, max_examples=8,
+          pp=("decode|resize_crop(32)|normalize('clip')|"
+              "tokenize(key='prompt', bos=True, max_len=8)|pad(8, key='prompt')")))
+    c.evals.oven_val.every = 3
     c.predict.num_beams = 2
   c.early_stopping = config_lib.ConfigDict(dict(metric="oven_val/final_score", patience=4))
   return config_lib.ConfigDict(dict(train=c))
