@@ -25,7 +25,8 @@ entity target: GER-ALD codes or names), `kb_dir=DIR` (the KB index: its ald_code
 code_trie.npz, name_trie.npz), `decode=lookup|trie` (ALD codes: GER-ALD's unconstrained beam
 search then code → entity lookup, or beam search constrained to the KB's codes; names are
 always decoded under the name trie), `runlocal` (a tiny model, 3 steps, evaluated on 8
-validation examples: a CPU smoke test; needs train.input.data_dir).
+validation examples and the whole test split: a CPU smoke test; needs
+train.input.data_dir).
 """
 
 import os
@@ -86,6 +87,7 @@ def get_config(arg=None):
           pp=("decode|resize_crop(32)|normalize('clip')|"
               "tokenize(key='prompt', bos=True, max_len=8)|pad(8, key='prompt')")))
     c.evals.oven_val.every = 3
+    c.evals.oven_test.max_examples = 0  # The whole test split: its files cover both tasks.
     c.predict.num_beams = 2
   c.early_stopping = config_lib.ConfigDict(dict(metric="oven_val/final_score", patience=4))
   return config_lib.ConfigDict(dict(train=c))
