@@ -66,7 +66,9 @@ def assert_same(batches_a, batches_b):
 
 def test_train_batch_contents(data_dir):
   batch = next(iter(train(data_dir)))
-  assert set(batch) == {"image", "prompt", "target", "task_id", "mask", "skipped"}
+  assert set(batch) == {"image", "prompt", "target", "task_id", "mask", "skipped",
+                        "prompt_truncated", "target_truncated"}
+  assert not batch["target_truncated"].any() and batch["target_truncated"].dtype == np.int32
   assert batch["image"].shape == (4, 2, 2, 3) and batch["image"].dtype == np.uint8
   assert batch["prompt"].shape == (4, 8) and batch["prompt"].dtype == np.int32
   assert (batch["prompt"][:, 0] == 101).all() and (batch["mask"] == 1).all()
