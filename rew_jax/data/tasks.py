@@ -103,7 +103,8 @@ class TaskMixture:
     self.codes_path = cfg["codes_path"]
     if self.entity_target == "ald" and codes is None and not self.codes_path:
       raise ConfigError("tasks.entity_target='ald' needs tasks.codes_path: the KB index's "
-                        f"{code_table.FILE_NAME} (written by the KB build)")
+                        f"{code_table.FILE_NAME} (written by the KB build; in the recipes, "
+                        "pass `:kb_dir=W/kb`, or `:target=name` to train on names)")
     if self.entity_target == "name" and (codes is not None or self.codes_path):
       raise ConfigError("tasks.codes_path is set but tasks.entity_target='name': set "
                         "entity_target='ald' to train on the codes, or clear codes_path")
