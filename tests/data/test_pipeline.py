@@ -193,6 +193,18 @@ def test_bad_records_skipped_are_counted(bad_dir):
   assert "2 bad records skipped" in report.summary()
 
 
+def test_truncated_targets_are_counted_per_task_length(data_dir):
+  """"entity {i}" is 2–3 ids + EOS: an entity length of 2 cuts every target, and the
+  report says so; the batch's width stays the pp spec's."""
+  report = pipeline.SkipReport()
+  tasks_cfg = {"target_len": {"entity": 2}}
+  for batch in train(data_dir, num_epochs=1, num_threads=1, tasks=tasks_cfg):
+    report.update(batch)
+    assert batch["target"].shape[1] > 2 and not batch["target"][:, 2:].any()
+  assert report.truncated == report.examples > 0
+  assert f"{report.truncated} targets cut" in report.summary()
+
+
 def test_multiprocess_workers_resume(data_dir):
   it = iter(train(data_dir, num_workers=1))
   first = take(it, 3)
