@@ -1,21 +1,27 @@
 """GiT-Large pretraining on REW records: the paper's main recipe (GER-ALD's optimisation).
 
-  python -m rew_jax train --config configs/git_large_rew.py --workdir gs://BUCKET/rew_gitl \
-      --config.train.input.data_dir=gs://BUCKET/rew/records
+  python -m rew_jax train --config configs/git_large_rew.py:kb_dir=gs://BUCKET/rew/kb \
+      --workdir gs://BUCKET/rew_gitl --config.train.input.data_dir=gs://BUCKET/rew/records
   ./launch/tpu_vm.sh all --tpu-name rew --accelerator-type v4-128 \
-      --config configs/git_large_rew.py --workdir gs://BUCKET/rew_gitl   # see docs/launching.md
+      --config configs/git_large_rew.py:kb_dir=gs://BUCKET/rew/kb \
+      --workdir gs://BUCKET/rew_gitl   # see docs/launching.md
 
 ViT-L/14 at 224 px + 6-layer GIT decoder (≈0.39B parameters), batch 4096, 600k steps, AdamW
 (no weight decay), base lr 1e-5 with everything after the image encoder at ×10, 250 warmup
-steps then cosine, label smoothing 0.3, inception crop (≥ 8 % area) at 224 px; entity-only
-records are asked one of a few generic questions ("what is the main object?"). The image
-encoder starts from CLIP ViT-L/14, as in the paper: `init_from="hf_clip:DIR"` with DIR a
-local Hugging Face CLIP folder (config.json + model.safetensors of
+steps then cosine, label smoothing 0.3, inception crop (≥ 8 % area) at 224 px, targets of
+32 tokens (rationales 64; longer ones are cut and counted, never silently); entity-only
+records are asked one of a few generic questions ("what is the main object?"). The entity
+task's target is the entity's GER-ALD code (`target=ald`, read from the KB build's
+KB_DIR/ald_codes.npz) or its name (`target=name`); the fine-tuning stage must use the same.
+The image encoder starts from CLIP ViT-L/14, as in the paper: `init_from="hf_clip:DIR"` with
+DIR a local Hugging Face CLIP folder (config.json + model.safetensors of
 openai/clip-vit-large-patch14, e.g. fetched once with `huggingface-cli download
 openai/clip-vit-large-patch14 --local-dir weights/clip-vit-large-patch14`); the decoder
 starts from its random initialisation. A missing folder stops the run with an error naming it.
 
 Variants (`--config configs/git_large_rew.py:data=rew,tasks=all,variant=L/14,mesh=fsdp`):
+  target   ald (GER-ALD codes, the paper's; needs kb_dir) | name (the entity name's tokens)
+  kb_dir   the KB index directory of the records' entities (W/kb: ald_codes.npz, tries)
   data     rew (curated REW records) | entity_webli (top-1 candidate labels, the baseline)
            | captions (raw web captions: the WebLI-captions baseline, caption task only)
   tasks    entity | entity_rationale | all (entity + rationale + QA, the paper's best)
@@ -31,6 +37,7 @@ Variants (`--config configs/git_large_rew.py:data=rew,tasks=all,variant=L/14,mes
 
 from rew_jax import config as config_lib
 from rew_jax import optim
+from rew_jax.data import code_table
 from rew_jax.data import pipeline
 from rew_jax.data import tokenizers
 from rew_jax.models import git
@@ -41,6 +48,10 @@ TASKS = {
     "all": dict(entity=1.0, rationale=0.5, qa=0.5, caption=0.0),
 }
 DEFAULT_CLIP = "weights/clip-vit-large-patch14"
+# Target lengths in tokens, EOS included: names (ALD codes need 5 at most) and QA answers
+# are short, a rationale's 2–3 sentences are not; the batch is padded to the longest.
+TARGET_LENS = dict(entity=32, rationale=64, qa=32, caption=32)
+TARGET_LEN = max(TARGET_LENS.values())
 MESHES = {
     "fsdp": dict(data=1, fsdp=-1, tensor=1),
     "hybrid": dict(data=2, fsdp=-1, tensor=1),
@@ -50,7 +61,7 @@ MESHES = {
 
 def get_config(arg=None):
   arg = config_lib.parse_arg(arg, data="rew", tasks="all", variant="L/14", mesh="fsdp",
-                             runlocal=False, clip=DEFAULT_CLIP)
+                             target="ald", kb_dir="", runlocal=False, clip=DEFAULT_CLIP)
   if arg.data not in ("rew", "entity_webli", "captions"):
     raise config_lib.ConfigError(f"data={arg.data!r}: use rew, entity_webli or captions")
   c = config_lib.ConfigDict()
@@ -61,7 +72,7 @@ def get_config(arg=None):
   c.model = git.default_config()
   c.model.variant = arg.variant
   c.model.max_prompt_len = 20
-  c.model.max_target_len = 32
+  c.model.max_target_len = TARGET_LEN
   c.model.dtype = "bfloat16"
   c.model.remat = True
 
@@ -76,7 +87,10 @@ def get_config(arg=None):
   c.input.pp = ("decode_inception_crop(224, area_min=8)|normalize('clip')|"
                 "tokenize(key='prompt', bos=True)|pad(20, key='prompt')|"
                 "tokenize(key='target', eos=True)|"
-                f"pad(32, key='target', keep_eos={tokenizers.BERT_EOS_ID})")
+                f"pad({TARGET_LEN}, key='target', keep_eos={tokenizers.BERT_EOS_ID})")
+  # Each task's target length (EOS included); longer targets are cut there and counted in
+  # the `truncated` columns of metrics.jsonl. A rationale is 2–3 sentences.
+  c.input.tasks.target_len = dict(TARGET_LENS)
   if arg.data == "captions":
     c.input.tasks.weights = dict(entity=0.0, rationale=0.0, qa=0.0, caption=1.0)
   elif arg.data == "entity_webli":
@@ -85,6 +99,14 @@ def get_config(arg=None):
     if arg.tasks not in TASKS:
       raise config_lib.ConfigError(f"tasks={arg.tasks!r}: use one of {sorted(TASKS)}")
     c.input.tasks.weights = TASKS[arg.tasks]
+
+  if arg.target not in ("ald", "name"):
+    raise config_lib.ConfigError(f"target={arg.target!r}: use ald or name")
+  if arg.data != "captions":  # The captions baseline has no entity task.
+    c.input.tasks.entity_target = arg.target
+  if arg.target == "ald" and arg.data != "captions":
+    # Without kb_dir, train fails at start, naming the missing codes file.
+    c.input.tasks.codes_path = f"{arg.kb_dir}/{code_table.FILE_NAME}" if arg.kb_dir else ""
 
   c.optim = optim.default_config()
   c.optim.update(dict(lr=1e-5, warmup_steps=250, schedule="cosine", weight_decay=0.0,

@@ -2,25 +2,31 @@
 
   python -m rew_jax records from-oven --references OVEN/oven_entity_train.jsonl \
       OVEN/oven_query_train.jsonl --image-dir OVEN/images --out W/oven_train_records
-  python -m rew_jax train --config configs/oven_finetune.py --workdir W/finetune \
+  python -m rew_jax train --config configs/oven_finetune.py:kb_dir=W/kb --workdir W/finetune \
       --config.train.init_from=gs://BUCKET/rew_gitl \
-      --config.train.input.data_dir=W/oven_train_records \
-      --config.train.evals.oven_val.image_dir=OVEN/images \
-      --config.train.evals.oven_val.mapping.kb_dir=W/kb \
-      --config.train.predict.name_trie=W/kb/name_trie.npz
-  python -m rew_jax eval --config configs/oven_finetune.py --workdir W/finetune \
-      --config.train.evals.oven_val.image_dir=OVEN/images \
-      --config.train.evals.oven_val.mapping.kb_dir=W/kb \
-      --config.train.predict.name_trie=W/kb/name_trie.npz
+      --config.train.input.data_dir=W/oven_train_records
+  python -m rew_jax eval --config configs/oven_finetune.py:kb_dir=W/kb --workdir W/finetune
 
 Batch 256, lr 3e-7 (everything after the image encoder ×10), label smoothing 0.1, evaluated
 on the OVEN validation splits every 500 steps with KB-constrained beam search (beam 4),
 early stopping when the final (query/entity) harmonic mean has not improved for 4
 evaluations (GER-ALD stopped near 8.5k steps). Resize + centre crop at evaluation.
 
+Decoding: GER-ALD's codes by default (`target=ald`: beam search, then code → entity), or
+names under the KB's name trie (`target=name`). The `eval` command runs the validation
+evaluator and `oven_test`, which predicts OVEN's test splits (their references carry no
+labels) and writes W/finetune/eval/oven_test/step_<N>/predictions_{entity,query}.jsonl in
+the official format, the files to submit; it never runs during training, so selection sees
+validation only.
+
 Variants: `variant=L/14` (must match the checkpoint), `mesh=fsdp|hybrid|tp`, `oven_dir=DIR`
-(where the OVEN files and images/ are; default ./OVEN), `runlocal` (a tiny model, 3 steps,
-evaluated on 8 validation examples: a CPU smoke test; needs train.input.data_dir).
+(where the OVEN files and images/ are; default ./OVEN), `target=ald|name` (the pretraining's
+entity target: GER-ALD codes or names), `kb_dir=DIR` (the KB index: its ald_codes.npz,
+code_trie.npz, name_trie.npz), `decode=lookup|trie` (ALD codes: GER-ALD's unconstrained beam
+search then code → entity lookup, or beam search constrained to the KB's codes; names are
+always decoded under the name trie), `runlocal` (a tiny model, 3 steps, evaluated on 8
+validation examples and the whole test split: a CPU smoke test; needs
+train.input.data_dir).
 """
 
 import os
@@ -33,8 +39,9 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 
 def get_config(arg=None):
   arg = config_lib.parse_arg(arg, variant="L/14", mesh="fsdp", runlocal=False,
-                             oven_dir="OVEN")
-  base = f"{os.path.join(_HERE, 'git_large_rew.py')}:variant={arg.variant},mesh={arg.mesh}"
+                             oven_dir="OVEN", target="ald", kb_dir="", decode="lookup")
+  base = (f"{os.path.join(_HERE, 'git_large_rew.py')}:variant={arg.variant},mesh={arg.mesh},"
+          f"target={arg.target}" + (f",kb_dir={arg.kb_dir}" if arg.kb_dir else ""))
   c = config_lib.load_config(base + (",runlocal" if arg.runlocal else "")).train
   c.input.tasks.weights = dict(entity=1.0, rationale=0.0, qa=0.0, caption=0.0)
   c.input.batch_size = 8 if arg.runlocal else 256
@@ -45,20 +52,42 @@ def get_config(arg=None):
     c.log_every = 50
     c.checkpoint.every = 500
   c.init_from = ""  # The pretraining workdir: --config.train.init_from=...
-  c.predict = config_lib.ConfigDict(dict(name_trie="", num_beams=4, alpha=0.6))
+  # The entity → KB row decoding (rew_jax/models/git_predict.py), every way giving KB rows.
+  kb = (lambda name: f"{arg.kb_dir}/{name}" if arg.kb_dir else "")
+  if arg.target == "ald":
+    preds = {"lookup": "ald_rows", "trie": "ald_trie_rows"}
+    if arg.decode not in preds:
+      raise config_lib.ConfigError(f"decode={arg.decode!r}: use lookup or trie")
+    pred = preds[arg.decode]
+    c.predict = config_lib.ConfigDict(dict(code_trie=kb("code_trie.npz"), code_len=4,
+                                           num_beams=4, alpha=0.6))
+  else:
+    pred = "decode_rows"
+    c.predict = config_lib.ConfigDict(dict(name_trie=kb("name_trie.npz"), num_beams=4,
+                                           alpha=0.6))
   c.evals = config_lib.ConfigDict()
   c.evals.oven_val = config_lib.ConfigDict(dict(
-      type="oven", pred="decode_rows", every=500,
+      type="oven", pred=pred, every=500,
       references=(os.path.join(arg.oven_dir, "oven_entity_val.jsonl"),
                   os.path.join(arg.oven_dir, "oven_query_val.jsonl")),
       image_dir=os.path.join(arg.oven_dir, "images"),
-      mapping=config_lib.ConfigDict(dict(mode="rows", kb_dir="")),
+      mapping=config_lib.ConfigDict(dict(mode="rows", kb_dir=arg.kb_dir)),
       pp=oven.DEFAULT_PP, batch_size=256, max_examples=0))
+  # The test splits (no labels in OVEN: predicted, written as the submission files, scored
+  # only where labels exist). every=0: never during training, so never for selection; the
+  # `eval` command runs it on the kept checkpoint.
+  c.evals.oven_test = config_lib.ConfigDict(dict(c.evals.oven_val))
+  c.evals.oven_test.update(dict(
+      every=0, references=(os.path.join(arg.oven_dir, "oven_entity_test.jsonl"),
+                           os.path.join(arg.oven_dir, "oven_query_test.jsonl"))))
   if arg.runlocal:  # The runlocal model's image and prompt sizes; a few examples, 2 beams.
-    c.evals.oven_val.update(dict(
-        every=3, batch_size=8, max_examples=8,
-        pp=("decode|resize_crop(32)|normalize('clip')|"
-            "tokenize(key='prompt', bos=True, max_len=8)|pad(8, key='prompt')")))
+    for name in ("oven_val", "oven_test"):
+      c.evals[name].update(dict(
+          batch_size=8, max_examples=8,
+          pp=("decode|resize_crop(32)|normalize('clip')|"
+              "tokenize(key='prompt', bos=True, max_len=8)|pad(8, key='prompt')")))
+    c.evals.oven_val.every = 3
+    c.evals.oven_test.max_examples = 0  # The whole test split: its files cover both tasks.
     c.predict.num_beams = 2
   c.early_stopping = config_lib.ConfigDict(dict(metric="oven_val/final_score", patience=4))
   return config_lib.ConfigDict(dict(train=c))

@@ -121,7 +121,11 @@ def loss_fn(model, params, batch, rng, *, label_smoothing: float, train: bool):
          "task_tokens": jnp.einsum("bt,bk->k", weight, task),
          "examples": jnp.sum(batch["mask"]),
          # Bad records the pipeline skipped (input.on_error="skip"): counted and logged.
-         "skipped": jnp.sum(batch.get("skipped", jnp.zeros((), jnp.int32)))}
+         "skipped": jnp.sum(batch.get("skipped", jnp.zeros((), jnp.int32))),
+         # Targets cut at their task's length (the `pad` op's flag), per task.
+         "task_truncated": jnp.einsum(
+             "b,bk->k", (batch.get("target_truncated", jnp.zeros_like(batch["mask"])) *
+                         batch["mask"]).astype(jnp.float32), task)}
   return loss, aux
 
 
@@ -165,10 +169,12 @@ def _state_shardings(tx, abstract_params, param_shardings, mesh):
 
 
 def _task_metrics(sums: Mapping[str, np.ndarray]) -> dict[str, float]:
-  out = {}
+  out = {"truncated": int(sums["task_truncated"].sum())}
   for k, task in enumerate(tasks_lib.TASKS):
     if sums["task_tokens"][k] > 0:
       out[f"loss/{task}"] = float(sums["task_loss_sum"][k] / sums["task_tokens"][k])
+    if sums["task_truncated"][k] > 0:
+      out[f"truncated/{task}"] = int(sums["task_truncated"][k])
   return out
 
 
@@ -332,6 +338,7 @@ def train(config, workdir: str, *, evaluators_fn=None) -> dict[str, Any]:
   preemption = PreemptionNotice()
   last: dict[str, Any] = {}
   pending, step_fn, stop = [], None, False  # Device metrics of the steps since the last log.
+  warned_truncation = False
   try:
     with sharding.use(mesh, rules):
       for step in range(start + 1, config.total_steps + 1):
@@ -359,6 +366,12 @@ def train(config, workdir: str, *, evaluators_fn=None) -> dict[str, Any]:
                   "lr": float(fetched[-1]["lr"]), "skipped": int(sums["skipped"]),
                   **_task_metrics(sums)}
           writer.log_train(step, last, examples=int(sums["examples"]))
+          if last["truncated"] and not warned_truncation:
+            warned_truncation = True
+            log.warning("%d targets cut at their task's length in steps up to %d (%s); see "
+                        "`truncated` in metrics.jsonl and input.tasks.target_len",
+                        last["truncated"], step, {k: v for k, v in last.items()
+                                                  if k.startswith("truncated/")})
           pending = []
         for name, (evaluator, every) in evaluators.items():
           if step % every == 0 or step == config.total_steps:

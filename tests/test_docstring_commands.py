@@ -10,6 +10,7 @@ the README are checked without running: the stage exists, the config file loads 
 
 import ast
 import glob
+import json
 import os
 import re
 import shlex
@@ -18,6 +19,7 @@ import pytest
 
 from rew_jax import __main__ as cli
 from rew_jax import config as config_lib
+from rew_jax.data import oven_files
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Configs whose commands need what a test cannot start here, and where they are tested.
@@ -91,11 +93,30 @@ def scratch(tmp_path, monkeypatch):
 
 
 def _link_oven(world: str, root) -> None:
-  """OVEN/ in the official layout's place, made of the embedded world's files."""
+  """OVEN/ in the official layout's place, made of the embedded world's files; its test
+  files, as OVEN's, without labels."""
   (root / "OVEN").mkdir()
   for f in glob.glob(os.path.join(world, "oven", "*.jsonl")):
-    os.symlink(f, root / "OVEN" / os.path.basename(f))
+    out = root / "OVEN" / os.path.basename(f)
+    if "_test" in os.path.basename(f):
+      rows = [json.loads(line) for line in open(f, encoding="utf-8")]
+      out.write_text("".join(json.dumps({k: v for k, v in r.items()
+                                         if k not in ("entity_id", "entity_text")}) + "\n"
+                             for r in rows))
+    else:
+      os.symlink(f, out)
   os.symlink(os.path.join(world, "images"), root / "OVEN" / "images")
+
+
+def _with_target(argv: list[str], target: str) -> list[str]:
+  """A train/eval command with `target=...` added to its config and its run directories
+  renamed, so that the other entity target runs beside the documented one."""
+  out = []
+  for i, arg in enumerate(argv):
+    if i and argv[i - 1] == "--config":
+      arg += f",target={target}"
+    out.append(re.sub(r"(rew_gitl|W/finetune)\b", rf"\1_{target}", arg))
+  return out
 
 
 @pytest.mark.slow
@@ -104,8 +125,8 @@ def test_config_docstring_commands_run_in_runlocal_form(scratch, capsys):
   for name in ORDER:
     if name == "git_large_rew.py":  # Its input: the records the curate command made.
       (scratch / "bucket" / "rew").mkdir(parents=True)
-      os.symlink(scratch / "runs" / "curate_demo" / "records", scratch / "bucket" / "rew" /
-                 "records")
+      for part in ("records", "kb"):  # The curated records and the KB build's codes.
+        os.symlink(scratch / "runs" / "curate_demo" / part, scratch / "bucket" / "rew" / part)
     if name == "oven_finetune.py":  # W: the curated pipeline's workdir (its KB index).
       _link_oven(str(scratch / "runs" / "curate_demo" / "world"), scratch)
       os.symlink(scratch / "runs" / "curate_demo", scratch / "W")
@@ -114,9 +135,31 @@ def test_config_docstring_commands_run_in_runlocal_form(scratch, capsys):
       assert cli.main(argv) == 0, (name, argv, capsys.readouterr().err[-2000:])
       ran.append(argv[0])
   assert ran == ["world", "candidates", "curate", "train", "records", "train", "eval"]
-  assert os.path.isfile(scratch / "W" / "finetune" / "eval" / "oven_val" / "step_3" /
-                        "predictions_entity.jsonl")
-  assert glob.glob(str(scratch / "bucket" / "rew_gitl" / "checkpoints" / "3"))
+  # The documented recipes train on GER-ALD codes; the same commands with target=name.
+  for name in ("git_large_rew.py", "oven_finetune.py"):
+    for argv in commands(docstring(os.path.join(REPO, "configs", name))):
+      if argv[0] in ("train", "eval"):
+        argv = _with_target(runlocal(argv), "name")
+        assert cli.main(argv) == 0, (name, argv, capsys.readouterr().err[-2000:])
+  for run in ("finetune", "finetune_name"):
+    out = scratch / "W" / run / "eval"
+    assert os.path.isfile(out / "oven_val" / "step_3" / "predictions_entity.jsonl")
+    # The test split: predictions for every (unlabeled) reference, in the official format.
+    test_refs = oven_files.read_references(
+        [str(scratch / "OVEN" / f"oven_{t}_test.jsonl") for t in ("entity", "query")])
+    preds = oven_files.read_predictions(
+        [str(out / "oven_test" / "step_3" / f"predictions_{t}.jsonl") for t in ("entity",
+                                                                                "query")])
+    assert sorted(p["data_id"] for p in preds) == sorted(r["data_id"] for r in test_refs)
+    metrics = json.load(open(out / "oven_test" / "step_3" / "metrics.json"))
+    assert metrics["final_score"] is None and sum(
+        c["predictions"] for c in metrics["unlabeled"].values()) == len(test_refs) == 30
+    # Training never ran the test split: its only files are the `eval` command's.
+    assert os.listdir(out / "oven_test") == ["step_3"]
+  for run, target in (("rew_gitl", "ald"), ("rew_gitl_name", "name")):
+    step = scratch / "bucket" / run / "checkpoints" / "3"
+    saved = json.load(open(step / "config" / "metadata"))  # The config the run trained with.
+    assert saved["input"]["tasks"]["entity_target"] == target
 
 
 def markdown_code(text: str) -> str:

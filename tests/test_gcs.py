@@ -24,6 +24,7 @@ from rew_jax import checkpoint as ckpt_lib
 from rew_jax import config as config_lib
 from rew_jax import metrics as metrics_lib
 from rew_jax import records
+from rew_jax.data import code_table
 from rew_jax import storage
 from rew_jax import train as train_lib
 from rew_jax.data import synthetic_images as si
@@ -155,6 +156,10 @@ def test_git_large_rew_command_with_a_bucket_workdir(gcs, empty_cwd, capsys):
   recs = tiny_records(16)
   recs[5] = dataclasses.replace(recs[5], image=recs[5].image[:len(recs[5].image) // 2])
   records.write_records(gcs.url("rew/records"), recs, records_per_shard=8)
+  # The recipe trains on GER-ALD codes, read from the KB build's file in the bucket.
+  code_table.save_codes(gcs.url("rew/kb/ald_codes.npz"), [f"Q{i}" for i in range(4)],
+                        np.array([[2000 + i, 102, 0] for i in range(4)], np.int32),
+                        length=3, seed=0)
   ran = 0
   for argv in docs.commands(docs.docstring(os.path.join(REPO, "configs", "git_large_rew.py"))):
     argv = docs.runlocal(argv, bucket=gcs.bucket)

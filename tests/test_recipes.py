@@ -9,8 +9,10 @@ import pytest
 from jax.sharding import PartitionSpec
 
 from rew_jax import config as config_lib
+from rew_jax import metrics as metrics_lib
 from rew_jax import records
 from rew_jax import train as train_lib
+from rew_jax.data import code_table
 from rew_jax.data import synthetic_images as si
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -24,20 +26,31 @@ def record_dir(tmp_path_factory):
       image=si.encode_jpeg(si.draw([si.Look("tower", "crimson", "plain")], rng, min_size=32,
                                    max_size=40)),
       caption="a crimson tower", entity_id="Q1", entity_name="Crimson Plain Tower",
-      curation_status="kept", backend="test", rationale="it is a tall narrow crimson block",
+      curation_status="kept", backend="test",
+      rationale="it is a tall narrow crimson block with a flat top and no windows",
       qa=[{"question": "what colour is it?", "answer": "crimson"}]) for i in range(24)]
   path = str(tmp_path_factory.mktemp("records"))
   records.write_records(path, recs, records_per_shard=12)
   return path
 
 
+@pytest.fixture(scope="module")
+def kb_dir(tmp_path_factory):
+  """A KB index directory holding only the ALD codes file (entity Q1's code)."""
+  path = str(tmp_path_factory.mktemp("kb"))
+  code_table.save_codes(os.path.join(path, code_table.FILE_NAME), ["Q0", "Q1"],
+                        np.array([[2000, 102, 0], [3000, 102, 0]], np.int32), length=3, seed=0)
+  return path
+
+
 @pytest.mark.parametrize("spec", [
-    "git_large_rew.py:runlocal",
+    "git_large_rew.py:runlocal,kb_dir={kb}",
+    "git_large_rew.py:runlocal,target=name",
     "git_large_rew.py:runlocal,data=captions",
-    "oven_finetune.py:runlocal",
+    "oven_finetune.py:runlocal,kb_dir={kb}",
 ])
-def test_recipe_runs_three_steps_on_a_3d_mesh(spec, record_dir, tmp_path):
-  config = config_lib.load_config(os.path.join(REPO, "configs", spec)).train
+def test_recipe_runs_three_steps_on_a_3d_mesh(spec, record_dir, kb_dir, tmp_path):
+  config = config_lib.load_config(os.path.join(REPO, "configs", spec.format(kb=kb_dir))).train
   config.input.data_dir = record_dir
   # Training only: evaluation needs OVEN files and a KB (tests/test_docstring_commands.py
   # runs oven_finetune's commands with them).
@@ -48,6 +61,14 @@ def test_recipe_runs_three_steps_on_a_3d_mesh(spec, record_dir, tmp_path):
   assert np.isfinite(out["metrics"]["loss"])
   loss_key = "loss/caption" if "captions" in spec else "loss/entity"
   assert loss_key in out["metrics"]
+  # The rationale (14 tokens + EOS) does not fit runlocal's 8: cut, and counted per task.
+  rows = [r for r in metrics_lib.read(str(tmp_path)) if r["kind"] == "train"]
+  if spec.startswith("git_large_rew.py") and "captions" not in spec:
+    assert sum(r.get("truncated/rationale", 0) for r in rows) >= 1
+  assert sum(r["truncated"] for r in rows) == sum(r.get(f"truncated/{t}", 0) for r in rows
+                                                  for t in ("entity", "rationale", "qa",
+                                                            "caption"))
+  assert not any(r.get("truncated/entity") for r in rows)
   # Adam's moments live where their parameters live: compare each moment of the output
   # layer (and of every other weight) with its parameter, by key path.
   params = {jax.tree_util.keystr(p): x for p, x in

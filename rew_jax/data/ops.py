@@ -413,7 +413,8 @@ def get_tokenize(key: str = "target", out: str | None = None, tokenizer: str = "
   """Text at `key` → int32 ids at `out` (default: same key), optionally BOS/EOS-wrapped.
 
   A precomputed id list at `<key>_ids` (e.g. an entity's ALD code) is used instead of the
-  text. `max_len` truncates the body so that BOS/EOS still fit.
+  text. `max_len` truncates the body so that BOS/EOS still fit, and then sets
+  `<out>_truncated` to 1 (see `pad`): nothing is cut without being counted.
   """
   from rew_jax.data.tokenizers import load_tokenizer  # pylint: disable=g-import-not-at-top
   out = out or key
@@ -426,8 +427,9 @@ def get_tokenize(key: str = "target", out: str | None = None, tokenizer: str = "
       ids = [int(i) for i in example.pop(ids_key)]
     else:
       ids = tok.encode(example[key])
-    if max_len is not None:
+    if max_len is not None and len(ids) > max(0, max_len - bos - eos):
       ids = ids[:max(0, max_len - bos - eos)]
+      example[f"{out}_truncated"] = np.int32(1)
     example[out] = np.asarray(([tok.bos_id] if bos else []) + ids + ([tok.eos_id] if eos else []),
                               np.int32)
     return example
@@ -439,19 +441,27 @@ def get_tokenize(key: str = "target", out: str | None = None, tokenizer: str = "
 def get_pad(length: int, key: str = "target", pad_id: int = 0, keep_eos: int | None = None) -> Op:
   """Pads (or truncates) the 1-D array at `key` to `length`.
 
-  `keep_eos=<id>`: a truncated sequence still ends with that id, so the model learns to stop.
+  A per-example limit `_<key>_len` (> 0; the task mixture sets `_target_len` from
+  `tasks.target_len`, so that each task has its own target length) truncates it first to
+  that many ids. `keep_eos=<id>`: a truncated sequence still ends with that id, so the model
+  learns to stop. `<key>_truncated` (int32, 0 or 1) says whether anything was cut, here or by
+  `tokenize(max_len=...)`: the train loop and `SkipReport` count them per task.
   """
 
   def pad(example, rng):
     del rng
     x = np.asarray(example[key])
-    if len(x) > length:
-      x = x[:length].copy()
+    limit = min(length, int(example.get(f"_{key}_len") or length))
+    truncated = int(example.get(f"{key}_truncated", 0))
+    if len(x) > limit:
+      x = x[:limit].copy()
+      truncated = 1
       if keep_eos is not None:
         x[-1] = keep_eos
-    elif len(x) < length:
+    if len(x) < length:
       x = np.concatenate([x, np.full(length - len(x), pad_id, x.dtype)])
     example[key] = x
+    example[f"{key}_truncated"] = np.int32(truncated)
     return example
 
   return pad

@@ -2,7 +2,8 @@
 
   references   `oven_{entity,query}_{val,test}.jsonl`, one object per line with `data_id`,
                `image_id`, `question`, `entity_id`, `entity_text`, `data_split`
-               (e.g. "entity_val_seen", "query_val_unseen");
+               (e.g. "entity_val_seen", "query_val_unseen"); test references come
+               without `entity_id` (unlabeled: predicted, not scored);
   predictions  one `{"data_id": ..., "pred_entity_id": ...}` per line (a Wikidata id);
   images       `<image_dir>/<id.split('_')[-1][:2]>/<id>.<ext>`, or flat `<image_dir>/<id>.<ext>`.
 
@@ -21,6 +22,20 @@ from rew_jax import storage
 from rew_jax.errors import UserError
 
 REFERENCE_KEYS = ("data_id", "image_id", "question", "entity_id", "data_split")
+# What a reference to predict needs: a test split's references carry no `entity_id` (OVEN
+# keeps its test labels; predictions are submitted in the official format).
+QUERY_KEYS = ("data_id", "image_id", "question", "data_split")
+
+
+def is_labeled(reference: Mapping[str, Any]) -> bool:
+  """Whether a reference carries its answer (`entity_id`); a test split's do not."""
+  return reference.get("entity_id") is not None
+
+
+def split_kind(reference: Mapping[str, Any]) -> str:
+  """"val", "test", "train"...: the second word of `data_split` ("entity_val_seen" → "val")."""
+  parts = reference["data_split"].split("_")
+  return parts[1] if len(parts) > 1 else ""
 
 
 class OvenFormatError(UserError):
@@ -45,11 +60,13 @@ def _read_jsonl(path: str) -> Iterable[tuple[int, dict]]:
 
 
 def read_references(paths: str | Sequence[str], *,
-                    required: Sequence[str] = ("data_id", "entity_id", "data_split")) -> list[dict]:
+                    required: Sequence[str] = ("data_id", "data_split")) -> list[dict]:
   """Reference rows of one or more files; `data_id`s must be unique over all of them.
 
-  `required` keys must be present as strings (evaluation also needs image_id and question:
-  pass REFERENCE_KEYS).
+  `required` keys must be present as strings (prediction also needs image_id and question:
+  pass QUERY_KEYS; training needs entity_id too: REFERENCE_KEYS). An `entity_id`, where
+  present and not null, must be a string: a reference without one is unlabeled (a test
+  split), predicted but not scored.
   """
   paths = [paths] if isinstance(paths, str) else list(paths)
   rows, where = [], {}
@@ -60,6 +77,10 @@ def read_references(paths: str | Sequence[str], *,
           got = "missing" if key not in row else f"{type(row[key]).__name__} {row[key]!r}"
           raise OvenFormatError(f"{path}:{lineno}: reference key {key!r} must be a string "
                                 f"({got})")
+      if row.get("entity_id") is not None and not isinstance(row["entity_id"], str):
+        raise OvenFormatError(f"{path}:{lineno}: reference key 'entity_id' must be a string "
+                              f"or absent (got {type(row['entity_id']).__name__} "
+                              f"{row['entity_id']!r})")
       data_id = row["data_id"]
       if data_id in where:
         raise OvenFormatError(f"{path}:{lineno}: duplicate reference data_id {data_id!r} "

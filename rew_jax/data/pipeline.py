@@ -26,7 +26,11 @@ placeholders with `skipped=1`: the batch keeps its shape, the loss ignores them 
 `SkipReport` sums `skipped` over an epoch and reports it. Nothing is dropped silently.
 
 Every batch holds: `image` float32 [B, H, W, 3], the pp outputs (e.g. `prompt`, `target`
-int32 [B, L]), `task_id` int32 [B], `mask` int32 [B] (1 = real example), `skipped` int32 [B].
+int32 [B, L], and from the `pad` op `target_truncated` int32 [B]: 1 where the target was cut
+at its task's length), `task_id` int32 [B], `mask` int32 [B] (1 = real example), `skipped`
+int32 [B]. Records keep their full texts; truncation happens here, per task
+(`tasks.target_len`), and is counted: the train loop logs `truncated` and
+`truncated/<task>` in metrics.jsonl, `SkipReport` sums it over an epoch.
 """
 
 from __future__ import annotations
@@ -307,6 +311,7 @@ class SkipReport:
     self.examples = 0
     self.skipped = 0
     self.padding = 0
+    self.truncated = 0
 
   def update(self, batch: Mapping[str, Any]) -> None:
     mask = np.asarray(batch["mask"])
@@ -314,11 +319,15 @@ class SkipReport:
     self.examples += int(mask.sum())
     self.skipped += int(skipped.sum())
     self.padding += int(mask.size - mask.sum() - skipped.sum())
+    if "target_truncated" in batch:
+      self.truncated += int((np.asarray(batch["target_truncated"]) * mask).sum())
 
   def summary(self) -> str:
     text = f"{self.examples} examples"
     if self.skipped:
       text += f", {self.skipped} bad records skipped (masked; see the warnings for which)"
+    if self.truncated:
+      text += f", {self.truncated} targets cut at their task's length (tasks.target_len)"
     return text
 
 

@@ -2,12 +2,17 @@
 
 Tasks (each an image-conditioned prompt → target pair):
   entity     prompt: the record's OVEN-style question, or a generic question ("what is the
-             main object?"…) as GER-ALD uses for entity-only data; target: the entity name,
-             or its ALD code ids when a codes mapping is configured.
+             main object?"…) as GER-ALD uses for entity-only data; target: the entity name
+             (`entity_target='name'`) or its GER-ALD code (`entity_target='ald'`: the code's
+             token ids from the KB build's `ald_codes.npz`, named by `codes_path`).
   rationale  prompt: a fixed instruction; target: the curator's visually grounded rationale.
   qa         prompt: one of the record's questions (sampled); target: its answer.
   caption    prompt: a fixed (possibly empty) prompt; target: the original web caption, for
              the WebLI-captions baseline trained from the same records.
+
+Each task has its own target length (`target_len`, ids with EOS): the `pad` op cuts a longer
+target there and flags it (`target_truncated`), and the train loop counts the flags per task;
+records keep their full texts.
 
 Per record, the task is drawn with probability proportional to its weight among the tasks
 the record supports (entity needs a usable curation status and an entity; rationale a
@@ -19,13 +24,12 @@ abstained record in an entity-only recipe).
 
 from __future__ import annotations
 
-import json
 from typing import Any, Mapping
 
 import numpy as np
 
-from rew_jax import storage
 from rew_jax.config import ConfigDict
+from rew_jax.data import code_table
 from rew_jax.errors import ConfigError, UserError
 from rew_jax.records import RewRecord
 
@@ -57,27 +61,21 @@ def default_config() -> ConfigDict:
       entity_statuses=("kept", "corrected", "candidate"),
       rationale_prompt="why is this the entity?",
       caption_prompt="",
-      # JSON {entity_id: [token ids]} of ALD codes; empty: the target is the entity name.
+      # Each task's own target length in ids, EOS included (the `pad` op cuts there and
+      # counts it in `target_truncated`); 0: the pp spec's target pad length.
+      target_len=dict(entity=0, rationale=0, qa=0, caption=0),
+      # 'name': the entity task's target is the entity name; 'ald': its GER-ALD code.
+      entity_target="name",
+      # With 'ald': the KB index's ald_codes.npz (rew_jax/data/code_table.py), local or gs://.
       codes_path="",
   ))
-
-
-def load_codes(path: str) -> dict[str, list[int]]:
-  """Reads a JSON mapping entity_id → code token ids."""
-  try:
-    codes = json.loads(storage.read_text(path))
-  except (OSError, ValueError) as e:
-    raise ConfigError(f"ALD codes file {path!r}: {e}") from None
-  if not isinstance(codes, dict):
-    raise ConfigError(f"ALD codes file {path!r}: expected a JSON object entity_id → ids")
-  return codes
 
 
 class TaskMixture:
   """Draws a task for a record and builds its example dict (picklable)."""
 
   def __init__(self, config: ConfigDict | Mapping[str, Any] | None = None,
-               codes: Mapping[str, Any] | None = None):
+               codes: code_table.CodeTable | None = None):
     cfg = dict(default_config())
     for key, value in dict(config or {}).items():
       if key not in cfg:
@@ -90,14 +88,47 @@ class TaskMixture:
     self.weights = np.array([float(weights.get(t, 0.0)) for t in TASKS])
     if (self.weights < 0).any() or not self.weights.sum():
       raise ConfigError(f"tasks.weights must be >= 0 with a positive sum, got {weights}")
+    self.target_len = {t: int(n) for t, n in dict(cfg["target_len"]).items()}
+    bad = {t: n for t, n in self.target_len.items() if t not in TASKS or n < 0}
+    if bad:
+      raise ConfigError(f"tasks.target_len {bad}: lengths are >= 0, per task of {list(TASKS)}")
     self.prefixes = dict(cfg["prefixes"])
     self.generic_questions = tuple(cfg["generic_questions"])
     self.entity_statuses = frozenset(cfg["entity_statuses"])
     self.rationale_prompt = cfg["rationale_prompt"]
     self.caption_prompt = cfg["caption_prompt"]
-    if codes is None and cfg["codes_path"]:
-      codes = load_codes(cfg["codes_path"])
-    self.codes = dict(codes) if codes is not None else None
+    self.entity_target = cfg["entity_target"]
+    if self.entity_target not in ("name", "ald"):
+      raise ConfigError(f"tasks.entity_target={self.entity_target!r}: use 'name' or 'ald'")
+    self.codes_path = cfg["codes_path"]
+    if self.entity_target == "ald" and codes is None and not self.codes_path:
+      raise ConfigError("tasks.entity_target='ald' needs tasks.codes_path: the KB index's "
+                        f"{code_table.FILE_NAME} (written by the KB build; in the recipes, "
+                        "pass `:kb_dir=W/kb`, or `:target=name` to train on names)")
+    if self.entity_target == "name" and (codes is not None or self.codes_path):
+      raise ConfigError("tasks.codes_path is set but tasks.entity_target='name': set "
+                        "entity_target='ald' to train on the codes, or clear codes_path")
+    self._codes = codes
+    if self.entity_target == "ald" and codes is None:
+      self._codes = code_table.load_codes(self.codes_path)  # Fails here, before training.
+
+  # The code table is read again in each Grain worker rather than pickled to it (6M
+  # entities: ~100 MB per worker message).
+  def __getstate__(self):
+    state = dict(self.__dict__)
+    if self.codes_path:
+      state["_codes"] = None
+    return state
+
+  @property
+  def codes(self) -> code_table.CodeTable | None:
+    if self.entity_target == "ald" and self._codes is None:
+      self._codes = code_table.load_codes(self.codes_path)
+    return self._codes
+
+  def _code(self, entity_id: str) -> list[int] | None:
+    row = int(self.codes.rows_of([entity_id])[0])
+    return self.codes.tokens(row) if row >= 0 else None
 
   def eligible(self, record: RewRecord) -> np.ndarray:
     """A boolean per task in TASKS: can this record serve it?"""
@@ -125,21 +156,24 @@ class TaskMixture:
       return record.question
     return self.generic_questions[int(rng.integers(len(self.generic_questions)))]
 
-  @staticmethod
-  def _base(record: RewRecord, task: str) -> dict[str, Any]:
-    return {"task": task, "task_id": np.int32(TASK_IDS[task]), "image": record.image,
-            "image_id": record.image_id, "entity_id": record.entity_id, "split": record.split}
+  def _base(self, record: RewRecord, task: str) -> dict[str, Any]:
+    ex = {"task": task, "task_id": np.int32(TASK_IDS[task]), "image": record.image,
+          "image_id": record.image_id, "entity_id": record.entity_id, "split": record.split}
+    if self.target_len.get(task):  # Read by the `pad` op; `_` keys never reach the batch.
+      ex["_target_len"] = self.target_len[task]
+    return ex
 
   def example(self, record: RewRecord, task: str, rng: np.random.Generator) -> dict[str, Any]:
     """The example of `task` for `record` (the task must be one the record supports)."""
     ex = self._base(record, task)
     if task == "entity":
       ex["prompt"], ex["target"] = self._question(record, rng), record.entity_name
-      if self.codes is not None:
-        if record.entity_id not in self.codes:
+      if self.entity_target == "ald":
+        code = self._code(record.entity_id)
+        if code is None:
           raise TaskError(f"record {record.image_id!r}: entity {record.entity_id!r} has no ALD "
-                          "code in the configured codes")
-        ex["target_ids"] = list(self.codes[record.entity_id])
+                          f"code in {self.codes_path or 'the code table'} (another KB?)")
+        ex["target_ids"] = code
     elif task == "rationale":
       ex["prompt"], ex["target"] = self.rationale_prompt, record.rationale
     elif task == "qa":
@@ -157,14 +191,14 @@ class TaskMixture:
     ex = self._base(record, "entity")
     ex["prompt"] = self.prefixes.get("entity", "") + self._question(record, rng)
     ex["target"] = record.entity_name
-    if self.codes is not None:  # An entity outside the codes is still scored (empty target).
-      ex["target_ids"] = list(self.codes.get(record.entity_id, []))
+    if self.entity_target == "ald":  # An entity outside the codes is still scored (no code).
+      ex["target_ids"] = self._code(record.entity_id) or []
     return ex
 
   def placeholder(self) -> dict[str, Any]:
     """An example with the same keys as real ones, for skipped records and eval padding."""
     ex = {"task": "entity", "task_id": np.int32(0), "image": b"", "image_id": "",
           "entity_id": "", "split": "", "prompt": "", "target": ""}
-    if self.codes is not None:
+    if self.entity_target == "ald":
       ex["target_ids"] = []
     return ex

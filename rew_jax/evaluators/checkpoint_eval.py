@@ -3,7 +3,9 @@
     results = checkpoint_eval.evaluate(config.train, workdir)           # the latest step
     results = checkpoint_eval.evaluate(config.train, workdir, step=500)
 
-The model is built and placed as the train loop places it (`model_setup.setup_model`); only
+Every `evals` block runs, also those with `every=0` that training leaves out (a test
+split's evaluator: its predictions are the submission files). The model is built and placed
+as the train loop places it (`model_setup.setup_model`); only
 the checkpoint's parameters are read, straight onto their shardings. The evaluators are the
 train config's `evals` blocks, predicting with the model's functions configured by
 `config.predict`; their files go to `<workdir>/eval/<name>/step_<step>/` as in training.
@@ -46,7 +48,7 @@ def evaluate_params(config, setup: model_setup.ModelSetup, params, workdir: str,
     raise ConfigError("the config has no `evals` block to evaluate with")
   results = {}
   with sharding.use(setup.mesh, setup.rules):
-    for evaluator, _ in common.from_train_config(config, setup.model,
-                                                 workdir=workdir).values():
+    for evaluator, _ in common.from_train_config(config, setup.model, workdir=workdir,
+                                                 training=False).values():
       results.update(evaluator.run(params, step=step))
   return results

@@ -25,7 +25,8 @@ A training config holds its evaluators as a dict of blocks:
 
 `from_config(config.evals, predict_fns, workdir=...)` builds them; `pred` names an entry of
 `predict_fns`; `type` names a registered evaluator; `every` (steps) is for the train loop and
-is not passed on; every other key is a keyword argument of the evaluator's constructor, so
+is not passed on (0: never during training, only by `python -m rew_jax eval`: a test
+split's evaluator); every other key is a keyword argument of the evaluator's constructor, so
 an unknown key fails there, loudly. `from_train_config(config, model, workdir=...)` does the
 same for a train config, with the registered model's prediction functions (configured by
 `config.predict`), and pairs each evaluator with its `every`.
@@ -99,20 +100,38 @@ def from_config(evals: Mapping[str, Any], predict_fns: Mapping[str, PredictFn], 
   return out
 
 
-def from_train_config(config, model, *, workdir: str | None = None
+def from_train_config(config, model, *, workdir: str | None = None, training: bool = True
                       ) -> dict[str, tuple[Evaluator, int]]:
   """name → (evaluator, every) for the `evals` of a train config; empty when it has none.
 
   `model` is the registered model (rew_jax.models.base.Model) whose `predict_fns` the
   evaluators call; `every` defaults to config.total_steps (evaluate at the end only).
+
+  `training` (the train loop): a block with `every=0` is left out, it runs only from
+  `python -m rew_jax eval` (`training=False`), which runs every block. An evaluator that
+  holds a test split (`holds_test`, e.g. OVEN test references) must be such a block, and
+  early stopping may not watch one: selection sees validation only.
   """
   evals = config.get("evals")
   if not evals:
     return {}
+  every = {name: int(block.get("every", config.total_steps)) for name, block in evals.items()}
+  if training:
+    metric = (config.get("early_stopping") or {}).get("metric", "")
+    watched = metric.split("/", 1)[0]
+    if watched in every and every[watched] <= 0:
+      raise ConfigError(f"early_stopping.metric={metric!r} watches evals.{watched}, which has "
+                        "every=0 (evaluated only by `eval`, never during training)")
+    evals = {name: block for name, block in evals.items() if every[name] > 0}
   fns = model.predict_fns(config.get("predict"))
   evaluators = from_config(evals, fns, workdir=workdir)
-  return {name: (ev, int(evals[name].get("every", config.total_steps)))
-          for name, ev in evaluators.items()}
+  if training:
+    for name, ev in evaluators.items():
+      if getattr(ev, "holds_test", False):
+        raise ConfigError(f"evals.{name} holds a test split: it may not run during training "
+                          "(selection and early stopping see validation only); set "
+                          f"evals.{name}.every=0 and run it with `python -m rew_jax eval`")
+  return {name: (ev, every[name]) for name, ev in evaluators.items()}
 
 
 # --------------------------------------------------------------------------------------------

@@ -60,25 +60,41 @@ class RowMapper:
 
   def __call__(self, outputs: Mapping[str, np.ndarray]) -> list[Mapped]:
     rows = _first_beam(np.asarray(outputs[self.key]), 1)
+    # The deciding beam's generated tokens (before EOS), when the prediction returns them.
+    tokens = (_first_beam(np.asarray(outputs["tokens"]), 2) if "tokens" in outputs
+              else [None] * len(rows))
     out = []
-    for row in rows.tolist():
+    for row, seq in zip(rows.tolist(), tokens):
       valid = 0 <= row < len(self.entity_ids)
-      out.append(Mapped(self.entity_ids[row] if valid else None, {"row": row}))
+      info = {"row": row}
+      if seq is not None:
+        body = _strip(seq, EOS_ID)
+        info["tokens"] = " ".join(map(str, body if body is not None else seq))
+      out.append(Mapped(self.entity_ids[row] if valid else None, info))
     return out
 
 
 class CodeMapper:
-  """Generated ALD code tokens → entity ids through the code table (KB row order)."""
+  """Generated ALD code tokens → entity ids through the code table (`ald_codes.npz`, KB row
+  order; `codes` may also be the bare int array [N, W] of codes)."""
 
-  def __init__(self, codes: np.ndarray, entity_ids: Sequence[str], *, key: str = "tokens",
+  def __init__(self, codes, entity_ids: Sequence[str], *, key: str = "tokens",
                eos_id: int = EOS_ID, first_valid: bool = False):
+    table_ids = getattr(codes, "ids", None)
+    codes = np.asarray(getattr(codes, "codes", codes))
     if len(codes) != len(entity_ids):
       raise ConfigError(f"{len(codes)} ALD codes for {len(entity_ids)} entities: the code table "
                         "does not belong to this KB")
+    if table_ids is not None:  # A spot check of the rows' order (a full one reads 6M ids).
+      for row in np.linspace(0, len(codes) - 1, min(len(codes), 1000)).astype(int).tolist():
+        if table_ids[row].decode("utf-8") != entity_ids[row]:
+          raise ConfigError(f"ALD code row {row} is entity {table_ids[row].decode()!r} but KB "
+                            f"row {row} is {entity_ids[row]!r}: the code table belongs to "
+                            "another KB (rebuild it)")
     self.entity_ids, self.key, self.eos_id = entity_ids, key, eos_id
     self.first_valid = first_valid
     self.row_of = {}
-    for row, code in enumerate(np.asarray(codes)):
+    for row, code in enumerate(codes):
       self.row_of.setdefault(_strip(code, eos_id), row)
 
   def _lookup(self, seq) -> tuple[int, tuple[int, ...] | None]:
@@ -160,8 +176,9 @@ def from_config(mode: str, *, kb=None, kb_dir: str | None = None, resolver: str 
   if mode == "rows":
     return RowMapper(kb.ids, key=key or "rows")
   if mode == "codes":
-    from rew_jax.kb import codes as codes_lib  # pylint: disable=g-import-not-at-top
-    return CodeMapper(codes_lib.load_codes(kb.path("ald_codes.npz")), kb.ids, key=key or "tokens",
+    from rew_jax.data import code_table  # pylint: disable=g-import-not-at-top
+    return CodeMapper(code_table.load_codes(kb.path(code_table.FILE_NAME)), kb.ids,
+                      key=key or "tokens",
                       eos_id=eos_id, first_valid=first_valid)
   from rew_jax.kb.bm25 import TitleBM25  # pylint: disable=g-import-not-at-top
   bm25 = TitleBM25.open_or_build(kb)

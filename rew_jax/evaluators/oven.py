@@ -14,8 +14,15 @@ the mapping mode reads (see `mapping`). Images are found in the OVEN layout
 through an explicit `image_paths` {image_id: path} map.
 
 Files under `<workdir>/eval/<name>/[step_<step>/]`: `predictions_<task>.jsonl` (official
-format, one per task present), `table.tsv` (one row per reference: ids, split, question,
-truth, prediction, correct, mapping details) and `metrics.json` (the full `score` result).
+format, one per task present: for a test split, the file to submit), `table.tsv` (one row per
+reference: ids, split, question, truth, prediction, correct, mapping details) and
+`metrics.json` (the full `score` result).
+
+References without `entity_id` (OVEN's test splits) are predicted and written but not scored
+(`unlabeled` counts them); whatever has labels is scored. Test references may not share an
+evaluator with validation ones, and an evaluator holding a test split (`holds_test`) runs
+only from `python -m rew_jax eval`, never inside training: selection and early stopping see
+validation only.
 On several processes each predicts its share of the references; all score the gathered
 predictions, and process 0 alone writes the files.
 """
@@ -51,11 +58,18 @@ class Evaluator(common.Evaluator):
                predict_kwargs: Mapping[str, Any] | None = None,
                name: str = "oven", workdir: str | None = None):
     self.predict_fn, self.name, self.workdir = predict_fn, name, workdir
-    self.references = oven_files.read_references(references, required=oven_files.REFERENCE_KEYS)
+    self.references = oven_files.read_references(references, required=oven_files.QUERY_KEYS)
     if max_examples:
       self.references = self.references[:max_examples]
     if not self.references:
       raise OvenFormatError(f"no references in {references}")
+    kinds = sorted({oven_files.split_kind(r) for r in self.references})
+    if "test" in kinds and len(kinds) > 1:
+      raise OvenFormatError(f"references {references} mix the splits {kinds}: evaluate the test "
+                            "split in an evaluator of its own, so that selection never sees it")
+    # A test split (or any unlabeled reference) is for reporting only: the train loop refuses
+    # to run this evaluator (evaluators/common.py), so it never drives early stopping.
+    self.holds_test = "test" in kinds or not all(map(oven_files.is_labeled, self.references))
     if not image_dir and image_paths is None:
       raise OvenFormatError("the OVEN evaluator needs image_dir or image_paths")
     self.image_dir, self.image_paths = image_dir, image_paths
@@ -103,6 +117,9 @@ class Evaluator(common.Evaluator):
     # Every reference gets a prediction here, so the strict figures equal the official ones;
     # what can differ is how often the mapping produced no entity at all.
     metrics["no_entity_frac"] = sum(m.entity_id is None for _, m in pairs) / len(pairs)
+    unlabeled = sum(c["references"] for c in result["unlabeled"].values())
+    if unlabeled:  # Predicted and written (the official submission format), not scored.
+      metrics["unlabeled"] = unlabeled
     for key, value in metrics.items():
       yield f"{self.name}/{key}", value
 
@@ -116,8 +133,9 @@ class Evaluator(common.Evaluator):
     for ref, m in pairs:
       rows.append({"data_id": ref["data_id"], "image_id": ref["image_id"],
                    "data_split": ref["data_split"], "question": ref["question"],
-                   "entity_id": ref["entity_id"], "entity_text": ref.get("entity_text", ""),
+                   "entity_id": ref.get("entity_id"), "entity_text": ref.get("entity_text", ""),
                    "pred_entity_id": m.entity_id,
-                   "correct": int(m.entity_id == ref["entity_id"]), **m.info})
+                   "correct": (int(m.entity_id == ref["entity_id"])
+                               if oven_files.is_labeled(ref) else None), **m.info})
     common.write_table(os.path.join(directory, "table.tsv"), rows)
     common.write_metrics(os.path.join(directory, "metrics.json"), result)

@@ -18,6 +18,9 @@ Official-compatible score (edchengg/oven_eval, `oven_eval.py`):
   The official loop iterates over predictions, so a missing prediction shrinks n (and can
   raise the score), a duplicate counts twice, and a bucket without predictions fails.
 
+References without `entity_id` (OVEN's test splits) are not scored: their predictions are
+only checked (known ids, no duplicates) and counted under `unlabeled`.
+
 Our API is stricter: duplicate or unknown `data_id`s, and references that mix splits of one
 bucket (val and test), are `OvenFormatError`s. With those excluded, `score` reports the
 official-compatible figures and, beside them, `strict` figures whose n is the number of
@@ -29,7 +32,8 @@ from __future__ import annotations
 import collections
 from typing import Any, Mapping, Sequence
 
-from rew_jax.data.oven_files import OvenFormatError, read_predictions, read_references
+from rew_jax.data.oven_files import (OvenFormatError, is_labeled, read_predictions,
+                                     read_references)
 
 TASKS = ("entity", "query")
 BUCKETS = ("seen", "unseen")
@@ -73,6 +77,8 @@ def official_counts(references: Sequence[Mapping[str, Any]],
     ref = by_id.get(p["data_id"])
     if ref is None:
       raise OvenFormatError(f"prediction for data_id {p['data_id']!r} which no reference has")
+    if not is_labeled(ref):  # A test reference: nothing to score it against.
+      continue
     c = counts[ref["data_split"]]
     c[0] += int(ref["entity_id"] == p["pred_entity_id"])
     c[1] += 1
@@ -136,6 +142,8 @@ def strict_counts(references: Sequence[Mapping[str, Any]],
   pred = {p["data_id"]: p["pred_entity_id"] for p in predictions}
   counts: dict[str, list[int]] = collections.defaultdict(lambda: [0, 0])
   for r in references:
+    if not is_labeled(r):
+      continue
     c = counts[r["data_split"]]
     c[0] += int(r["data_id"] in pred and pred[r["data_id"]] == r["entity_id"])
     c[1] += 1
@@ -145,7 +153,9 @@ def strict_counts(references: Sequence[Mapping[str, Any]],
 def score(references: Sequence[Mapping[str, Any]],
           predictions: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
   """The official-compatible figures (top level) and the strict ones (`strict`), plus
-  `counts`: per bucket, references, predictions and missing predictions."""
+  `counts`: per bucket, references, predictions and missing predictions, and `unlabeled`:
+  per data_split, the references without `entity_id` (a test split's), predicted (their
+  predictions are checked for ids and duplicates) but not scored."""
   check_predictions(references, predictions)
   official = official_counts(references, predictions)
   strict = strict_counts(references, predictions)
@@ -158,6 +168,14 @@ def score(references: Sequence[Mapping[str, Any]],
     n_pred = official.get(split, [0, 0])[1]
     counts[split] = {"references": n_ref, "predictions": n_pred, "missing": n_ref - n_pred}
   out["counts"] = counts
+  unlabeled: dict[str, dict[str, int]] = {}
+  predicted = {p["data_id"] for p in predictions}
+  for r in references:
+    if not is_labeled(r):
+      c = unlabeled.setdefault(r["data_split"], {"references": 0, "predictions": 0})
+      c["references"] += 1
+      c["predictions"] += int(r["data_id"] in predicted)
+  out["unlabeled"] = unlabeled
   return out
 
 

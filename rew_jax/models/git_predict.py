@@ -10,6 +10,8 @@ Batches carry `image` float32 [B, H, W, 3] and `prompt` int32 [B, P].
 
   decode_rows       KB-constrained beam search over the name trie → rows [B, R] (KB rows)
   ald_rows          GER-ALD: unconstrained beam search of code_len + 1 steps, code → row
+                    (-1: not a code; `first_valid`: the best beam that is a code)
+  ald_trie_rows     ALD codes under the KB constraint: beam search over the code trie → rows
   generate          unconstrained beam search → tokens [B, R, T] (for `codes` / `text`)
   class_rows        constrained beam search over a trie given per call (zero-shot classes)
   class_likelihood  log p(class name + EOS | image, prompt) → scores [B, C]
@@ -61,11 +63,12 @@ def class_log_likelihood(model, params, images, prompt_tokens, class_tokens, *,
 
 
 def make(model, *, name_trie: trie_lib.TokenTrie | None = None,
-         code_trie: trie_lib.TokenTrie | None = None, code_len: int = 3, num_beams: int = 4,
+         code_trie: trie_lib.TokenTrie | None = None, code_len: int = 4, num_beams: int = 4,
          max_len: int | None = None, alpha: float = 0.6, first_valid: bool = False,
          length_norm: bool = False) -> dict[str, Callable]:
   """name → prediction function for `model` (the flax `git.GiT`); functions needing an
-  absent trie are left out. `max_len` defaults to the model's max_target_len."""
+  absent trie are left out. `max_len` defaults to the model's max_target_len; `code_len` is
+  the longest ALD code in tokens (GER-ALD's 3 + the collision slot; EOS not counted)."""
   max_len = max_len or git_config.parse_config(model.config).max_target_len
   fns: dict[str, Callable] = {}
 
@@ -97,9 +100,20 @@ def make(model, *, name_trie: trie_lib.TokenTrie | None = None,
       out = decoding.ald_decode(model, params, batch["image"], batch["prompt"], code_trie,
                                 code_len=code_len, num_beams=num_beams, alpha=alpha,
                                 first_valid=first_valid)
-      return {"rows": out.rows, "tokens": out.beams.sequences}
+      # The tokens of the beam that decided (the first valid one with `first_valid`).
+      pick = (jnp.argmax(out.beams.rows >= 0, axis=1) if first_valid
+              else jnp.zeros(out.rows.shape, jnp.int32))
+      tokens = jnp.take_along_axis(out.beams.sequences, pick[:, None, None], axis=1)[:, 0]
+      return {"rows": out.rows, "tokens": tokens}
+
+    def ald_trie_rows(params, batch):
+      out = decoding.constrained_beam_search(model, params, batch["image"], batch["prompt"],
+                                             code_trie, num_beams=num_beams,
+                                             max_len=code_len + 1, alpha=alpha)
+      return {"rows": out.rows, "tokens": out.sequences}
 
     fns["ald_rows"] = ald_rows
+    fns["ald_trie_rows"] = ald_trie_rows
   return fns
 
 

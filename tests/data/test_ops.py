@@ -158,12 +158,31 @@ def test_tokenize_pad_prompt():
   assert out["target"].dtype == np.int32
   out = run("tokenize(key='target', eos=True, max_len=3)", {"target": "red brick wall"})
   np.testing.assert_array_equal(out["target"], [2417, 5318, 102])
+  assert out["target_truncated"] == 1  # Nothing is cut without being flagged.
   # Precomputed ids (ALD codes) win over the text.
   out = run("tokenize(key='target', bos=True, eos=True)", {"target": "x", "target_ids": [5, 6]})
   np.testing.assert_array_equal(out["target"], [101, 5, 6, 102])
   assert "target_ids" not in out
   out = run("copy('target', 'label')|keep('label')|drop('nothing')", {"target": "a", "_where": "w"})
   assert out == {"label": "a", "_where": "w"}
+
+
+def test_pad_flags_truncation_and_honours_a_per_example_limit():
+  pp = f"tokenize(key='target', eos=True)|pad(6, key='target', keep_eos={EOS})"
+  out = run(pp, {"target": "red brick"})
+  np.testing.assert_array_equal(out["target"], [2417, 5318, 102, 0, 0, 0])
+  assert out["target_truncated"] == 0 and out["target_truncated"].dtype == np.int32
+  out = run(pp, {"target": "red brick wall by the sea"})  # 6 words + EOS > 6.
+  np.testing.assert_array_equal(out["target"], [2417, 5318, 2813, 2011, 1996, 102])
+  assert out["target_truncated"] == 1
+  # The task mixture's per-task length (`_target_len`): cut at 3, still padded to 6.
+  out = run(pp, {"target": "red brick wall", "_target_len": 3})
+  np.testing.assert_array_equal(out["target"], [2417, 5318, 102, 0, 0, 0])
+  assert out["target_truncated"] == 1
+  out = run(pp, {"target": "red", "_target_len": 3})
+  assert out["target"].tolist() == [2417, 102, 0, 0, 0, 0] and out["target_truncated"] == 0
+  out = run("tokenize(key='prompt', bos=True)|pad(3, key='prompt')", {"prompt": "a b c d"})
+  assert out["prompt"].tolist() == [101, 1037, 1038] and out["prompt_truncated"] == 1
 
 
 def test_preprocess_pickles_as_spec():

@@ -66,7 +66,9 @@ def assert_same(batches_a, batches_b):
 
 def test_train_batch_contents(data_dir):
   batch = next(iter(train(data_dir)))
-  assert set(batch) == {"image", "prompt", "target", "task_id", "mask", "skipped"}
+  assert set(batch) == {"image", "prompt", "target", "task_id", "mask", "skipped",
+                        "prompt_truncated", "target_truncated"}
+  assert not batch["target_truncated"].any() and batch["target_truncated"].dtype == np.int32
   assert batch["image"].shape == (4, 2, 2, 3) and batch["image"].dtype == np.uint8
   assert batch["prompt"].shape == (4, 8) and batch["prompt"].dtype == np.int32
   assert (batch["prompt"][:, 0] == 101).all() and (batch["mask"] == 1).all()
@@ -189,6 +191,18 @@ def test_bad_records_skipped_are_counted(bad_dir):
   assert report.skipped == 2 and report.examples == 9
   assert sorted(seen) == [0, 1, 2, 4, 5, 6, 8, 10, 11]
   assert "2 bad records skipped" in report.summary()
+
+
+def test_truncated_targets_are_counted_per_task_length(data_dir):
+  """"entity {i}" is 2–3 ids + EOS: an entity length of 2 cuts every target, and the
+  report says so; the batch's width stays the pp spec's."""
+  report = pipeline.SkipReport()
+  tasks_cfg = {"target_len": {"entity": 2}}
+  for batch in train(data_dir, num_epochs=1, num_threads=1, tasks=tasks_cfg):
+    report.update(batch)
+    assert batch["target"].shape[1] > 2 and not batch["target"][:, 2:].any()
+  assert report.truncated == report.examples > 0
+  assert f"{report.truncated} targets cut" in report.summary()
 
 
 def test_multiprocess_workers_resume(data_dir):

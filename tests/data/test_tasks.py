@@ -1,11 +1,11 @@
 """Task mixture: eligibility, examples per task, and the mixture's proportions."""
 
-import json
 import pickle
 
 import numpy as np
 import pytest
 
+from rew_jax.data import code_table
 from rew_jax.data import tasks
 from rew_jax.errors import ConfigError
 from rew_jax.records import RewRecord
@@ -77,12 +77,14 @@ def test_mixture_proportions():
 
 
 def test_codes_eval_placeholder(tmp_path):
-  path = tmp_path / "codes.json"
-  path.write_text(json.dumps({"Q243": [3000, 4000, 102]}))
-  mix = tasks.TaskMixture({"codes_path": str(path)})
+  path = str(tmp_path / "ald_codes.npz")
+  codes = np.array([[2000, 102, 0, 0], [3000, 4000, 5000, 102]], np.int32)
+  code_table.save_codes(path, ["Q1", "Q243"], codes, length=3, seed=0)
+  mix = tasks.TaskMixture({"entity_target": "ald", "codes_path": path})
   rng = np.random.default_rng(0)
   ex = mix(record(), rng)
-  assert ex["target_ids"] == [3000, 4000, 102] and ex["target"] == "Eiffel Tower"
+  assert ex["target_ids"] == [3000, 4000, 5000] and ex["target"] == "Eiffel Tower"
+  assert mix(record(entity_id="Q1"), rng)["target_ids"] == [2000]
   with pytest.raises(tasks.TaskError, match="record 'web_1': entity 'Q9' has no ALD code"):
     mix(record(entity_id="Q9"), rng)
   ev = mix.eval_example(record(entity_id="Q9", curation_status="unresolved",
@@ -90,7 +92,19 @@ def test_codes_eval_placeholder(tmp_path):
   assert ev["target_ids"] == [] and ev["split"] == "entity_val_unseen" and ev["task"] == "entity"
   assert set(mix.placeholder()) == set(ex)
   assert set(tasks.TaskMixture().placeholder()) == set(tasks.TaskMixture()(record(), rng))
-  assert pickle.loads(pickle.dumps(mix)).codes == mix.codes
+  again = pickle.loads(pickle.dumps(mix))  # Re-reads the file rather than carrying the table.
+  assert again._codes is None and again(record(), rng)["target_ids"] == [3000, 4000, 5000]
+
+
+def test_each_task_has_its_own_target_length():
+  mix = tasks.TaskMixture({"weights": ALL, "target_len": {"rationale": 64, "entity": 8}})
+  rng = np.random.default_rng(0)
+  assert mix.example(record(), "rationale", rng)["_target_len"] == 64
+  assert mix.example(record(), "entity", rng)["_target_len"] == 8
+  assert "_target_len" not in mix.example(record(), "qa", rng)  # 0: the pp's pad length.
+  assert mix.eval_example(record(), rng)["_target_len"] == 8
+  with pytest.raises(ConfigError, match="tasks.target_len"):
+    tasks.TaskMixture({"target_len": {"vqa": 3}})
 
 
 def test_config_errors():
@@ -100,8 +114,14 @@ def test_config_errors():
     tasks.TaskMixture({"weights": {"entity": 0.0}})
   with pytest.raises(ConfigError, match="unknown tasks config key 'weight'"):
     tasks.TaskMixture({"weight": {"entity": 1.0}})
-  with pytest.raises(ConfigError, match="ALD codes file"):
-    tasks.TaskMixture({"codes_path": "/nonexistent/codes.json"})
+  with pytest.raises(code_table.CodesError, match="ALD codes file '/nonexistent/c.npz' does not"):
+    tasks.TaskMixture({"entity_target": "ald", "codes_path": "/nonexistent/c.npz"})
+  with pytest.raises(ConfigError, match="entity_target='ald' needs tasks.codes_path"):
+    tasks.TaskMixture({"entity_target": "ald"})
+  with pytest.raises(ConfigError, match="codes_path is set but tasks.entity_target='name'"):
+    tasks.TaskMixture({"codes_path": "/x/ald_codes.npz"})
+  with pytest.raises(ConfigError, match="entity_target='code'"):
+    tasks.TaskMixture({"entity_target": "code"})
   cfg = tasks.default_config()
   cfg.weights.qa = 0.5
   assert tasks.TaskMixture(cfg).weights.tolist() == [1.0, 0.0, 0.5, 0.0]

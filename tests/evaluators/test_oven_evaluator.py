@@ -1,6 +1,8 @@
 """The OVEN evaluator end to end with fake predict functions, and each mapping mode."""
 
+import csv
 import json
+import os
 
 import numpy as np
 import pytest
@@ -11,6 +13,7 @@ from rew_jax.evaluators import common
 from rew_jax.evaluators import mapping as mapping_lib
 from rew_jax.evaluators import oven
 from rew_jax.evaluators import oven_metric
+from rew_jax.errors import ConfigError
 from rew_jax.registry import EVALUATORS
 
 # KB of 4 entities; an image's solid grey level encodes the KB row of its entity.
@@ -106,6 +109,90 @@ def test_from_config_builds_and_rejects_unknown_keys(world):
     common.from_config({"oven_val": dict(evals["oven_val"], pred="nope")}, {"rows": predict_rows})
 
 
+def _test_split(world, root):
+  """The world's references as OVEN's test files: renamed splits, no labels."""
+  paths = []
+  for path in world["refs"]:
+    rows = [json.loads(line) for line in open(path)]
+    for r in rows:
+      r["data_id"] = r["data_id"].replace("_val_", "_test_")
+      r["data_split"] = r["data_split"].replace("_val", "_test")
+      del r["entity_id"], r["entity_text"]
+    out = root / os.path.basename(path).replace("_val", "_test")
+    out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    paths.append(str(out))
+  return paths
+
+
+def test_test_split_predictions_written_in_the_official_format_not_scored(world, tmp_path):
+  refs = _test_split(world, tmp_path)
+  evaluator = oven.Evaluator(predict_rows, references=refs, image_dir=world["image_dir"], pp=PP,
+                             batch_size=2, mapper=mapping_lib.RowMapper(KB_IDS),
+                             name="oven_test", workdir=str(tmp_path))
+  assert evaluator.holds_test
+  metrics = dict(evaluator.run({"offset": 0}, step=3))
+  assert metrics == {"oven_test/no_entity_frac": 0.0, "oven_test/unlabeled": 7}  # No scores.
+  out = tmp_path / "eval" / "oven_test" / "step_3"
+  preds = oven_files.read_predictions([str(out / "predictions_entity.jsonl"),
+                                       str(out / "predictions_query.jsonl")])
+  want = [KB_IDS[r] for r in world["rows"]]  # What the fake model sees in each image.
+  assert [p["pred_entity_id"] for p in preds] == want
+  assert all(set(json.loads(line)) == {"data_id", "pred_entity_id"}
+             for line in open(out / "predictions_entity.jsonl"))
+  assert [p["data_id"] for p in preds][:2] == ["oven_entity_test_00000000",
+                                               "oven_entity_test_00000001"]
+  result = json.load(open(out / "metrics.json"))
+  assert result["final_score"] is None and result["counts"] == {}
+  assert result["unlabeled"]["entity_test_seen"] == {"references": 3, "predictions": 3}
+  # The scorer checks a submission against unlabeled references: ids and duplicates.
+  with pytest.raises(oven_files.OvenFormatError, match="duplicate prediction"):
+    oven_metric.score(oven_files.read_references(refs), preds + preds[:1])
+  table = list(csv.DictReader(open(out / "table.tsv"), delimiter="\t"))
+  assert {r["correct"] for r in table} == {""} and {r["entity_id"] for r in table} == {""}
+
+
+def test_labels_where_present_are_scored_and_splits_never_mix(world, tmp_path):
+  refs = _test_split(world, tmp_path)
+  rows = [json.loads(line) for line in open(refs[0])]
+  rows[0]["entity_id"] = KB_IDS[0]  # One labelled test reference: scored.
+  (tmp_path / "partial.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+  evaluator = oven.Evaluator(predict_rows, references=[str(tmp_path / "partial.jsonl")],
+                             image_dir=world["image_dir"], pp=PP, batch_size=4,
+                             mapper=mapping_lib.RowMapper(KB_IDS))
+  metrics = dict(evaluator.run({"offset": 0}))
+  assert metrics["oven/entity_seen"] == 100.0 and metrics["oven/unlabeled"] == 4
+  with pytest.raises(oven_files.OvenFormatError, match="mix the splits \\['test', 'val'\\]"):
+    oven.Evaluator(predict_rows, references=world["refs"][:1] + refs[:1],
+                   image_dir=world["image_dir"], pp=PP, mapper=mapping_lib.RowMapper(KB_IDS))
+
+
+class _Model:
+  def predict_fns(self, config):
+    del config
+    return {"rows": predict_rows}
+
+
+def test_a_test_split_evaluator_never_runs_during_training(world, tmp_path):
+  from rew_jax import config as config_lib
+  refs = _test_split(world, tmp_path)
+  block = dict(type="oven", pred="rows", references=world["refs"], image_dir=world["image_dir"],
+               pp=PP, batch_size=4, mapper=mapping_lib.RowMapper(KB_IDS))
+  config = config_lib.ConfigDict(dict(total_steps=10, predict={}, evals=dict(
+      oven_val=dict(block, every=5), oven_test=dict(block, references=refs, every=0)),
+      early_stopping=dict(metric="oven_val/final_score", patience=2)))
+  training = common.from_train_config(config, _Model())
+  assert list(training) == ["oven_val"] and training["oven_val"][1] == 5
+  assert sorted(common.from_train_config(config, _Model(), training=False)) == [
+      "oven_test", "oven_val"]
+  config.evals.oven_test.every = 5  # A test split inside the train loop: refused.
+  with pytest.raises(ConfigError, match="evals.oven_test holds a test split"):
+    common.from_train_config(config, _Model())
+  config.evals.oven_test.every = 0
+  config.early_stopping.metric = "oven_test/final_score"
+  with pytest.raises(ConfigError, match="watches evals.oven_test, which has every=0"):
+    common.from_train_config(config, _Model())
+
+
 def test_missing_image_is_a_clear_error(world, tmp_path):
   with pytest.raises(oven_files.OvenFormatError, match="image 'oven_00000005' not found"):
     oven_files.image_path(str(tmp_path), "oven_00000005")
@@ -167,9 +254,13 @@ def test_from_config_modes_on_a_real_kb(kb):
   rows = mapping_lib.from_config("rows", kb=kb)({"rows": np.array([[2, 0], [-1, 1]])})
   assert [m.entity_id for m in rows] == ["Q30", None]
   codes = codes_lib.ald_codes(tok.encode_batch(TITLES), length=2)
-  np.savez(kb.path("ald_codes.npz"), codes=codes)  # The file codes.build_name_artifacts writes.
+  # The file codes.build_name_artifacts writes.
+  codes_lib.save_codes(kb.path("ald_codes.npz"), KB_IDS, codes, length=2, seed=0)
   code_mapper = mapping_lib.from_config("codes", kb=kb)
   assert [m.entity_id for m in code_mapper({"tokens": codes[[3, 1]]})] == ["Q40", "Q20"]
+  codes_lib.save_codes(kb.path("ald_codes.npz"), KB_IDS[::-1], codes, length=2, seed=0)
+  with pytest.raises(ConfigError, match="belongs to another KB"):
+    mapping_lib.from_config("codes", kb=kb)
   cascade = mapping_lib.from_config("text", kb=kb, tokenizer=tok)
   got = cascade({"text": np.array(["golden falcon", "Golden Falconn", "nothing at all"])})
   assert [m.entity_id for m in got] == ["Q30", "Q30", None]

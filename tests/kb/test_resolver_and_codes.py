@@ -1,4 +1,5 @@
-"""BM25 over titles, the name resolver, GER-ALD codes and the serialised name trie."""
+"""BM25 over titles, the name resolver, and the serialised codes and name trie (the code rule
+itself: test_codes.py)."""
 
 import json
 import os
@@ -110,29 +111,6 @@ def test_resolver_embedding_step(kb):
   assert (res.row, res.method) == (10, "embedding") and res.score == pytest.approx(1.0)
 
 
-def test_ald_codes_rarest_first_and_unique():
-  # Counts: 5 ×7, 7 ×5, 1 ×4, 2, 3, 9 once each.
-  names = [[5, 7, 1], [5, 7, 2], [5, 3], [5, 7, 1], [5, 7, 1, 9], [5], [5, 7, 1]]
-  codes = codes_lib.ald_codes(names, length=2, vocab_size=2000, seed=0)
-  eos = codes_lib.SEP_ID
-  assert codes[0].tolist() == [1, 7, eos]    # Rarest first.
-  assert codes[1].tolist() == [2, 7, eos]
-  assert codes[2].tolist() == [3, 5, eos]
-  assert codes[3].tolist() == [1, 5, eos]    # Collision fixed by a further name token.
-  assert codes[4].tolist() == [9, 1, eos]
-  assert codes[5].tolist() == [5, eos, 0]    # Short names give short codes.
-  # Row 6 repeats row 0's name and its spare token is used up → a random last token.
-  assert codes[6, 0] == 1 and codes[6, 1] >= codes_lib.FIRST_WORD_ID and codes[6, 2] == eos
-  assert len({tuple(c) for c in codes.tolist()}) == len(names)
-
-
-def test_ald_codes_unique_under_heavy_collisions():
-  rng = np.random.default_rng(0)
-  names = [list(rng.integers(1000, 1010, size=3)) for _ in range(3000)]
-  codes = codes_lib.ald_codes(names, length=3, vocab_size=30522)
-  assert len({tuple(c) for c in codes.tolist()}) == 3000
-
-
 def test_name_trie_and_codes_serialised_next_to_index(kb, tokenizer):
   paths = codes_lib.build_name_artifacts(kb, tokenizer)
   assert {os.path.dirname(p) for p in paths.values()} == {kb.index_dir}
@@ -145,8 +123,10 @@ def test_name_trie_and_codes_serialised_next_to_index(kb, tokenizer):
     for tok in seq + [codes_lib.SEP_ID]:
       node = trie_lib.advance(trie, node, np.array([tok], np.int32))
     assert int(trie.leaf_row[int(node[0])]) == row
-  codes = codes_lib.load_codes(paths["ald_codes"])
-  assert codes.shape == (len(TITLES), 4)
+  table = codes_lib.load_codes(paths["ald_codes"])
+  assert [i.decode() for i in table.ids] == [f"Q{100 + i}" for i in range(len(TITLES))]
+  codes = table.codes
+  assert codes.shape == (len(TITLES), 5) and table.length == 3
   assert len({tuple(c) for c in codes.tolist()}) == len(TITLES)
   code_trie = trie_lib.load(paths["code_trie"])
   assert code_trie.num_nodes > len(TITLES)
