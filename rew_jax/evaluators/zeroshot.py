@@ -40,6 +40,7 @@ import numpy as np
 from PIL import Image
 
 from rew_jax import storage
+from rew_jax.data import code_table
 from rew_jax.data import ops as ops_lib
 from rew_jax.errors import ConfigError, UserError
 from rew_jax.evaluators import common
@@ -70,11 +71,16 @@ def entity_sequences(entity_target: str, entity_ids: Sequence[str], names: Seque
   if entity_target == "name":
     return [list(t) for t in tokenizer.encode_batch(list(names))]
   if entity_target == "ald":
-    from rew_jax.kb import codes as codes_lib  # pylint: disable=g-import-not-at-top
-    if kb is None:
+    if kb is None and not codes_path:
       raise ConfigError("entity_target='ald' needs kb_dir (the KB whose codes the model learnt)")
-    table = codes_lib.load_codes(codes_path or kb.path("ald_codes.npz"))
-    return codes_lib.code_tokens(table[[kb.row_of(e) for e in entity_ids]], tokenizer.eos_id)
+    path = codes_path or kb.path(code_table.FILE_NAME)
+    table = code_table.load_codes(path)
+    rows = table.rows_of(list(entity_ids))
+    missing = [e for e, r in zip(entity_ids, rows) if r < 0]
+    if missing:
+      raise ConfigError(f"{path}: no ALD code for the mapped entities {missing[:5]} "
+                        f"({len(missing)} in all): the class map and the KB disagree")
+    return [table.tokens(int(r)) for r in rows]
   raise ConfigError(f"entity_target {entity_target!r}: expected one of {ENTITY_TARGETS}")
 
 

@@ -10,6 +10,7 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
+from rew_jax.data import code_table
 from rew_jax.data import tfds_sources
 from rew_jax.data.tokenizers import load_tokenizer
 from rew_jax.evaluators import finegrained, zeroshot
@@ -237,7 +238,8 @@ def test_ald_answer_space_is_the_mapped_entities_codes(tok, kb):
   # The KB's code table in KB row order (the file the KB build writes): code, EOS, padding.
   table = np.array([[1000 + r, 2000 + r, EOS, 0] if r % 2 else [1000 + r, 2000 + r, 3000, EOS]
                     for r in range(len(KB))], np.int32)
-  np.savez(kb.path("ald_codes.npz"), codes=table)
+  code_table.save_codes(kb.path(code_table.FILE_NAME), [q for q, _ in KB], table, length=2,
+                        seed=0, eos_id=EOS)
   seqs = zeroshot.entity_sequences("ald", ["Q3", "Q2"], ["Helianthus annuus", "Rose hip"],
                                    tokenizer=tok, kb=kb)
   assert seqs == [[1002, 2002, 3000], [1001, 2001]]
