@@ -21,8 +21,8 @@ Variants:
             (each entity's name scored by the model)
   variant   L/14 (must match the checkpoint), runlocal (the runlocal model of
             git_large_rew.py, a few examples, 32 px)
-  target    the recipe's entity target, as the checkpoint was trained (`target=ald` for ALD
-            codes; default: the recipe's own default)
+  target    the recipe's entity target, as the checkpoint was trained: ald (ALD codes from
+            KB/ald_codes.npz; the recipe's default) | name
 The answer space follows the recipe's entity target: entity names, or their ALD codes for
 a model trained on codes (`entity_target` of the evaluator, from the recipe's
 `input.tasks.entity_target` when it sets one).
@@ -45,7 +45,8 @@ def get_config(arg=None):
   if any(n not in finegrained.SETS for n in names):
     raise config_lib.ConfigError(f"dataset={arg.dataset!r}: use all or one of "
                                  f"{', '.join(finegrained.SETS)}")
-  base = f"{os.path.join(_HERE, 'git_large_rew.py')}:variant={arg.variant},clip=none"
+  base = (f"{os.path.join(_HERE, 'git_large_rew.py')}:variant={arg.variant},clip=none,"
+          f"kb_dir={arg.kb}")
   base += f",target={arg.target}" if arg.target else ""
   c = config_lib.load_config(base + (",runlocal" if arg.runlocal else "")).train
   c.init_from = "none"  # Evaluation reads the checkpoint of W.

@@ -193,7 +193,7 @@ def test_zeroshot_all_sets_from_a_trained_checkpoint(setup, capsys):
     for name, row in (("pink primrose", 0), ("hard-leaved pocket orchid", 1)):
       f.write(json.dumps({"class_name": name, "entity_id": kb.ids[row],
                           "source": "manual"}) + "\n")
-  arg = (f"dataset=all,runlocal,kb={kb.index_dir},root_aircraft={root / 'A'},"
+  arg = (f"dataset=all,runlocal,target=name,kb={kb.index_dir},root_aircraft={root / 'A'},"
          f"root_sports100={root / 'S'}")
   with tfds.testing.mock_data(num_examples=4, policy=tfds.testing.MockPolicy.USE_CODE):
     assert cli.main(["eval", "--config", f"{REPO}/configs/zeroshot.py:{arg}",
