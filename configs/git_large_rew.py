@@ -7,8 +7,9 @@
 
 ViT-L/14 at 224 px + 6-layer GIT decoder (≈0.39B parameters), batch 4096, 600k steps, AdamW
 (no weight decay), base lr 1e-5 with everything after the image encoder at ×10, 250 warmup
-steps then cosine, label smoothing 0.3, inception crop (≥ 8 % area) at 224 px; entity-only
-records are asked one of a few generic questions ("what is the main object?").
+steps then cosine, no gradient clipping, label smoothing 0.3, inception crop (≥ 8 % area) at
+224 px; entity-only records are asked one of a few generic questions ("what is the main
+object?").
 
 Variants (`--config configs/git_large_rew.py:data=rew,tasks=all,variant=L/14,mesh=fsdp`):
   data     rew (curated REW records) | entity_webli (top-1 candidate labels, the baseline)
@@ -77,8 +78,12 @@ def get_config(arg=None):
     c.input.tasks.weights = TASKS[arg.tasks]
 
   c.optim = optim.default_config()
+  # scenic/projects/gerald/configs/gerald_pretraining_config.py: base_learning_rate 1e-5,
+  # warmup_steps 250, 'constant * cosine_decay * linear_warmup' over num_training_steps,
+  # adamw with weight_decay 0 (skip_scale_and_bias_regularization), decoder_multiplier 10;
+  # no gradient clipping (grad_clip_norm 0).
   c.optim.update(dict(lr=1e-5, warmup_steps=250, schedule="cosine", weight_decay=0.0,
-                      grad_clip_norm=1.0, lr_mults=(("encoder/.*", 1.0), (".*", 10.0))))
+                      grad_clip_norm=0.0, lr_mults=(("encoder/.*", 1.0), (".*", 10.0))))
   c.loss = config_lib.ConfigDict(dict(label_smoothing=0.3))
   if arg.mesh not in MESHES:
     raise config_lib.ConfigError(f"mesh={arg.mesh!r}: use one of {sorted(MESHES)}")
