@@ -81,6 +81,7 @@ class Outcome:
 @dataclasses.dataclass(frozen=True)
 class Settings:
   mode: str = "one_call"
+  context: str = ""  # prompts.CONTEXTS; "": the mode's own (full; none for direct).
   num_qa: int = 3
   timeout_s: float = 60.0
   max_attempts: int = 6
@@ -108,7 +109,18 @@ class Settings:
       raise ConfigError(f"curation.num_qa must be in [0, {schema_lib.MAX_QA_PAIRS}]")
     if self.max_attempts < 1 or self.parse_retries < 0 or self.timeout_s <= 0:
       raise ConfigError("curation needs max_attempts >= 1, parse_retries >= 0, timeout_s > 0")
-    prompts_lib.templates(dict(self.templates))
+    if self.context and self.context not in prompts_lib.CONTEXTS:
+      raise ConfigError(f"curation.context {self.context!r} is not one of "
+                        f"{prompts_lib.CONTEXTS} (or empty: the mode's own)")
+    if self.mode == "direct" and self.context not in ("", "none"):
+      raise ConfigError(f"curation.context {self.context!r} with mode 'direct': a direct "
+                        "prompt shows no candidates and no caption (context none)")
+    prompts_lib.templates(dict(self.templates), self.prompt_context)
+
+  @property
+  def prompt_context(self) -> str:
+    """The context the prompts are built with."""
+    return self.context or ("none" if self.mode == "direct" else "full")
 
 
 class RateLimiter:
@@ -151,7 +163,7 @@ class Curator:
                limiter: RateLimiter | None = None, sleep=time.sleep):
     self.backend, self.kb, self.s = backend, kb, settings
     self.limiter = limiter or RateLimiter()
-    self.templates = prompts_lib.templates(dict(settings.templates))
+    self.templates = prompts_lib.templates(dict(settings.templates), settings.prompt_context)
     self._sleep = sleep  # Tests replace it to keep backoff instant.
 
   # -- One LLM call: rate limit, retries on transient errors, usage accounting.
@@ -183,7 +195,8 @@ class Curator:
     for attempt in range(self.s.parse_retries + 1):
       prompt = prompts_lib.build(kind, self.templates, image=image, image_mime=mime,
                                  image_id=image_id, num_qa=self.s.num_qa,
-                                 summary_chars=self.s.summary_chars, attempt=attempt, **fields)
+                                 summary_chars=self.s.summary_chars,
+                                 context=self.s.prompt_context, attempt=attempt, **fields)
       try:
         reply = self._call(prompt, out)
       except RequestRejected as e:

@@ -54,6 +54,9 @@ def default_config() -> config_lib.ConfigDict:
   c = config_lib.ConfigDict()
   c.backend = "simulated"
   c.mode = "one_call"            # one_call | multi_call | direct (the ablation)
+  # What correction prompts show beside the candidate names: full (caption + Wikipedia
+  # summaries) | caption | summaries | none; "": the mode's own (full; none for direct).
+  c.context = ""
   c.num_qa = 3
   c.concurrency = 8              # Records in flight at once.
   c.rate_limit_per_s = 0.0       # Calls per second over all threads; 0: unlimited.
@@ -62,7 +65,7 @@ def default_config() -> config_lib.ConfigDict:
   c.backoff_initial_s = 1.0
   c.backoff_max_s = 60.0
   c.parse_retries = 1            # Re-asks after an unparsable reply.
-  c.summary_chars = 400          # Wikipedia text per candidate in the prompt.
+  c.summary_chars = 400          # Wikipedia text per candidate in the prompt; 0: none.
   c.prompts = config_lib.ConfigDict(dict(verify="", rationale="", qa="", one_call="",
                                          direct=""))  # "" keeps the default template.
   c.candidates_dir = ""          # Default: W/candidates.
@@ -118,6 +121,10 @@ def curation_hash(config) -> str:
   for k in ("concurrency", "rate_limit_per_s", "report_examples", "timeout_s", "max_attempts",
             "backoff_initial_s", "backoff_max_s"):
     c.pop(k, None)
+  # Keys added since: left at their neutral value they leave older workdirs' hash unchanged.
+  for k, neutral in (("context", ""),):
+    if c.get(k) == neutral:
+      c.pop(k)
   return records_lib.config_hash(c)
 
 
