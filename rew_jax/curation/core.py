@@ -12,7 +12,9 @@ Statuses (`rew_jax.records.STATUSES`):
   candidate   no LLM: the top-1 candidate (the `top1_candidate` backend)
 An undecodable image gets the outcome `bad_image` (`BAD_IMAGE`, not a record status): it is
 journaled, so a rerun does not read it again, counted as a skipped input in the report,
-and never written as a record.
+and never written as a record. A near-duplicate of an evaluation image (`dedup.py`) gets
+`eval_duplicate` (`EVAL_DUPLICATE`) the same way, before any LLM call, and the report
+counts it apart.
 Only kept/corrected/candidate records carry an entity id. A rationale is kept only with a
 resolved entity; QA pairs describe the image and are kept whenever they validate.
 
@@ -36,6 +38,8 @@ from rew_jax.curation.backends.base import Backend, RequestRejected, TransientEr
 from rew_jax.records import Candidate, RewRecord
 
 BAD_IMAGE = "bad_image"  # The outcome of an item whose image does not decode.
+EVAL_DUPLICATE = "eval_duplicate"  # ... whose image is a near-copy of an evaluation image.
+NOT_RECORDS = (BAD_IMAGE, EVAL_DUPLICATE)  # Outcomes that are journaled, never written.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -265,6 +269,12 @@ class Curator:
 def bad_image_outcome(item: Item, message: str) -> Outcome:
   """The journaled outcome of an item whose image does not decode (no LLM call is made)."""
   return Outcome(index=item.index, image_id=item.image_id, status=BAD_IMAGE, reason=message)
+
+
+def eval_duplicate_outcome(item: Item, eval_image: str, distance: int) -> Outcome:
+  """The journaled outcome of a web image that copies an evaluation image (no LLM call)."""
+  return Outcome(index=item.index, image_id=item.image_id, status=EVAL_DUPLICATE,
+                 reason=f"near-duplicate of {eval_image} (distance {distance})")
 
 
 def to_record(item: Item, image: bytes, out: Outcome, backend: str) -> RewRecord:
