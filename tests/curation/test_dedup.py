@@ -5,7 +5,6 @@ import io
 import json
 import os
 
-import numpy as np
 import pytest
 from PIL import Image
 
@@ -41,20 +40,21 @@ def test_exact_and_perturbed_copies_match_unrelated_images_do_not(world, tmp_pat
   (evals / "a.jpg").write_bytes(_image(world, rows[0]))
   (evals / "sub" / "b.jpg").write_bytes(_image(world, rows[1]))  # Searched recursively.
   (evals / "notes.txt").write_text("not an image")
-  index = dedup.EvalIndex.from_config(dict(image_dirs=[str(evals)], max_distance=4))
-  assert len(index) == 2
+  index = dedup.EvalIndex.from_config(dict(image_dirs=[str(evals)]))
+  assert len(index) == 2 and (index.hash_size, index.max_distance) == (16, 24)
   exact = index.match(_image(world, rows[0]))
   assert exact == dedup.Match(str(evals / "a.jpg"), 0)
   perturbed = _resized_reencoded(_image(world, rows[1]))
   assert perturbed != _image(world, rows[1])
   match = index.match(perturbed)
   assert match is not None and match.eval_image == str(evals / "sub" / "b.jpg")
-  assert match.distance <= 4
+  assert 0 < match.distance <= 24
   # The other web images of the shard are other pictures: all further than the threshold.
-  distances = [int(np.bitwise_count(index.hashes ^ dedup.phash(_image(world, r))).min())
-               for r in rows[2:]]
-  assert min(distances) > 4, distances
+  distances = [index.nearest(_image(world, r)).distance for r in rows[2:]]
+  assert min(distances) > 24, distances
   assert all(index.match(_image(world, r)) is None for r in rows[2:])
+  with pytest.raises(ConfigError, match="max_distance"):
+    dedup.EvalIndex.from_config(dict(image_dirs=[str(evals)], hash_size=8, max_distance=64))
 
 
 def test_oven_references_name_the_evaluation_images(world, tmp_path):
