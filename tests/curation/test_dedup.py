@@ -127,3 +127,13 @@ def test_no_dedup_keeps_older_curation_hashes():
       {k: v for k, v in without.items() if k not in (
           "concurrency", "rate_limit_per_s", "report_examples", "timeout_s", "max_attempts",
           "backoff_initial_s", "backoff_max_s")})
+
+
+def test_the_beam_runner_refuses_a_dedup_it_would_not_do(world, tmp_path):
+  from rew_jax import workdir as workdir_lib  # pylint: disable=import-outside-toplevel
+  from rew_jax.stages import curate as curate_stage  # pylint: disable=import-outside-toplevel
+  config = curate_config()
+  config.curation.dedup.image_dirs = (str(tmp_path),)
+  wd = workdir_lib.Workdir(link_inputs(world, tmp_path / "w"))
+  with pytest.raises(ConfigError, match="beam runner does not deduplicate"):
+    curate_stage.run(config, wd, runner="beam", verbose=False)
