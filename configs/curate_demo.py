@@ -17,12 +17,10 @@ Table 4):
                                (the default; context=caption or summaries: one of the two)
   mode=multi_call              the same in separate calls (verify, then rationale, then QA)
 
-  python -m rew_jax curate --config configs/curate_demo.py:mode=one_call,context=none \
-      --workdir runs/curate_demo --config.curation.out_dir=runs/curate_demo/records_nocontext
-
-Each writes its records to its own `out_dir` beside the others (the world and candidates are
-shared) and its report, with the label accuracy against the world's truth, to
-`<out_dir>_curation/report.md` (docs/curation.md lists the measured figures).
+With `--config.curation.out_dir=W/records_<variant>` each writes its records beside the
+others (the world and candidates are shared) and its report, with the label accuracy
+against the world's truth, to `<out_dir>_curation/report.md`; docs/curation.md lists the
+commands and the measured figures.
 The simulated LLM's reply-format faults: `--config.curation.simulated.malformed=0.1` etc.
 """
 
