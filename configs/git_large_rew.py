@@ -8,7 +8,7 @@
 
 ViT-L/14 at 224 px + 6-layer GIT decoder (≈0.39B parameters), batch 4096, 600k steps, AdamW
 (no weight decay), base lr 1e-5 with everything after the image encoder at ×10, 250 warmup
-steps then cosine, label smoothing 0.3, inception crop (≥ 8 % area) at 224 px, targets of
+steps then cosine, no gradient clipping, label smoothing 0.3, inception crop (≥ 8 % area) at 224 px, targets of
 32 tokens (rationales 64; longer ones are cut and counted, never silently); entity-only
 records are asked one of a few generic questions ("what is the main object?"). The entity
 task's target is the entity's GER-ALD code (`target=ald`, read from the KB build's
@@ -109,8 +109,12 @@ def get_config(arg=None):
     c.input.tasks.codes_path = f"{arg.kb_dir}/{code_table.FILE_NAME}" if arg.kb_dir else ""
 
   c.optim = optim.default_config()
+  # scenic/projects/gerald/configs/gerald_pretraining_config.py: base_learning_rate 1e-5,
+  # warmup_steps 250, 'constant * cosine_decay * linear_warmup' over num_training_steps,
+  # adamw with weight_decay 0 (skip_scale_and_bias_regularization), decoder_multiplier 10;
+  # no gradient clipping (grad_clip_norm 0).
   c.optim.update(dict(lr=1e-5, warmup_steps=250, schedule="cosine", weight_decay=0.0,
-                      grad_clip_norm=1.0, lr_mults=(("encoder/.*", 1.0), (".*", 10.0))))
+                      grad_clip_norm=0.0, lr_mults=(("encoder/.*", 1.0), (".*", 10.0))))
   c.loss = config_lib.ConfigDict(dict(label_smoothing=0.3))
   if arg.mesh not in MESHES:
     raise config_lib.ConfigError(f"mesh={arg.mesh!r}: use one of {sorted(MESHES)}")

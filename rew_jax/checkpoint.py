@@ -8,6 +8,11 @@
     manager.save(step, state, data_iter, force=True)              # e.g. on SIGTERM
     manager.close()
 
+    # Keeping the best step by a validation metric beside the newest `keep`:
+    manager = checkpoint.Manager(workdir, keep=3, best_metric="oven_val/final_score")
+    manager.save(step, state, data_iter, metrics={"oven_val/final_score": 41.2})
+    checkpoint.best_step(workdir, "oven_val/final_score")         # e.g. for `eval --step best`
+
     params = checkpoint.load_params(other_workdir, abstract_params)  # params only (init_from)
 
 The state is restored onto the shardings carried by `abstract_state` (ShapeDtypeStructs with
@@ -30,17 +35,37 @@ from rew_jax.errors import UserError
 
 
 class Manager:
-  """A thin orbax CheckpointManager: the items are `state`, `data` and `config`."""
+  """A thin orbax CheckpointManager: the items are `state`, `data` and `config`.
+
+  With `best_metric`, the step whose saved metrics hold the best value of it (`best_mode`
+  max or min) is kept beside the newest `keep` steps, whatever its age: orbax's LatestN and
+  BestN preservation policies, either one keeping a step. Steps saved without that metric
+  (periodic saves between evaluations) only count for LatestN.
+  """
 
   def __init__(self, workdir: str, *, keep: int = 3, every: int = 1000, async_save: bool = True,
-               config: Any = None):
+               config: Any = None, best_metric: str = "", best_mode: str = "max"):
     self.directory = os.path.join(storage.absolute(workdir), "checkpoints")
     self.every = every
     self.config = config
+    self.best_metric = best_metric
+    if best_metric:
+      metric_fn = _metric_fn(best_metric, best_mode)
+      policies = ocp.checkpoint_managers
+      options = ocp.CheckpointManagerOptions(
+          enable_async_checkpointing=async_save, create=True,
+          best_fn=metric_fn, best_mode=best_mode,
+          preservation_policy=policies.AnyPreservationPolicy([
+              policies.LatestN(n=keep),
+              # BestN keeps the n highest (reverse=False) or lowest (reverse=True) values.
+              policies.BestN(get_metric_fn=metric_fn, reverse=best_mode == "min", n=1,
+                             keep_checkpoints_without_metrics=False)]))
+    else:
+      options = ocp.CheckpointManagerOptions(
+          max_to_keep=keep, enable_async_checkpointing=async_save, create=True)
     self._manager = ocp.CheckpointManager(
         self.directory,
-        options=ocp.CheckpointManagerOptions(
-            max_to_keep=keep, enable_async_checkpointing=async_save, create=True),
+        options=options,
         item_names=("state", "data", "config"),
         item_handlers={"state": ocp.StandardCheckpointHandler(),
                        "data": grain.checkpoint.CheckpointHandler(),
@@ -49,17 +74,42 @@ class Manager:
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
 
-  def save(self, step: int, state, data_iter=None, *, force: bool = False) -> bool:
+  def best(self) -> tuple[int | None, float | None]:
+    """(step, value) of the kept step with the best `best_metric`; (None, None) when no
+    kept step carries it."""
+    if not self.best_metric:
+      raise ValueError("best() needs a Manager made with best_metric")
+    step = self._manager.best_step()
+    metrics = self._manager.metrics(step) if step is not None else None
+    if not metrics or self.best_metric not in metrics:
+      return None, None
+    return step, float(metrics[self.best_metric])
+
+  def all_steps(self) -> list[int]:
+    return sorted(self._manager.all_steps())
+
+  def save(self, step: int, state, data_iter=None, *, force: bool = False,
+           metrics: dict[str, float] | None = None) -> bool:
+    """Saves `step` (False when it is not a save step, or is already saved). `metrics`
+    (e.g. the validation results of this step) rank it for `best_metric`."""
+    if step in self._manager.all_steps():
+      return False
     items = {"state": ocp.args.StandardSave(state)}
     if data_iter is not None:
       items["data"] = grain.checkpoint.CheckpointSave(data_iter)
     if self.config is not None:
       items["config"] = ocp.args.JsonSave(json.loads(self.config.to_json()))
-    return self._manager.save(step, args=ocp.args.Composite(**items), force=force)
+    if metrics is not None and self.best_metric:
+      metrics = {k: float(v) for k, v in metrics.items()}
+    else:
+      metrics = None  # orbax writes metrics only for a manager that ranks by them.
+    return self._manager.save(step, args=ocp.args.Composite(**items), force=force,
+                              metrics=metrics)
 
-  def maybe_save(self, step: int, state, data_iter=None) -> bool:
+  def maybe_save(self, step: int, state, data_iter=None, *,
+                 metrics: dict[str, float] | None = None) -> bool:
     if self.every and step % self.every == 0:
-      return self.save(step, state, data_iter)
+      return self.save(step, state, data_iter, metrics=metrics)
     return False
 
   def restore(self, step: int, abstract_state, data_iter=None):
@@ -86,6 +136,30 @@ def abstract_with_shardings(tree, shardings):
   """ShapeDtypeStructs of `tree` (arrays or structs) carrying `shardings`."""
   return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                       tree, shardings)
+
+
+def _metric_fn(name: str, mode: str):
+  """metrics → the value orbax ranks by; a step saved without `name` ranks last."""
+  if mode not in ("max", "min"):
+    raise UserError(f"best_mode {mode!r}: use max or min")
+  worst = float("-inf") if mode == "max" else float("inf")
+  return lambda metrics: float(metrics.get(name, worst))
+
+
+def best_step(workdir: str, metric: str, mode: str = "max") -> int:
+  """The step of a run's workdir with the best saved `metric` (see Manager's best_metric)."""
+  directory = os.path.join(storage.absolute(workdir), "checkpoints")
+  if not storage.isdir(directory):
+    raise UserError(f"{workdir}: no checkpoints")
+  manager = ocp.CheckpointManager(directory, item_names=("state",), options=(
+      ocp.CheckpointManagerOptions(best_fn=_metric_fn(metric, mode), best_mode=mode,
+                                   read_only=True)))
+  step = manager.best_step()
+  # best_step falls back to nothing useful when no step carries metrics: say so.
+  if step is None or manager.metrics(step) is None or metric not in manager.metrics(step):
+    raise UserError(f"{directory}: no checkpoint was saved with the metric {metric!r} "
+                    "(early_stopping.metric names it in the train config)")
+  return step
 
 
 def latest_step(workdir: str) -> int | None:

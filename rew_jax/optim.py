@@ -1,9 +1,13 @@
 """The optimizer from config: AdamW, warmup + cosine, per-module lr multipliers, frozen groups.
 
     config.optim = dict(lr=1e-5, warmup_steps=250, schedule="cosine", end_lr_factor=0.0,
-                        b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0, grad_clip_norm=1.0,
-                        lr_mults=(("encoder/.*", 1.0), (".*", 10.0)), frozen=(),
-                        accum_steps=1)
+                        schedule_steps=0, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0,
+                        grad_clip_norm=0.0, lr_mults=(("encoder/.*", 1.0), (".*", 10.0)),
+                        frozen=(), accum_steps=1)
+
+The decay ends at `schedule_steps` (0: at the run's total_steps); GER-ALD's fine-tuning
+decays over 30k steps and stops at 8.5k. `grad_clip_norm` > 0 clips the global gradient
+norm; GER-ALD clips in neither stage (scenic's gerald configs set no clip), hence 0.
 
 Parameter paths are "/"-joined pytree keys ("encoder/blocks_0/attn/query/kernel"). The first
 `lr_mults` regex that matches (re.fullmatch) a path gives its multiplier; `frozen` regexes
@@ -27,7 +31,9 @@ from rew_jax.errors import ConfigError
 def default_config() -> ConfigDict:
   return ConfigDict(dict(
       lr=1e-5, warmup_steps=250, schedule="cosine", end_lr_factor=0.0,
-      b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0, grad_clip_norm=1.0,
+      schedule_steps=0,             # Where the decay ends; 0: the run's total_steps.
+      b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0,
+      grad_clip_norm=0.0,           # 0: no clipping (GER-ALD's), else the global-norm bound.
       # GER-ALD: the image encoder at the base rate, everything after it ×10.
       lr_mults=(("encoder/.*", 1.0), (".*", 10.0)),
       frozen=(),
@@ -43,9 +49,12 @@ def path_names(tree) -> Any:
 
 
 def schedule(config, total_steps: int) -> optax.Schedule:
-  """Linear warmup to `lr`, then cosine (or constant/linear) decay to lr × end_lr_factor."""
-  warmup = min(int(config.warmup_steps), max(total_steps - 1, 0))
-  decay_steps = max(total_steps - warmup, 1)
+  """Linear warmup to `lr`, then cosine (or constant/linear) decay to lr × end_lr_factor at
+  step `config.schedule_steps` (0: `total_steps`), as scenic's compound schedule does (its
+  cosine factor spans `steps_per_cycle` − warmup steps)."""
+  horizon = int(config.get("schedule_steps", 0) or total_steps)
+  warmup = min(int(config.warmup_steps), max(horizon - 1, 0))
+  decay_steps = max(horizon - warmup, 1)
   end = config.lr * config.end_lr_factor
   if config.schedule == "cosine":
     decay = optax.cosine_decay_schedule(config.lr, decay_steps, alpha=config.end_lr_factor)

@@ -72,7 +72,11 @@ def default_config() -> ConfigDict:
       init_from="",
       evals=ConfigDict(),
       predict=ConfigDict(),
-      early_stopping=ConfigDict(dict(metric="", patience=0)),  # patience 0: never stops.
+      # Validation-based selection. `metric` (an evaluator's result, e.g.
+      # "oven_val/final_score"): the step with its best value (`mode` max or min) is kept
+      # beside the newest checkpoint.keep ones, and `eval --step best` finds it. `patience`
+      # > 0 also stops when it has not improved for that many evaluations (0: never stops).
+      early_stopping=ConfigDict(dict(metric="", patience=0, mode="max")),
       peak_flops_per_device=0.0,    # For MFU; 0: spec sheets, or measured on CPU.
   ))
 
@@ -213,22 +217,34 @@ class PreemptionNotice:
 
 
 class _EarlyStopping:
-  """Stops when `metric` has not improved for `patience` evaluations (0: never stops)."""
+  """Follows `metric`'s best value (`mode` max or min); stops when it has not improved for
+  `patience` evaluations (0: never stops)."""
 
   def __init__(self, config):
     c = dict(config or {})
     self.metric, self.patience = c.get("metric", ""), int(c.get("patience", 0))
+    self.mode = c.get("mode", "max")
+    if self.mode not in ("max", "min"):
+      raise config_lib.ConfigError(f"early_stopping.mode {self.mode!r}: use max or min")
+    if self.patience and not self.metric:
+      raise config_lib.ConfigError("early_stopping.patience needs early_stopping.metric")
     self.best, self.best_step, self.bad = None, None, 0
 
+  def resume(self, step: int | None, value: float | None) -> None:
+    """Continues from a restored run's best (the evaluations since are not counted)."""
+    if step is not None:
+      self.best, self.best_step = value, step
+
   def update(self, step: int, results: Mapping[str, float]) -> bool:
-    if not self.patience or self.metric not in results:
+    if not self.metric or self.metric not in results:
       return False
-    value = results[self.metric]
-    if self.best is None or value > self.best:
+    value = float(results[self.metric])
+    better = self.best is None or (value > self.best if self.mode == "max" else value < self.best)
+    if better:
       self.best, self.best_step, self.bad = value, step, 0
     else:
       self.bad += 1
-    return self.bad >= self.patience
+    return bool(self.patience) and self.bad >= self.patience
 
 
 def from_checkpoint(source: str) -> bool:
@@ -310,14 +326,18 @@ def train(config, workdir: str, *, evaluators_fn=None) -> dict[str, Any]:
   state = TrainState(step0, params, opt_state, state_rng)
 
   # ---------------------------------------------------------------------------- Checkpoint restore
+  early = _EarlyStopping(config.early_stopping)
   manager = ckpt_lib.Manager(workdir, keep=config.checkpoint.keep,
                              every=config.checkpoint.every,
-                             async_save=config.checkpoint.async_save, config=config)
+                             async_save=config.checkpoint.async_save, config=config,
+                             best_metric=early.metric, best_mode=early.mode)
   start = manager.latest_step() or 0
   if start:
     abstract = ckpt_lib.abstract_with_shardings(state, state_shardings)
     state = manager.restore(start, abstract, data_iter)
     log.info("resumed from step %d in %s", start, manager.directory)
+    if early.metric:  # The best so far, from the kept checkpoints' metrics.
+      early.resume(*manager.best())
 
   # ---------------------------------------------------------------------------- Evaluators
   # name → (evaluator, every); the evaluators call the model's prediction functions.
@@ -325,7 +345,6 @@ def train(config, workdir: str, *, evaluators_fn=None) -> dict[str, Any]:
     evaluators = evaluators_fn(model, mesh)
   else:
     evaluators = eval_common.from_train_config(config, model, workdir=workdir)
-  early = _EarlyStopping(config.early_stopping)
 
   # ---------------------------------------------------------------------------- Loop
   jitted_step = jax.jit(
@@ -339,6 +358,7 @@ def train(config, workdir: str, *, evaluators_fn=None) -> dict[str, Any]:
   last: dict[str, Any] = {}
   pending, step_fn, stop = [], None, False  # Device metrics of the steps since the last log.
   warned_truncation = False
+  tracked = None
   try:
     with sharding.use(mesh, rules):
       for step in range(start + 1, config.total_steps + 1):
@@ -373,22 +393,26 @@ def train(config, workdir: str, *, evaluators_fn=None) -> dict[str, Any]:
                         last["truncated"], step, {k: v for k, v in last.items()
                                                   if k.startswith("truncated/")})
           pending = []
+        tracked = None  # {metric: value} when this step evaluated early.metric.
         for name, (evaluator, every) in evaluators.items():
           if step % every == 0 or step == config.total_steps:
             results = dict(evaluator.run(state.params, step=step))  # Names carry a prefix.
             writer.log_eval(step, name, results)
             last.update(results)
             stop = early.update(step, results) or stop
-        manager.maybe_save(step, state, data_iter)
+            if early.metric in results:
+              tracked = {early.metric: float(results[early.metric])}
+        manager.maybe_save(step, state, data_iter, metrics=tracked)
+        if tracked and early.best_step == step:  # A new best between save steps: keep it.
+          manager.save(step, state, data_iter, force=True, metrics=tracked)
         if preemption.reached(step) or stop:
           why = "SIGTERM" if preemption.raised else (
               f"early stopping ({early.metric} best {early.best} at step {early.best_step})")
           log.warning("%s: saving step %d and exiting", why, step)
-          manager.save(step, state, data_iter, force=True)
+          manager.save(step, state, data_iter, force=True, metrics=tracked)
           break
       else:
-        if manager.latest_step() != config.total_steps:
-          manager.save(config.total_steps, state, data_iter, force=True)
+        manager.save(config.total_steps, state, data_iter, force=True, metrics=tracked)
   finally:
     preemption.restore()
     manager.close()

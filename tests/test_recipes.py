@@ -10,6 +10,7 @@ from jax.sharding import PartitionSpec
 
 from rew_jax import config as config_lib
 from rew_jax import metrics as metrics_lib
+from rew_jax import optim
 from rew_jax import records
 from rew_jax import train as train_lib
 from rew_jax.data import code_table
@@ -91,11 +92,33 @@ def test_full_recipes_describe_the_paper():
   assert tuple(map(tuple, c.optim.lr_mults)) == (("encoder/.*", 1.0), (".*", 10.0))
   assert c.model.variant == "L/14" and c.model.image_size == 224
   assert c.loss.label_smoothing == 0.3
-  f = config_lib.load_config(os.path.join(REPO, "configs", "oven_finetune.py")).train
-  assert (f.input.batch_size, f.optim.lr, f.evals.oven_val.every) == (256, 3e-7, 500)
-  assert f.early_stopping.metric == "oven_val/final_score"
   with pytest.raises(config_lib.ConfigError, match="data="):
     config_lib.load_config(os.path.join(REPO, "configs", "git_large_rew.py:data=laion"))
+  assert c.optim.grad_clip_norm == 0.0  # GER-ALD clips in neither stage.
+
+
+def test_finetune_recipe_is_gerald_finetuning_config():
+  """scenic/projects/gerald/configs/gerald_finetuning_config.py, value by value."""
+  f = config_lib.load_config(os.path.join(REPO, "configs", "oven_finetune.py")).train
+  assert f.input.batch_size == 256
+  assert f.optim.lr == 3e-7
+  assert f.loss.label_smoothing == 0.1
+  assert tuple(map(tuple, f.optim.lr_mults)) == ((".*", 1.0),)  # No decoder multiplier.
+  assert (f.optim.warmup_steps, f.optim.schedule, f.optim.schedule_steps) == (250, "cosine",
+                                                                               30_000)
+  assert f.total_steps == 8_500
+  assert f.optim.grad_clip_norm == 0.0 and f.optim.weight_decay == 0.0
+  assert (f.evals.oven_val.every, f.checkpoint.every) == (500, 500)
+  # The learning rate the run sees: 3e-7 after warmup, then scenic's cosine over 30k.
+  sched = optim.schedule(train_lib.with_defaults(f).optim, f.total_steps)
+  assert float(sched(250)) == pytest.approx(3e-7)
+  assert float(sched(8_500)) == pytest.approx(
+      3e-7 * 0.5 * (1 + np.cos(np.pi * (8_500 - 250) / (30_000 - 250))), rel=1e-5)
+  # The best validation step is kept; stopping on it is opt-in.
+  assert (f.early_stopping.metric, f.early_stopping.patience) == ("oven_val/final_score", 0)
+  opt_in = config_lib.load_config(
+      os.path.join(REPO, "configs", "oven_finetune.py:early_stop=4")).train
+  assert opt_in.early_stopping.patience == 4
 
 
 def test_early_stopping_counts_evaluations_without_improvement():

@@ -22,6 +22,7 @@ from rew_jax import records
 from rew_jax import registry
 from rew_jax import train as train_lib
 from rew_jax.data import synthetic_images as si
+from rew_jax.errors import UserError
 from rew_jax.evaluators import checkpoint_eval
 from rew_jax.evaluators import common as eval_common
 from rew_jax.models import base
@@ -261,3 +262,75 @@ def test_unknown_train_keys_fail_with_the_closest_name():
       checkpoint=dict(every=5), mesh=dict(fsdp=-1))))
   assert dict(filled.checkpoint) == dict(every=5, keep=3, async_save=True)
   assert dict(filled.mesh) == dict(fsdp=-1)  # Taken whole: absent axes have size 1.
+
+
+# ------------------------------------------------------------------------------------------
+# Validation-based selection: the best step outlives the keep-N rotation; stopping is opt-in.
+
+SCORES = {1: 0.1, 2: 0.9, 3: 0.2, 4: 0.3, 5: 0.4, 6: 0.5, 7: 0.6, 8: 0.7}  # Best at step 2.
+
+
+class ScriptedEvaluator:
+  """Yields SCORES[step] as `probe/score`: a validation curve fixed in advance."""
+
+  def run(self, params, *, step=None):
+    del params
+    yield "probe/score", SCORES[step]
+
+
+def _selection_run(record_dir, workdir, **early_stopping):
+  config = _config(record_dir, 8, 3)  # Saves at 3, 6 and 8 (the end).
+  config.model = config_lib.ConfigDict(dict(name="test_linear", vocab_size=64))
+  config.checkpoint.keep = 1
+  config.checkpoint.async_save = False
+  config.early_stopping = config_lib.ConfigDict(early_stopping)
+  return train_lib.train(config, workdir,
+                         evaluators_fn=lambda model, mesh: {"probe": (ScriptedEvaluator(), 1)})
+
+
+@pytest.mark.usefixtures("test_components")
+def test_the_best_step_survives_the_rotation_and_eval_finds_it(record_dir, tmp_path):
+  from rew_jax.stages import eval as eval_stage  # pylint: disable=import-outside-toplevel
+  wd = str(tmp_path / "tracked")
+  out = _selection_run(record_dir, wd, metric="probe/score")
+  assert int(out["state"].step) == 8  # patience 0: no stopping.
+  assert (out["metrics"]["best_step"], out["metrics"]["best_probe/score"]) == (2, 0.9)
+  manager = ckpt_lib.Manager(wd, keep=1, best_metric="probe/score")
+  # Step 2 was no save step: it was saved as a new best, and keep=1 did not delete it.
+  assert manager.all_steps() == [2, 8]
+  assert manager.best() == (2, 0.9)
+  manager.close()
+  assert ckpt_lib.best_step(wd, "probe/score") == 2
+  config = train_lib.with_defaults(config_lib.ConfigDict(dict(
+      early_stopping=dict(metric="probe/score"))))
+  assert eval_stage._step("best", config, wd) == 2  # pylint: disable=protected-access
+  assert eval_stage._step("6", config, wd) == 6  # pylint: disable=protected-access
+  assert eval_stage._step(None, config, wd) is None  # pylint: disable=protected-access
+  # The best step's parameters are the ones trained for 2 steps, not the last ones.
+  best = ckpt_lib.load_params(os.path.join(wd, "checkpoints", "2"))
+  last = ckpt_lib.load_params(os.path.join(wd, "checkpoints", "8"))
+  assert not np.allclose(best["Dense_0"]["kernel"], last["Dense_0"]["kernel"])
+
+  # Without a metric, keep=1 keeps only the newest step, and `--step best` says why not.
+  plain = str(tmp_path / "plain")
+  _selection_run(record_dir, plain)
+  assert ckpt_lib.Manager(plain).all_steps() == [8]
+  with pytest.raises(UserError, match="no checkpoint was saved with the metric"):
+    ckpt_lib.best_step(plain, "probe/score")
+  with pytest.raises(config_lib.ConfigError, match="early_stopping.metric"):
+    eval_stage._step("best", train_lib.with_defaults(config_lib.ConfigDict()), plain)  # pylint: disable=protected-access
+
+
+@pytest.mark.usefixtures("test_components")
+def test_early_stopping_is_opt_in(record_dir, tmp_path):
+  wd = str(tmp_path)
+  out = _selection_run(record_dir, wd, metric="probe/score", patience=2)
+  # Steps 3 and 4 do not beat step 2: two evaluations without improvement stop at 4.
+  assert int(out["state"].step) == 4 and out["metrics"]["best_step"] == 2
+  assert ckpt_lib.Manager(wd, best_metric="probe/score").all_steps() == [2, 4]
+  # Lower is better with mode=min: step 1 stays the best, and the run stops at step 3.
+  low = _selection_run(record_dir, str(tmp_path / "min"), metric="probe/score", patience=2,
+                       mode="min")
+  assert int(low["state"].step) == 3 and low["metrics"]["best_step"] == 1
+  with pytest.raises(config_lib.ConfigError, match="needs early_stopping.metric"):
+    train_lib._EarlyStopping(dict(patience=2))  # pylint: disable=protected-access

@@ -12,7 +12,9 @@ Statuses (`rew_jax.records.STATUSES`):
   candidate   no LLM: the top-1 candidate (the `top1_candidate` backend)
 An undecodable image gets the outcome `bad_image` (`BAD_IMAGE`, not a record status): it is
 journaled, so a rerun does not read it again, counted as a skipped input in the report,
-and never written as a record.
+and never written as a record. A near-duplicate of an evaluation image (`dedup.py`) gets
+`eval_duplicate` (`EVAL_DUPLICATE`) the same way, before any LLM call, and the report
+counts it apart.
 Only kept/corrected/candidate records carry an entity id. A rationale is kept only with a
 resolved entity; QA pairs describe the image and are kept whenever they validate.
 
@@ -36,6 +38,8 @@ from rew_jax.curation.backends.base import Backend, RequestRejected, TransientEr
 from rew_jax.records import Candidate, RewRecord
 
 BAD_IMAGE = "bad_image"  # The outcome of an item whose image does not decode.
+EVAL_DUPLICATE = "eval_duplicate"  # ... whose image is a near-copy of an evaluation image.
+NOT_RECORDS = (BAD_IMAGE, EVAL_DUPLICATE)  # Outcomes that are journaled, never written.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,6 +85,7 @@ class Outcome:
 @dataclasses.dataclass(frozen=True)
 class Settings:
   mode: str = "one_call"
+  context: str = ""  # prompts.CONTEXTS; "": the mode's own (full; none for direct).
   num_qa: int = 3
   timeout_s: float = 60.0
   max_attempts: int = 6
@@ -108,7 +113,18 @@ class Settings:
       raise ConfigError(f"curation.num_qa must be in [0, {schema_lib.MAX_QA_PAIRS}]")
     if self.max_attempts < 1 or self.parse_retries < 0 or self.timeout_s <= 0:
       raise ConfigError("curation needs max_attempts >= 1, parse_retries >= 0, timeout_s > 0")
-    prompts_lib.templates(dict(self.templates))
+    if self.context and self.context not in prompts_lib.CONTEXTS:
+      raise ConfigError(f"curation.context {self.context!r} is not one of "
+                        f"{prompts_lib.CONTEXTS} (or empty: the mode's own)")
+    if self.mode == "direct" and self.context not in ("", "none"):
+      raise ConfigError(f"curation.context {self.context!r} with mode 'direct': a direct "
+                        "prompt shows no candidates and no caption (context none)")
+    prompts_lib.templates(dict(self.templates), self.prompt_context)
+
+  @property
+  def prompt_context(self) -> str:
+    """The context the prompts are built with."""
+    return self.context or ("none" if self.mode == "direct" else "full")
 
 
 class RateLimiter:
@@ -151,7 +167,7 @@ class Curator:
                limiter: RateLimiter | None = None, sleep=time.sleep):
     self.backend, self.kb, self.s = backend, kb, settings
     self.limiter = limiter or RateLimiter()
-    self.templates = prompts_lib.templates(dict(settings.templates))
+    self.templates = prompts_lib.templates(dict(settings.templates), settings.prompt_context)
     self._sleep = sleep  # Tests replace it to keep backoff instant.
 
   # -- One LLM call: rate limit, retries on transient errors, usage accounting.
@@ -183,7 +199,8 @@ class Curator:
     for attempt in range(self.s.parse_retries + 1):
       prompt = prompts_lib.build(kind, self.templates, image=image, image_mime=mime,
                                  image_id=image_id, num_qa=self.s.num_qa,
-                                 summary_chars=self.s.summary_chars, attempt=attempt, **fields)
+                                 summary_chars=self.s.summary_chars,
+                                 context=self.s.prompt_context, attempt=attempt, **fields)
       try:
         reply = self._call(prompt, out)
       except RequestRejected as e:
@@ -252,6 +269,12 @@ class Curator:
 def bad_image_outcome(item: Item, message: str) -> Outcome:
   """The journaled outcome of an item whose image does not decode (no LLM call is made)."""
   return Outcome(index=item.index, image_id=item.image_id, status=BAD_IMAGE, reason=message)
+
+
+def eval_duplicate_outcome(item: Item, eval_image: str, distance: int) -> Outcome:
+  """The journaled outcome of a web image that copies an evaluation image (no LLM call)."""
+  return Outcome(index=item.index, image_id=item.image_id, status=EVAL_DUPLICATE,
+                 reason=f"near-duplicate of {eval_image} (distance {distance})")
 
 
 def to_record(item: Item, image: bytes, out: Outcome, backend: str) -> RewRecord:

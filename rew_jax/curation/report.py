@@ -18,7 +18,7 @@ import json
 import os
 from typing import Any, Mapping, Sequence
 
-from rew_jax.curation.core import BAD_IMAGE, Item, Outcome
+from rew_jax.curation.core import BAD_IMAGE, EVAL_DUPLICATE, Item, Outcome
 
 LABELLED = ("kept", "corrected", "candidate")
 
@@ -41,7 +41,7 @@ class ReportBuilder:
   so the report of a web-scale run costs no more than a pass over its journals."""
 
   def __init__(self, *, backend: str, mode: str, truth_path: str = "", price_in: float = 0.0,
-               price_out: float = 0.0, num_examples: int = 6):
+               price_out: float = 0.0, num_examples: int = 6, eval_images: int = 0):
     self.backend, self.mode = backend, mode
     self.price_in, self.price_out = price_in, price_out
     self.truth = _read_truth(truth_path)
@@ -57,6 +57,9 @@ class ReportBuilder:
     self.examples: dict[str, list] = collections.defaultdict(list)  # status → [(item, out)]
     self.bad_images = 0
     self.bad_image_examples: list[str] = []  # The first few messages.
+    self.eval_images = eval_images  # How many evaluation images deduplication compared with.
+    self.duplicates = 0
+    self.duplicate_examples: list[str] = []
 
   def add(self, item: Item, out: Outcome) -> None:
     s = self.sums
@@ -64,6 +67,11 @@ class ReportBuilder:
       self.bad_images += 1
       if len(self.bad_image_examples) < 5:
         self.bad_image_examples.append(out.reason)
+      return
+    if out.status == EVAL_DUPLICATE:  # Removed before curation: no record, no LLM call.
+      self.duplicates += 1
+      if len(self.duplicate_examples) < 5:
+        self.duplicate_examples.append(f"{out.image_id}: {out.reason}")
       return
     self.status[out.status] += 1
     self.failures.update(out.parse_failures)
@@ -133,6 +141,9 @@ class ReportBuilder:
             **({"undecodable image": self.bad_images} if self.bad_images else {})},
         "skipped_examples": ((skipped.examples if skipped is not None else []) +
                              self.bad_image_examples)[:5],
+        # Web images left out as near-copies of evaluation images (rew_jax/curation/dedup.py).
+        "eval_duplicates": {"removed": self.duplicates, "eval_images": self.eval_images,
+                            "examples": self.duplicate_examples},
         "seconds": round(seconds, 2),
     }
     if self.acc["n"]:
@@ -210,6 +221,13 @@ def write(report: dict, directory: str, examples: Sequence[tuple[Item, Outcome]]
             f"- skipped inputs: {report['skipped_inputs']} "
             f"{report['skipped_inputs_by_reason'] or ''}".rstrip()]
   lines += [f"  - {_md_escape(m)}" for m in report["skipped_examples"]]
+  dup = report.get("eval_duplicates") or {}
+  if dup.get("eval_images"):
+    lines.append(f"- near-duplicates of evaluation images removed before curation: "
+                 f"{dup['removed']} (compared with {dup['eval_images']} evaluation images)")
+    lines += [f"  - {_md_escape(m)}" for m in dup["examples"]]
+  else:
+    lines.append("- deduplication against evaluation images: off (curation.dedup)")
   acc = report.get("accuracy_vs_truth")
   if acc:
     lines += ["", "## Entity labels against the world's truth", "",

@@ -36,6 +36,7 @@ from rew_jax import registry
 from rew_jax import storage
 from rew_jax import workdir as workdir_lib
 from rew_jax.curation import core
+from rew_jax.curation import dedup as dedup_lib
 from rew_jax.curation import inputs
 from rew_jax.curation import report as report_lib
 from rew_jax.curation.backends.base import TransientError
@@ -54,6 +55,9 @@ def default_config() -> config_lib.ConfigDict:
   c = config_lib.ConfigDict()
   c.backend = "simulated"
   c.mode = "one_call"            # one_call | multi_call | direct (the ablation)
+  # What correction prompts show beside the candidate names: full (caption + Wikipedia
+  # summaries) | caption | summaries | none; "": the mode's own (full; none for direct).
+  c.context = ""
   c.num_qa = 3
   c.concurrency = 8              # Records in flight at once.
   c.rate_limit_per_s = 0.0       # Calls per second over all threads; 0: unlimited.
@@ -62,7 +66,11 @@ def default_config() -> config_lib.ConfigDict:
   c.backoff_initial_s = 1.0
   c.backoff_max_s = 60.0
   c.parse_retries = 1            # Re-asks after an unparsable reply.
-  c.summary_chars = 400          # Wikipedia text per candidate in the prompt.
+  c.summary_chars = 400          # Wikipedia text per candidate in the prompt; 0: none.
+  # Web images that are near-copies of evaluation images are left out before the LLM call
+  # and counted in the report (rew_jax/curation/dedup.py). Relative paths are under the
+  # image root. Empty image_dirs and references: no deduplication.
+  c.dedup = dedup_lib.default_config()
   c.prompts = config_lib.ConfigDict(dict(verify="", rationale="", qa="", one_call="",
                                          direct=""))  # "" keeps the default template.
   c.candidates_dir = ""          # Default: W/candidates.
@@ -118,6 +126,12 @@ def curation_hash(config) -> str:
   for k in ("concurrency", "rate_limit_per_s", "report_examples", "timeout_s", "max_attempts",
             "backoff_initial_s", "backoff_max_s"):
     c.pop(k, None)
+  # Keys added since: left at their neutral value they leave older workdirs' hash unchanged.
+  for k, neutral in (("context", ""),):
+    if c.get(k) == neutral:
+      c.pop(k)
+  if not dedup_lib.enabled(c.get("dedup")):
+    c.pop("dedup", None)
   return records_lib.config_hash(c)
 
 
@@ -193,9 +207,25 @@ def _check_state(path: str, state: dict, restart: bool, out_dir: str, journal_di
     os.remove(tmp)
 
 
+def screen(item: core.Item, image_root: str, dedup: dedup_lib.EvalIndex | None = None):
+  """→ (image, mime, None) for an item to curate, or (None, None, outcome) for one that is
+  left out before any LLM call: an undecodable image, or a near-copy of an evaluation
+  image (with `dedup`)."""
+  try:
+    image, mime = inputs.load_image(item, image_root, check=True)
+  except inputs.BadImageError as e:  # Web data: a counted skip, never a record.
+    return None, None, core.bad_image_outcome(item, str(e))
+  if dedup is not None:
+    match = dedup.match(image, f"{item.shard}:{item.index + 1} ({item.image_id})")
+    if match is not None:
+      return None, None, core.eval_duplicate_outcome(item, match.eval_image, match.distance)
+  return image, mime, None
+
+
 def curate_shard(items: Sequence[core.Item], curator: core.Curator, image_root: str,
-                 journal_path: str, concurrency: int,
-                 progress=None) -> tuple[dict[int, core.Outcome], list[str]]:
+                 journal_path: str, concurrency: int, progress=None,
+                 dedup: dedup_lib.EvalIndex | None = None
+                 ) -> tuple[dict[int, core.Outcome], list[str]]:
   """Curates the items that have no journal entry yet; → (all outcomes, failures)."""
   done = read_journal(journal_path)
   by_index = {it.index: it for it in items}
@@ -211,11 +241,8 @@ def curate_shard(items: Sequence[core.Item], curator: core.Curator, image_root: 
   journal = Journal(journal_path)
 
   def work(item):
-    try:
-      image, mime = inputs.load_image(item, image_root, check=True)
-    except inputs.BadImageError as e:  # Web data: a counted skip, never a record.
-      return core.bad_image_outcome(item, str(e))
-    return curator.curate(item, image, mime)
+    image, mime, left_out = screen(item, image_root, dedup)
+    return left_out or curator.curate(item, image, mime)
 
   try:
     with concurrent.futures.ThreadPoolExecutor(max(1, concurrency)) as pool:
@@ -243,10 +270,10 @@ def curate_shard(items: Sequence[core.Item], curator: core.Curator, image_root: 
 def commit_shard(path: str, items: Sequence[core.Item], outcomes: dict[int, core.Outcome],
                  image_root: str, backend: str) -> None:
   """Writes the output shard (atomically) in input order from the journaled outcomes;
-  items whose image did not decode are left out."""
+  items whose image did not decode or copies an evaluation image are left out."""
   def records():
     for item in items:
-      if outcomes[item.index].status == core.BAD_IMAGE:
+      if outcomes[item.index].status in core.NOT_RECORDS:
         continue
       image, _ = inputs.load_image(item, image_root)
       yield core.to_record(item, image, outcomes[item.index], backend)
@@ -259,6 +286,19 @@ def _candidates_manifest(paths: dict[str, str]) -> dict:
     return {}
   with open(path) as f:
     return json.load(f)
+
+
+def dedup_config(c, image_root: str):
+  """`curation.dedup` with its relative paths under the image root (None when absent)."""
+  d = c.get("dedup", None)
+  if not dedup_lib.enabled(d):
+    return None
+  under = lambda p: p if not p or os.path.isabs(p) else os.path.join(image_root, p)
+  d = config_lib.ConfigDict(d.to_dict() if hasattr(d, "to_dict") else dict(d))
+  d.image_dirs = tuple(under(p) for p in d.image_dirs)
+  d.references = tuple(under(p) for p in d.references)
+  d.reference_image_dir = under(d.reference_image_dir)
+  return d
 
 
 def kb_paths(c, paths: dict[str, str]) -> tuple[str, str]:
@@ -287,10 +327,12 @@ def curate(config, workdir: str, *, restart: bool = False, backend=None,
   curator = core.Curator(backend, kb, settings, core.RateLimiter(c.rate_limit_per_s))
   image_root = c.image_root or paths["world"]
   skipped = records_lib.SkipCounter() if c.skip_bad_inputs else None
+  dedup = dedup_lib.EvalIndex.from_config(dedup_config(c, image_root))
 
   start = time.time()
   builder = report_lib.ReportBuilder(
       backend=c.backend, mode=settings.mode, truth_path=paths["truth"],
+      eval_images=len(dedup) if dedup is not None else 0,
       price_in=c.price_per_mtok_in, price_out=c.price_per_mtok_out,
       num_examples=c.report_examples)
   failures, names = [], []
@@ -309,7 +351,7 @@ def curate(config, workdir: str, *, restart: bool = False, backend=None,
         outcomes = read_journal(journal_path)
       else:
         outcomes, shard_failures = curate_shard(items, curator, image_root, journal_path,
-                                                c.concurrency, progress)
+                                                c.concurrency, progress, dedup)
         failures += shard_failures
         if not shard_failures:
           commit_shard(out_path, items, outcomes, image_root, backend.name)

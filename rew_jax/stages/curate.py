@@ -20,6 +20,7 @@ from typing import Sequence
 from rew_jax import config as config_lib
 from rew_jax import registry
 from rew_jax import workdir as workdir_lib
+from rew_jax.curation import dedup as dedup_lib
 from rew_jax.curation import report as report_lib
 from rew_jax.curation import run as run_lib
 from rew_jax.errors import ConfigError
@@ -68,6 +69,9 @@ def run(config, wd: workdir_lib.Workdir, *, runner: str = "local", restart: bool
   if redo_changed and stamp and stamp["fingerprint"] != digest:
     restart = True
   progress.header(f"curation ({section.backend})")
+  if runner == "beam" and dedup_lib.enabled(section.get("dedup", None)):
+    raise ConfigError("curation.dedup: the beam runner does not deduplicate against "
+                      "evaluation images; run it with the local runner")
   if runner == "beam":
     from rew_jax.curation import beam  # pylint: disable=g-import-not-at-top  (extra `beam`)
     report = beam.curate(config, wd.root, pipeline_args=pipeline_args, restart=restart)

@@ -2,6 +2,8 @@
 
     # A training run's latest (or --step N) checkpoint, with its config's evaluators:
     python -m rew_jax eval --config configs/oven_finetune.py --workdir W
+    # The step with the best early_stopping.metric (kept beside the newest ones):
+    python -m rew_jax eval --config configs/oven_finetune.py --workdir W --step best
 
     # Two files (or several of each) → one JSON object on stdout:
     python -m rew_jax eval oven --references oven_entity_val.jsonl oven_query_val.jsonl \
@@ -22,6 +24,7 @@ from __future__ import annotations
 import json
 from typing import Sequence
 
+from rew_jax import checkpoint
 from rew_jax import config as config_lib
 from rew_jax import distributed
 from rew_jax import model_setup
@@ -47,19 +50,33 @@ def _oven_main(argv: Sequence[str]) -> int:
   return 0
 
 
+def _step(value: str | None, config, workdir: str) -> int | None:
+  """--step: None (the latest), a number, or "best"."""
+  if value is None or value.isdigit():
+    return None if value is None else int(value)
+  if value != "best":
+    raise config_lib.ConfigError(f"--step {value!r}: a step number or 'best'")
+  metric = config.early_stopping.metric
+  if not metric:
+    raise config_lib.ConfigError("--step best needs early_stopping.metric in the train config")
+  return checkpoint.best_step(workdir, metric, config.early_stopping.mode)
+
+
 def _checkpoint_main(argv: Sequence[str]) -> int:
   p = base.parser("eval", __doc__)
   base.add_config(p, required=True, sections="train")
   base.add_workdir(p, "the training run's workdir")
-  p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+  p.add_argument("--step", default=None,
+                 help="checkpoint step, or 'best' (the step with the best value of the "
+                      "config's early_stopping.metric); default: the latest")
   args, config = base.parse(p, argv)
-  section = config_lib.section(config, "train", train_lib.default_config(),
-                               source=args.config_source)
-  section = train_lib.with_defaults(section)
+  section = train_lib.with_defaults(config_lib.section(
+      config, "train", train_lib.default_config(), source=args.config_source))
   if section.total_steps == 0:
     results = _evaluate_as_loaded(section, args.workdir)
   else:
-    results = checkpoint_eval.evaluate(section, args.workdir, args.step)
+    step = _step(args.step, section, args.workdir)
+    results = checkpoint_eval.evaluate(section, args.workdir, step)
   if distributed.process_index() == 0:  # Several hosts: each predicted a share; one reports.
     print(json.dumps(results, sort_keys=True))
   return 0

@@ -1,7 +1,9 @@
 """`simulated`: a stand-in multimodal LLM for the embedded world that looks at the image.
 
 It sees what a real model sees: the image bytes and the prompt text (the caption, and the
-candidates with their Wikipedia-style summaries). It never reads the world's ground truth
+candidates with their Wikipedia-style summaries, as far as the prompt's context shows them:
+without summaries it reads a candidate's look from its name alone, without a caption it has
+no caption to lean on). It never reads the world's ground truth
 and is never given the world directory. Its answer is a mechanism, not a rate:
 
   1. perceive  `rew_jax.curation.perceiver` estimates the object's shape, colour and
@@ -58,7 +60,8 @@ _QUOTED = r'"(?:[^"\\]|\\.)*"'
 _CANDIDATE_LINE = re.compile(rf"^\d+\. ({_QUOTED})(?:: ({_QUOTED}))?\s*$", re.MULTILINE)
 _CAPTION = re.compile(rf"^Caption: ({_QUOTED})\s*$", re.MULTILINE)
 _NUM_QA = re.compile(r"\b(\d+) question")
-_SHOWN = re.compile(r"The image shows (.+?) \(((?:The .*)?)\)\.?\s*$", re.MULTILINE)
+# "The image shows NAME (SUMMARY)." or, when the prompt's context hides summaries, "... NAME.".
+_SHOWN = re.compile(r"The image shows (.+?)(?: \(((?:The .*)?)\))?\.?\s*$", re.MULTILINE)
 
 # The words the knowledge base describes looks with, read back from text.
 _SHAPE_BY_TEXT = {text: shape for shape, text in synthetic.SHAPE_TEXT.items()}
@@ -271,17 +274,16 @@ class SimulatedLLM(Backend):
     num_qa = int(m.group(1)) if m else 3
     if prompt.kind == "rationale":
       m = _SHOWN.search(prompt.text)
-      name, summary = (m.group(1), m.group(2)) if m else ("entity", "")
+      name, summary = (m.group(1), m.group(2) or "") if m else ("entity", "")
       return {"rationale": rationale_for(p, name, describe(name, summary))}
     if prompt.kind == "qa":
       return {"qa": qa_for(p, num_qa, rng)}
-    if prompt.kind == "direct":
-      candidates, caption = [], ""
-    else:
-      candidates = [describe(json.loads(n), json.loads(s) if s else "")
-                    for n, s in _CANDIDATE_LINE.findall(prompt.text)]
-      m = _CAPTION.search(prompt.text)
-      caption = json.loads(m.group(1)) if m else ""
+    # Only what the prompt text holds: a direct prompt lists no candidates and no caption,
+    # and a prompt whose context hides the summaries or the caption lists none of them.
+    candidates = [describe(json.loads(n), json.loads(s) if s else "")
+                  for n, s in _CANDIDATE_LINE.findall(prompt.text)]
+    m = _CAPTION.search(prompt.text)
+    caption = json.loads(m.group(1)) if m else ""
     choice = choose(p, candidates, caption, self.known())
     payload = {"entity_name": self._written(choice, prompt, [d.name for d in candidates]),
                "justification": justification_for(p, choice)}
