@@ -9,6 +9,7 @@ import pytest
 
 pytestmark = pytest.mark.slow  # Compiles a tiny GiT's decoding (seconds, more on a busy CPU).
 
+from rew_jax.evaluators import finegrained
 from rew_jax.evaluators import knn_matching
 from rew_jax.evaluators import zeroshot
 from rew_jax.models import git
@@ -59,24 +60,29 @@ def test_class_likelihood_equals_teacher_forced_forward(tiny):
 def test_zeroshot_with_real_decoding(tiny):
   model, params, images, _ = tiny
   fns = git_predict.make(model, num_beams=2, max_len=4)
-  source = [{"image": np.asarray(images[i]), "label": i} for i in range(3)]
-  common = dict(source=source, class_names=[f"c{i}" for i in range(4)],
+  names = [f"c{i}" for i in range(4)]
+  data = finegrained.LabelledSet(
+      "tiny", names, [{"image": np.asarray(images[i]), "label": i} for i in range(3)])
+  class_map = [finegrained.ClassEntity(i, n, f"Q{i}", n, "exact", 1.0, "manual")
+               for i, n in enumerate(names)]
+  common = dict(sets={"tiny": data}, class_maps={"tiny": class_map},
                 tokenizer=TinyTokenizer(), prompt="", batch_size=2,
                 pp="tokenize(key='prompt', bos=True, max_len=5)|pad(5, key='prompt')")
   trie_eval = zeroshot.Evaluator(jax.jit(fns["class_rows"]), mode="trie", **common)
   lik_fn = jax.jit(fns["class_likelihood"])
   lik_eval = zeroshot.Evaluator(lik_fn, mode="likelihood", **common)
-  trie_preds = trie_eval.predict(params)
-  lik_preds = lik_eval.predict(params)
+  trie_preds = trie_eval.predict(params, trie_eval.runs["tiny"])
+  lik_preds = lik_eval.predict(params, lik_eval.runs["tiny"])
   assert all(0 <= p < 4 for p in trie_preds)  # Valid by construction.
   # The likelihood mode picks the argmax of the class scores (the empty prompt is BOS), in
   # example order across the padded last batch.
   prompt = jnp.array([[101, 0, 0, 0, 0]] * 2, jnp.int32)
+  class_tokens = lik_eval.runs["tiny"].class_tokens
   scores = np.concatenate([np.asarray(lik_fn(params, {"image": images[i:i + 2], "prompt": prompt},
-                                             class_tokens=lik_eval.class_tokens)["scores"])
+                                             class_tokens=class_tokens)["scores"])
                            for i in (0, 1)])
   assert lik_preds == np.argmax(scores[[0, 1, 3]], axis=1).tolist()
-  assert dict(trie_eval.run(params))["zeroshot/top1"] == pytest.approx(
+  assert dict(trie_eval.run(params))["zeroshot/tiny/top1"] == pytest.approx(
       100 * np.mean([p == i for i, p in enumerate(trie_preds)]))
 
 
