@@ -11,6 +11,7 @@ backoff honouring Retry-After. Prices (USD per million tokens) feed the report's
 """
 
 from rew_jax import config as config_lib
+from rew_jax.curation import beam_options
 from rew_jax.curation import run
 from rew_jax.kb import candidates
 
@@ -32,4 +33,5 @@ def get_config(arg=None):
   config.curation.gemini = config_lib.ConfigDict(dict(
       model=arg.model, api_key_env="GEMINI_API_KEY", base_url="", api_version="",
       temperature=0.0, max_output_tokens=1024, structured_output=True))
+  config.beam = beam_options.default_config()  # --runner direct|dask|dataflow
   return config

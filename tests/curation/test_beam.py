@@ -1,32 +1,247 @@
-"""The Beam pipeline (DirectRunner) writes the same records as the local runner."""
+"""The Beam pipeline on real engines: the DirectRunner in multi-processing mode and the
+DaskRunner on a dask.distributed LocalCluster of 2 worker processes (started here, once per
+module), against the local runner; kill and rerun; dead letters; the CLI's --dry-run."""
 
 import json
 import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
 from rew_jax import records
 from rew_jax.curation import run
+from rew_jax.curation.backends.base import Backend, Reply, TransientError
 
-from curationcase import curate_config, link_inputs
+from curationcase import NUM_IMAGES, curate_config, link_inputs
 
 beam = pytest.importorskip("apache_beam", reason="apache-beam (the beam extra) is not "
                            "installed: pip install 'rew_jax[beam]'")
+distributed = pytest.importorskip("distributed", reason="dask[distributed] (the beam extra) "
+                                  "is not installed")
+
+from rew_jax.curation import beam as beam_curation  # pylint: disable=g-import-not-at-top
+from rew_jax.curation import beam_options  # pylint: disable=g-import-not-at-top
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
 
 
-def test_beam_equals_local_runner(world, tmp_path):
-  from rew_jax.curation import beam as beam_curation
-  local = link_inputs(world, tmp_path / "local")
-  run.curate(curate_config(), local, verbose=False)
-  on_beam = link_inputs(world, tmp_path / "beam")
-  report = beam_curation.curate(curate_config(), on_beam)
-  a = os.path.join(local, "records")
-  b = os.path.join(on_beam, "records")
-  assert [records.encode(r) for r in records.read_records(a)] == [
-      records.encode(r) for r in records.read_records(b, check_hashes=True)]
-  ma, mb = (json.load(open(os.path.join(d, "manifest.json"))) for d in (a, b))
-  assert ma == mb  # Same counts, same shard bytes (sha256), same config hash.
-  assert report["accuracy_vs_truth"]["records_pct"] > 0
+def beam_config(**beam_block):
+  config = curate_config()
+  config.beam = beam_options.default_config()
+  config.beam.update(beam_block)
+  return config
+
+
+def encoded(workdir):
+  return [records.encode(r) for r in records.read_records(
+      os.path.join(workdir, "records"), check_hashes=True)]
+
+
+def manifest(workdir):
+  with open(os.path.join(workdir, "records", "manifest.json")) as f:
+    return json.load(f)
+
+
+@pytest.fixture(scope="module")
+def local(world, tmp_path_factory):
+  """The local runner's output: the reference."""
+  work = link_inputs(world, tmp_path_factory.mktemp("local") / "w")
+  report = run.curate(curate_config(), work, verbose=False)
+  return work, report
+
+
+@pytest.fixture(scope="module")
+def dask_address():
+  cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                     dashboard_address=None)
+  client = distributed.Client(cluster)
+  yield cluster.scheduler_address
+  client.close()  # Before the cluster, or the client logs reconnect errors for 30 s.
+  cluster.close()
+
+
+def check_same_as_local(local, work, report):
+  assert encoded(work) == encoded(local[0])
+  assert manifest(work) == manifest(local[0])  # Counts, shard sha256s, config hash.
+  assert report["counts_by_status"] == local[1]["counts_by_status"]
+  assert report["accuracy_vs_truth"] == local[1]["accuracy_vs_truth"]
+
+
+def test_direct_runner_two_processes_equals_local_runner(world, local, tmp_path):
+  work = link_inputs(world, tmp_path / "w")
+  config = beam_config(num_workers=2, direct_running_mode="multi_processing")
+  lines = []
+  report = beam_curation.curate(config, work, runner="direct", log=lines.append)
+  assert "--direct_num_workers=2 --direct_running_mode=multi_processing" in lines[0]
+  check_same_as_local(local, work, report)
+  # Every record was labelled here: no dead letters (tests below make some).
+  assert report["dead_letters"]["by_kind"] == {}
   # A second run finds every shard committed and runs no pipeline.
-  again = beam_curation.curate(curate_config(), on_beam)
-  assert again["counts_by_status"] == report["counts_by_status"]
+  lines.clear()
+  again = beam_curation.curate(config, work, runner="direct", log=lines.append)
+  assert not lines and again["counts_by_status"] == report["counts_by_status"]
+
+
+def test_dask_runner_two_workers_equals_local_runner(world, local, dask_address, tmp_path):
+  work = link_inputs(world, tmp_path / "w")
+  config = beam_config(dask_address=dask_address)
+  lines = []
+  report = beam_curation.curate(config, work, runner="dask", log=lines.append)
+  assert f"--dask_client_address={dask_address}" in lines[0]
+  check_same_as_local(local, work, report)
+  # Both worker processes took shards (3 shards, one Dask partition each).
+  client = distributed.Client(dask_address)
+  try:
+    pids = client.run(os.getpid)
+  finally:
+    client.close()
+  assert len(pids) == 2
+
+
+def _committed(work):
+  d = os.path.join(work, "records")
+  return [f for f in os.listdir(d) if f.endswith(records.SHARD_SUFFIX)] if os.path.isdir(d) else []
+
+
+@pytest.mark.slow
+def test_dask_run_killed_midway_then_rerun_loses_and_duplicates_nothing(
+    world, local, dask_address, tmp_path):
+  """`python -m rew_jax curate --runner dask` on the test's cluster is killed with SIGKILL
+  once a shard is committed; the rerun finishes the others: records equal the local runner's."""
+  work = link_inputs(world, tmp_path / "w")
+  config_path = tmp_path / "curate_dask.py"
+  config_path.write_text(
+      f"import sys; sys.path.insert(0, {HERE!r})\n"
+      "from curationcase import curate_config\n"
+      "from rew_jax.curation import beam_options\n"
+      "def get_config(arg=None):\n"
+      "  c = curate_config()\n"
+      "  c.curation.simulated.latency_s = 0.05\n"
+      "  c.curation.concurrency = 1\n"
+      "  c.beam = beam_options.default_config()\n"
+      "  return c\n")
+  cmd = [sys.executable, "-m", "rew_jax", "curate", "--config", str(config_path),
+         "--workdir", work, "--quiet", "--runner", "dask",
+         f"--config.beam.dask_address={dask_address}"]
+  proc = subprocess.Popen(cmd, cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO),
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + 120
+  while not _committed(work) and proc.poll() is None and time.time() < deadline:
+    time.sleep(0.01)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+  assert not os.path.exists(os.path.join(work, "records", "manifest.json"))
+  lines = []
+  config = beam_config(dask_address=dask_address)
+  report = beam_curation.curate(config, work, runner="dask", log=lines.append)
+  assert lines and not lines[0].startswith("curating 3 of 3"), lines  # It resumed.
+  check_same_as_local(local, work, report)
+  journal = []
+  d = os.path.join(work, "curation", "journal")
+  for f in sorted(os.listdir(d)):
+    journal += [(f, json.loads(line)["index"]) for line in open(os.path.join(d, f))]
+  assert len(journal) == len(set(journal)) == NUM_IMAGES
+
+
+class Scripted(Backend):
+  """Answers "none" (an abstention); a name outside the KB for `unknown_ids`; a 429 for
+  `failing_ids`."""
+  name = "scripted"
+
+  def __init__(self, failing_ids, unknown_ids):
+    self.failing_ids, self.unknown_ids = set(failing_ids), set(unknown_ids)
+    self.calls = []
+
+  def generate(self, prompt, timeout_s):
+    self.calls.append(prompt.image_id)
+    if prompt.image_id in self.failing_ids:
+      raise TransientError("429", "rate limited (429)")
+    name = "Zzyzx Qwertyuiop" if prompt.image_id in self.unknown_ids else "none"
+    return Reply(text=json.dumps({"entity_name": name, "justification": "j",
+                                  "rationale": "", "qa": []}))
+
+
+def _letters(work):
+  d = os.path.join(work, "curation", "dead_letters")
+  return [json.loads(line) for f in sorted(os.listdir(d)) for line in open(os.path.join(d, f))]
+
+
+def test_dead_letters_and_a_rerun_retries_only_the_failed(world, tmp_path, monkeypatch):
+  """A 429 after max_attempts, an undecodable image and a name outside the KB each become
+  a dead letter with its reason; the shards with failed records wait for the rerun, which
+  asks the LLM again for exactly those."""
+  work = tmp_path / "w"
+  work.mkdir()
+  for name in ("world", "kb"):
+    os.symlink(os.path.join(world, name), work / name)
+  shutil.copytree(os.path.join(world, "candidates"), work / "candidates")
+  shard2 = sorted((work / "candidates").glob("candidates-*.jsonl"))[2]
+  lines = shard2.read_text().splitlines()
+  row = json.loads(lines[0])
+  corrupt = tmp_path / "corrupt.jpg"
+  corrupt.write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
+  row["image_path"] = str(corrupt)
+  shard2.write_text("\n".join([json.dumps(row)] + lines[1:]) + "\n")
+  failing = ["web_00000003", "web_00000030"]  # In shards 0 and 1.
+  backend = Scripted(failing, unknown_ids=["web_00000005"])
+  monkeypatch.setattr(run, "make_backend", lambda *a, **k: backend)
+  config = beam_config(num_workers=1, direct_running_mode="in_memory")
+  config.curation.max_attempts = 3
+  with pytest.raises(run.IncompleteRunError, match="2 records still failed"):
+    beam_curation.curate(config, str(work), runner="direct")
+  assert _committed(str(work)) == ["rew-00002.array_record"]  # Shards 0 and 1 wait.
+  assert not os.path.exists(work / "records" / "manifest.json")
+  by_kind = {}
+  for d in _letters(str(work)):
+    by_kind.setdefault(d["kind"], []).append(d)
+  assert [d["image_id"] for d in by_kind["failed"]] == failing
+  assert all(d["retried_on_rerun"] and "429" in d["reason"] for d in by_kind["failed"])
+  assert [d["image_id"] for d in by_kind["bad_image"]] == [row["image_id"]]
+  assert "cannot decode image" in by_kind["bad_image"][0]["reason"]
+  assert [(d["image_id"], d["reason"]) for d in by_kind["unresolved"]] == [
+      ("web_00000005", "unknown_name")]
+  assert backend.calls.count("web_00000003") == 3  # max_attempts.
+  assert row["image_id"] not in backend.calls  # A bad image never reaches the LLM.
+  backend.failing_ids.clear()
+  backend.calls.clear()
+  report = beam_curation.curate(config, str(work), runner="direct")
+  assert sorted(backend.calls) == failing  # Only the failed records were asked again.
+  assert report["dead_letters"]["by_kind"] == {"bad_image": 1, "unresolved": 1}
+  assert sum(report["counts_by_status"].values()) == NUM_IMAGES - 1  # The bad image.
+  ids = [r.image_id for r in records.read_records(str(work / "records"), check_hashes=True)]
+  assert len(ids) == len(set(ids)) == NUM_IMAGES - 1 and row["image_id"] not in ids
+
+
+def test_dry_run_prints_the_dataflow_submission(tmp_path, capsys):
+  from rew_jax import __main__ as cli
+  config_path = tmp_path / "curate_df.py"
+  config_path.write_text(
+      f"import sys; sys.path.insert(0, {HERE!r})\n"
+      "from curationcase import curate_config\n"
+      "from rew_jax.curation import beam_options\n"
+      "def get_config(arg=None):\n"
+      "  c = curate_config()\n"
+      "  c.beam = beam_options.default_config()\n"
+      "  return c\n")
+  argv = ["curate", "--config", str(config_path), "--workdir", "gs://b/W", "--runner",
+          "dataflow", "--dry-run", "--config.beam.project=p", "--config.beam.region=r",
+          "--config.beam.temp_location=gs://b/tmp", "--config.beam.max_num_workers=64",
+          "--config.beam.wheel=dist/rew_jax-0.1.0-py3-none-any.whl"]
+  assert cli.main(argv) == 0
+  out = capsys.readouterr().out
+  assert "runner = 'DataflowRunner'" in out and "max_num_workers = 64" in out
+  assert "extra_packages = ['dist/rew_jax-0.1.0-py3-none-any.whl']" in out
+  assert "--temp_location=gs://b/tmp" in out
+  # Local paths, a missing project or no package for the workers are refused by name.
+  assert cli.main([a.replace("gs://b/W", str(tmp_path)) for a in argv]) == 2
+  assert "share no disk" in capsys.readouterr().err
+  assert cli.main([a for a in argv if "project" not in a]) == 2
+  assert "beam.project" in capsys.readouterr().err
+  assert cli.main([a for a in argv if "wheel" not in a]) == 2
+  assert "sdk_container_image" in capsys.readouterr().err
