@@ -2,6 +2,7 @@
 
     python benchmarks/curation.py --quick      # < 60 s on 2 cores
     python benchmarks/curation.py --records 4000 --latency 0.2 --concurrency 1,8,32,128
+    python benchmarks/curation.py --quick --dask   # + the DaskRunner with 1 and 2 workers
 
 1. Overhead: `rew_jax.curation.run.curate` end to end (read candidates, image bytes, prompt,
    "LLM" call, parse + validate, name resolution, journal line, ArrayRecord shard, manifest,
@@ -10,6 +11,11 @@
 2. Scaling: the `openai` backend over real HTTP against a stub server on 127.0.0.1 that
    answers every request after `--latency` seconds (default 200 ms), at concurrency 1, 8,
    32. Goal: records/s close to concurrency / latency.
+3. With `--dask`: the Beam pipeline (`rew_jax.curation.beam`) on the DaskRunner against a
+   dask.distributed LocalCluster of 1, then 2 worker processes, with the same stub (each
+   worker keeps `--dask-concurrency` calls in flight): records/s (goal: 2 workers ≥ 1.8× 1
+   worker) and the runner's overhead per record, i.e. the wall time beyond the calls' own
+   (records × latency / (workers × concurrency)), over the records (goal: < 2 ms).
 
 The world and its BM25 candidates are built in a temporary directory first (not timed).
 The last stdout line is one JSON object: {"benchmark": "curation", ...}.
@@ -126,6 +132,56 @@ def _timed_curate(config, workdir, backend=None) -> float:
   return time.perf_counter() - start
 
 
+def _shards(root: str, num_shards: int, per_shard: int, out: str) -> str:
+  """A candidates directory of `num_shards` shards of `per_shard` lines of the world's."""
+  os.makedirs(out, exist_ok=True)
+  lines = open(os.path.join(_subset(root, num_shards * per_shard, out + "_all"),
+                            "candidates-00000-of-00001.jsonl")).readlines()
+  for i in range(num_shards):
+    with open(os.path.join(out, f"candidates-{i:05d}-of-{num_shards:05d}.jsonl"), "w") as f:
+      f.writelines(lines[i * per_shard:(i + 1) * per_shard])
+  return out
+
+
+def _dask(root: str, url: str, latency: float, concurrency: int, num_shards: int,
+          per_shard: int) -> dict:
+  """records/s and overhead per record of the Beam pipeline on 1 and 2 Dask workers."""
+  from dask import distributed  # pylint: disable=g-import-not-at-top
+  from rew_jax.curation import beam  # pylint: disable=g-import-not-at-top
+  from rew_jax.curation import beam_options  # pylint: disable=g-import-not-at-top
+  num = num_shards * per_shard
+  cand = _shards(root, num_shards, per_shard, os.path.join(root, "cand_dask"))
+  warm = _shards(root, 2, 4, os.path.join(root, "cand_dask_warm"))
+  out = {}
+  for workers in (1, 2):
+    cluster = distributed.LocalCluster(n_workers=workers, threads_per_worker=1,
+                                       processes=True, dashboard_address=None)
+    client = distributed.Client(cluster)
+    try:
+      for name, cand_dir in (("warm", warm), ("timed", cand)):
+        cfg = _config("openai", concurrency, cand_dir, root)
+        cfg.curation.openai = dict(base_url=url, model="stub")
+        cfg.beam = beam_options.default_config()
+        cfg.beam.dask_address = cluster.scheduler_address
+        work = os.path.join(root, f"w_dask_{workers}_{name}")
+        start = time.perf_counter()
+        beam.curate(cfg, work, runner="dask", log=lambda *_: None)
+        seconds = time.perf_counter() - start
+    finally:
+      client.close()
+      cluster.close()
+    calls = num * latency / (workers * concurrency)
+    out[workers] = {"seconds": round(seconds, 3), "records_per_s": round(num / seconds, 2),
+                    "ideal_records_per_s": round(workers * concurrency / latency, 2),
+                    "overhead_ms_per_record": round(1000 * (seconds - calls) / num, 3)}
+    print(f"DaskRunner, {workers} worker(s) × concurrency {concurrency}, {latency * 1000:.0f} ms "
+          f"endpoint: {num} records in {seconds:.2f} s → {num / seconds:.1f} records/s (ideal "
+          f"{workers * concurrency / latency:.1f}); runner overhead "
+          f"{out[workers]['overhead_ms_per_record']:.2f} ms/record")
+  out["speedup_2_vs_1"] = round(out[2]["records_per_s"] / out[1]["records_per_s"], 3)
+  return out
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -133,6 +189,11 @@ def main() -> None:
   parser.add_argument("--records", type=int, default=4000, help="records for the overhead run")
   parser.add_argument("--latency", type=float, default=0.2)
   parser.add_argument("--concurrency", default="1,8,32")
+  parser.add_argument("--dask", action="store_true",
+                      help="also the Beam pipeline on a local Dask cluster, 1 and 2 workers")
+  parser.add_argument("--dask-concurrency", type=int, default=4)
+  parser.add_argument("--dask-shards", type=int, default=8)
+  parser.add_argument("--dask-shard-records", type=int, default=40)
   args = parser.parse_args()
   num = 1000 if args.quick else args.records
   levels = [int(x) for x in args.concurrency.split(",")]
@@ -163,6 +224,8 @@ def main() -> None:
       rps[conc] = n / seconds
       print(f"{args.latency * 1000:.0f} ms endpoint, concurrency {conc:>3}: {n} records in "
             f"{seconds:.2f} s → {rps[conc]:.1f} records/s (ideal {conc / args.latency:.1f})")
+    dask = (_dask(root, url, args.latency, args.dask_concurrency, args.dask_shards,
+                  args.dask_shard_records) if args.dask else None)
     server.shutdown()
   finally:
     shutil.rmtree(root, ignore_errors=True)
@@ -175,8 +238,9 @@ def main() -> None:
       "records_per_s": {str(k): round(v, 2) for k, v in rps.items()},
       "ideal_records_per_s": {str(k): round(k / args.latency, 2) for k in rps},
       "scaling_efficiency": {str(k): round(v * args.latency / k, 3) for k, v in rps.items()},
+      **({"dask": {str(k): v for k, v in dask.items()}} if dask else {}),
   }))
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # Dask's worker processes re-import this file.
   main()
