@@ -2,6 +2,7 @@
 DaskRunner on a dask.distributed LocalCluster of 2 worker processes (started here, once per
 module), against the local runner; kill and rerun; dead letters; the CLI's --dry-run."""
 
+import collections
 import json
 import os
 import shutil
@@ -14,7 +15,7 @@ import pytest
 
 from rew_jax import config as config_lib
 from rew_jax import records
-from rew_jax.curation import run
+from rew_jax.curation import inputs, run
 from rew_jax.curation.backends.base import Backend, Reply, TransientError
 
 from curationcase import NUM_IMAGES, curate_config, link_inputs
@@ -251,3 +252,68 @@ def test_dry_run_prints_the_dataflow_submission(tmp_path, capsys):
   assert "beam.project" in capsys.readouterr().err
   assert cli.main([a for a in argv if "wheel" not in a]) == 2
   assert "sdk_container_image" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("wire", ["openai", "gemini"])
+def test_http_backends_in_the_pipeline_throttled_and_dead_lettered(world, tmp_path, monkeypatch,
+                                                                   wire):
+  """The openai and gemini backends inside the pipeline against the stub server: several
+  calls in flight per worker, 429s honoured and retried, and a record whose calls are always
+  refused becomes a `failed` dead letter that the rerun retries alone."""
+  import threading  # pylint: disable=g-import-not-at-top
+  from stubserver import StubServer  # pylint: disable=g-import-not-at-top
+  from test_http_backends import KEY, answer_top_candidate, prompt_text  # pylint: disable=g-import-not-at-top
+  answer = answer_top_candidate(wire)
+  items = [it for path in inputs.candidate_shards(os.path.join(world, "candidates"))
+           for it in inputs.read_items(path)]
+  captions = collections.Counter(it.caption for it in items)
+  victim = next(it for it in items if captions[it.caption] == 1 and it.index > 2)
+  refused = {victim.caption}  # The stub knows a record by its caption in the prompt.
+  state = {"in_flight": 0, "max_in_flight": 0, "asked": []}
+  lock = threading.Lock()
+  too_many = (429, {"error": {"code": 429, "message": "quota", "status": "RESOURCE_EXHAUSTED"}},
+              {"Retry-After": "0"}, 0)
+
+  def default(path, body):
+    text = prompt_text(path, body)
+    image_id = next((c for c in refused if c in text), None)
+    with lock:
+      state["in_flight"] += 1
+      state["max_in_flight"] = max(state["max_in_flight"], state["in_flight"])
+      state["asked"].append(image_id)
+    time.sleep(0.02)
+    with lock:
+      state["in_flight"] -= 1
+    return too_many if image_id else answer(path, body)
+
+  stub = StubServer(default)
+  stub.script += [too_many] * 3  # The first three calls are throttled, then answered.
+  monkeypatch.setenv("STUB_KEY", KEY)
+  try:
+    work = link_inputs(world, tmp_path / "w")
+    config = beam_config(num_workers=1, direct_running_mode="in_memory")
+    config.curation.backend = wire
+    config.curation.concurrency = 4
+    config.curation.max_attempts = 4
+    if wire == "openai":
+      config.curation.openai = dict(base_url=stub.url + "/v1", model="m", api_key_env="STUB_KEY")
+    else:
+      config.curation.gemini = dict(base_url=stub.url, api_key_env="STUB_KEY")
+    with pytest.raises(run.IncompleteRunError, match="1 records still failed"):
+      beam_curation.curate(config, work, runner="direct")
+    assert state["max_in_flight"] >= 2  # Calls of one worker overlap.
+    assert state["asked"].count(victim.caption) == 4  # max_attempts, then a dead letter.
+    [letter] = [d for d in _letters(work) if d["kind"] == "failed"]
+    assert letter["image_id"] == victim.image_id and "429" in letter["reason"]
+    refused.clear()
+    state["asked"].clear()
+    stub.requests.clear()
+    report = beam_curation.curate(config, work, runner="direct")
+  finally:
+    stub.close()
+  assert state["asked"] == [None]  # The rerun asked for the failed record only.
+  assert report["records"] == NUM_IMAGES and report["retries"] >= 3
+  for root, _, files in os.walk(work):  # The key is never written.
+    for f in files:
+      with open(os.path.join(root, f), "rb") as fh:
+        assert KEY.encode() not in fh.read(), f
