@@ -323,7 +323,7 @@ class _LocalDask:
   def __init__(self, n: int):
     from dask import distributed  # pylint: disable=g-import-not-at-top
     self.cluster = distributed.LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                                            dashboard_address=None)
+                                            dashboard_address=":0")
     self.client = distributed.Client(self.cluster)
     self.address = self.cluster.scheduler_address
 

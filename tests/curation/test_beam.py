@@ -60,7 +60,7 @@ def local(world, tmp_path_factory):
 @pytest.fixture(scope="module")
 def dask_address():
   cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                     dashboard_address=None)
+                                     dashboard_address=":0")
   client = distributed.Client(cluster)
   yield cluster.scheduler_address
   client.close()  # Before the cluster, or the client logs reconnect errors for 30 s.
