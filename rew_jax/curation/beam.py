@@ -162,6 +162,19 @@ def plan(config, workdir: str, restart: bool = False) -> tuple[Plan, list[int]]:
 # ------------------------------------------------------------------------ workers
 
 
+def _files(directory: str, prefix: str = "") -> list[str]:
+  """Paths of the files under `directory`, relative to it (epath has no recursive glob on
+  object stores)."""
+  out = []
+  for child in storage.path(directory).iterdir():
+    rel = f"{prefix}{child.name}"
+    if child.is_dir():
+      out += _files(os.fspath(child), rel + "/")
+    else:
+      out.append(rel)
+  return out
+
+
 def stage_index(index_dir: str) -> str:
   """A local directory holding the KB index: `index_dir` itself, or a copy of a gs:// one
   in this machine's cache (made once; renamed into place, so concurrent processes agree)."""
@@ -175,12 +188,10 @@ def stage_index(index_dir: str) -> str:
     return local
   os.makedirs(os.path.dirname(local), exist_ok=True)
   tmp = tempfile.mkdtemp(prefix=".staging-", dir=os.path.dirname(local))
-  src = storage.path(index_dir)
-  for f in src.rglob("*"):
-    if not f.is_dir():
-      dest = os.path.join(tmp, os.path.relpath(os.fspath(f), os.fspath(src)))
-      os.makedirs(os.path.dirname(dest), exist_ok=True)
-      f.copy(dest, overwrite=True)
+  for rel in _files(index_dir):
+    dest = os.path.join(tmp, rel)
+    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    storage.path(index_dir).joinpath(rel).copy(dest, overwrite=True)
   try:
     os.rename(tmp, local)
   except OSError:  # Another process staged it first.
@@ -431,9 +442,8 @@ def report(plan_: Plan, seconds: float) -> dict:
   if storage.is_remote(curation_dir):  # The report writer writes local files: upload them.
     with tempfile.TemporaryDirectory() as tmp:
       report_lib.write(result, tmp, builder.chosen_examples(), plan_.image_root)
-      for f in storage.path(tmp).rglob("*"):
-        if not f.is_dir():
-          f.copy(os.path.join(curation_dir, os.path.relpath(os.fspath(f), tmp)), overwrite=True)
+      for rel in _files(tmp):
+        storage.path(tmp).joinpath(rel).copy(os.path.join(curation_dir, rel), overwrite=True)
   else:
     report_lib.write(result, curation_dir, builder.chosen_examples(), plan_.image_root)
   return result

@@ -317,3 +317,43 @@ def test_http_backends_in_the_pipeline_throttled_and_dead_lettered(world, tmp_pa
     for f in files:
       with open(os.path.join(root, f), "rb") as fh:
         assert KEY.encode() not in fh.read(), f
+
+
+def test_a_bucket_workdir_equals_local_disk(world, local, gcs, tmp_path, monkeypatch):
+  """Candidates, images, the KB index, records and curation state all in gs:// (a local GCS
+  emulator): the records equal the local runner's, and nothing lands on the local disk."""
+  from etils import epath  # pylint: disable=g-import-not-at-top
+  from rew_jax import storage  # pylint: disable=g-import-not-at-top
+  root = gcs.url("beam")
+  work = f"{root}/W"
+  kb = os.path.join(world, "kb")
+  for d, _, files in os.walk(kb):  # The index, built by the fixture.
+    for f in files:
+      rel = os.path.relpath(os.path.join(d, f), kb)
+      epath.Path(kb, rel).copy(f"{root}/kb/{rel}", overwrite=True)
+  for shard in inputs.candidate_shards(os.path.join(world, "candidates")):
+    rows = [json.loads(line) for line in open(shard)]
+    for row in rows:  # Each image to the bucket; the shard names its gs:// copy.
+      name = f"{root}/images/{row['image_id']}.jpg"
+      epath.Path(row["image_path"]).copy(name, overwrite=True)
+      row["image_path"] = name
+    storage.write_text(f"{work}/candidates/{os.path.basename(shard)}",
+                       "".join(json.dumps(r) + "\n" for r in rows))
+  cwd = tmp_path / "cwd"
+  cwd.mkdir()
+  monkeypatch.chdir(cwd)
+  config = beam_config(num_workers=1, direct_running_mode="in_memory")
+  config.curation.kb_index_dir = f"{root}/kb"
+  config.curation.kb_source = os.path.join(world, "world", "kb", "Wiki6M_ver_1_0.jsonl.gz")
+  config.curation.truth_path = os.path.join(world, "world", "truth", "web_truth.jsonl")
+  monkeypatch.setenv("REW_JAX_CACHE_DIR", str(tmp_path / "cache"))  # Staged KB index.
+  report = beam_curation.curate(config, work, runner="direct")
+  assert [records.encode(r) for r in records.read_records(f"{work}/records",
+                                                          check_hashes=True)] == encoded(local[0])
+  remote = json.loads(storage.read_text(f"{work}/records/manifest.json"))
+  assert ({**remote, "curation_config_hash": ""} ==
+          {**manifest(local[0]), "curation_config_hash": ""})
+  assert report["accuracy_vs_truth"] == local[1]["accuracy_vs_truth"]
+  assert storage.exists(f"{work}/curation/report.md")
+  assert os.listdir(cwd) == []  # No "gs:" folder made by a path gone through os.path.
+  assert len(os.listdir(tmp_path / "cache" / "kb_index")) == 1  # Staged once.
