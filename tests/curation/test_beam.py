@@ -357,3 +357,25 @@ def test_a_bucket_workdir_equals_local_disk(world, local, gcs, tmp_path, monkeyp
   assert storage.exists(f"{work}/curation/report.md")
   assert os.listdir(cwd) == []  # No "gs:" folder made by a path gone through os.path.
   assert len(os.listdir(tmp_path / "cache" / "kb_index")) == 1  # Staged once.
+
+
+@pytest.mark.slow
+def test_cli_dask_runner_starts_and_stops_its_own_cluster(world, local, tmp_path, capsys):
+  """`curate --runner dask` without an address: a LocalCluster for the run, then closed."""
+  from rew_jax import __main__ as cli  # pylint: disable=g-import-not-at-top
+  work = link_inputs(world, tmp_path / "w")
+  config_path = tmp_path / "curate_cli.py"
+  config_path.write_text(
+      f"import sys; sys.path.insert(0, {HERE!r})\n"
+      "from curationcase import curate_config\n"
+      "from rew_jax.curation import beam_options\n"
+      "def get_config(arg=None):\n"
+      "  c = curate_config()\n"
+      "  c.beam = beam_options.default_config()\n"
+      "  return c\n")
+  assert cli.main(["curate", "--config", str(config_path), "--workdir", work, "--quiet",
+                   "--runner", "dask", "--config.beam.num_workers=1"]) == 0
+  out = capsys.readouterr().out
+  assert "--dask_client_address=tcp://127.0.0.1:" in out and "records:" in out
+  assert encoded(work) == encoded(local[0])
+  assert manifest(work) == manifest(local[0])
