@@ -374,7 +374,12 @@ def curate(config, workdir: str, *, runner: str = "direct", pipeline_args: Seque
   if dry_run:
     args = options_for(config, runner, pipeline_args)
     core.Settings.from_config(c)
-    return {"dry_run": beam_options.describe(args, workdir)}
+    text = beam_options.describe(args, workdir)
+    if runner == "dask" and not any(a.startswith("--dask_client_address") for a in args):
+      b = config.get("beam", beam_options.default_config())
+      text += (f"\n(no beam.dask_address: the run starts a LocalCluster of "
+               f"{b.get('num_workers', 2)} worker processes and adds its address)")
+    return {"dry_run": text}
   plan_, todo = plan(config, workdir, restart)
   start = time.time()
   if todo:
