@@ -47,6 +47,7 @@ import dataclasses
 import json
 import os
 import tempfile
+import threading
 import time
 from typing import Sequence
 
@@ -199,6 +200,43 @@ def stage_index(index_dir: str) -> str:
   return local
 
 
+class AdaptiveLimiter(core.RateLimiter):
+  """The configured rate limit plus Beam's client-side adaptive throttling (ReactiveThrottler,
+  the throttler of RunInference's remote model handlers): after many failed calls, a new
+  call waits with probability max(0, (calls - ratio × successes) / (calls + 1)) over the
+  last minute, and the wait is reported to the runner as throttled time. A waiting call
+  counts as a call, so while failures dominate the window, calls get through rarely until
+  they leave it: the delay must be seconds, not milliseconds."""
+
+  def __init__(self, per_s: float, overload_ratio: float, delay_s: float, sleep=time.sleep,
+               clock=time.time):
+    super().__init__(per_s)
+    from apache_beam.io.components.adaptive_throttler import ReactiveThrottler  # pylint: disable=g-import-not-at-top
+    self.throttler = ReactiveThrottler(window_ms=60_000, bucket_ms=1_000,
+                                       overload_ratio=overload_ratio,
+                                       namespace="rew_jax.curation",
+                                       throttle_delay_secs=max(1, round(delay_s)))
+    self.delay_s = delay_s
+    self.waits = 0
+    self._throttle_lock = threading.Lock()  # The throttler's moving sums are not thread-safe.
+    self._sleep, self._clock = sleep, clock
+
+  def acquire(self) -> None:
+    while True:
+      with self._throttle_lock:
+        wait = self.throttler.throttle_request(self._clock() * 1000)
+        self.waits += wait
+      if not wait:
+        break
+      self._sleep(self.delay_s)
+      self.throttler.throttling_signaler.signal_throttled(max(1, round(self.delay_s)))
+    super().acquire()
+
+  def succeeded(self) -> None:
+    with self._throttle_lock:
+      self.throttler.successful_request(self._clock() * 1000)
+
+
 class Worker:
   """What one worker process holds for curation, shared by its threads and bundles."""
 
@@ -207,8 +245,11 @@ class Worker:
     c = config.curation
     self.backend = run.make_backend(config, plan_.paths)
     self.kb = inputs.KBLookup.open_index(stage_index(plan_.kb_index))
-    self.curator = core.Curator(self.backend, self.kb, core.Settings.from_config(c),
-                                core.RateLimiter(c.rate_limit_per_s))
+    b = config.get("beam", beam_options.default_config())
+    ratio = b.get("overload_ratio", 2.0)
+    limiter = (AdaptiveLimiter(c.rate_limit_per_s, ratio, b.get("throttle_delay_s", 5.0))
+               if ratio > 0 else core.RateLimiter(c.rate_limit_per_s))
+    self.curator = core.Curator(self.backend, self.kb, core.Settings.from_config(c), limiter)
     self.concurrency = max(1, c.concurrency)
     self.backend_name = registry.CURATION_BACKENDS.get(c.backend).name
 

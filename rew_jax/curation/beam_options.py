@@ -49,6 +49,12 @@ def default_config() -> config_lib.ConfigDict:
   b.sdk_container_image = ""     # An image with rew_jax installed ...
   b.wheel = ""                   # ... or a rew_jax wheel the workers install.
   b.extra_options = ""           # Any other Beam options, as one shell-quoted string.
+  # Client-side adaptive throttling per worker process (Beam's ReactiveThrottler, as in
+  # RunInference's remote handlers): when more than 1 in `overload_ratio` calls over the last
+  # minute fails (429, 5xx, timeouts), new calls wait `throttle_delay_s` with the matching
+  # probability, and Dataflow is told the time spent (its autoscaler then holds back).
+  b.overload_ratio = 2.0         # 0: off.
+  b.throttle_delay_s = 5.0
   return b
 
 

@@ -35,6 +35,8 @@ REPO = os.path.dirname(os.path.dirname(HERE))
 def beam_config(**beam_block):
   config = curate_config()
   config.beam = beam_options.default_config()
+  config.beam.overload_ratio = 0.0  # No adaptive waits (tested alone below): the scripted
+                                    # early 429s would hold calls for seconds.
   config.beam.update(beam_block)
   return config
 
@@ -379,3 +381,26 @@ def test_cli_dask_runner_starts_and_stops_its_own_cluster(world, local, tmp_path
   assert "--dask_client_address=tcp://127.0.0.1:" in out and "records:" in out
   assert encoded(work) == encoded(local[0])
   assert manifest(work) == manifest(local[0])
+
+
+def test_adaptive_limiter_waits_only_while_calls_fail():
+  """Beam's client-side throttling per worker: no wait while calls succeed; once most fail,
+  new calls wait (each wait reported to the runner as throttled time)."""
+  now = [1000.0]
+
+  def limiter(sleeps):
+    def sleep(seconds):  # A simulated clock: no real waiting.
+      sleeps.append(seconds)
+      now[0] += seconds
+    return beam_curation.AdaptiveLimiter(0.0, overload_ratio=2.0, delay_s=5.0, sleep=sleep,
+                                         clock=lambda: now[0])
+  sleeps = []
+  ok = limiter(sleeps)
+  for _ in range(50):
+    ok.acquire()
+    ok.succeeded()
+  assert sleeps == []
+  failing = limiter(sleeps)
+  for _ in range(50):  # Every call fails: none reports success.
+    failing.acquire()
+  assert len(sleeps) > 50 and set(sleeps) == {5.0} and failing.waits == len(sleeps)
