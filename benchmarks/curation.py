@@ -2,7 +2,7 @@
 
     python benchmarks/curation.py --quick      # < 60 s on 2 cores
     python benchmarks/curation.py --records 4000 --latency 0.2 --concurrency 1,8,32,128
-    python benchmarks/curation.py --quick --dask   # + the DaskRunner with 1 and 2 workers
+    python benchmarks/curation.py --quick --dask --dask-shard-records 120   # + DaskRunner, 1 and 2 workers
 
 1. Overhead: `rew_jax.curation.run.curate` end to end (read candidates, image bytes, prompt,
    "LLM" call, parse + validate, name resolution, journal line, ArrayRecord shard, manifest,
