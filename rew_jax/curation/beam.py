@@ -407,7 +407,8 @@ def curate(config, workdir: str, *, runner: str = "direct", pipeline_args: Seque
   c = config.curation
   if runner == "dataflow":
     paths = run.paths_of(c, workdir)
-    local = [f"{k} {paths[k]!r}" for k in ("candidates", "out", "curation")
+    paths["kb index"] = run.kb_paths(c, paths)[1]  # Workers copy it from the bucket.
+    local = [f"{k} {paths[k]!r}" for k in ("candidates", "out", "curation", "kb index")
              if not storage.is_remote(paths[k])]
     if local:
       raise ConfigError(f"--runner dataflow: Dataflow workers share no disk, but {', '.join(local)} "
