@@ -2,6 +2,7 @@
 
     python benchmarks/curation.py --quick      # < 60 s on 2 cores
     python benchmarks/curation.py --records 4000 --latency 0.2 --concurrency 1,8,32,128
+    python benchmarks/curation.py --quick --dask --dask-shard-records 120   # + DaskRunner, 1 and 2 workers
 
 1. Overhead: `rew_jax.curation.run.curate` end to end (read candidates, image bytes, prompt,
    "LLM" call, parse + validate, name resolution, journal line, ArrayRecord shard, manifest,
@@ -10,6 +11,12 @@
 2. Scaling: the `openai` backend over real HTTP against a stub server on 127.0.0.1 that
    answers every request after `--latency` seconds (default 200 ms), at concurrency 1, 8,
    32. Goal: records/s close to concurrency / latency.
+3. With `--dask`: the Beam pipeline (`rew_jax.curation.beam`) on the DaskRunner against a
+   dask.distributed LocalCluster of 1, then 2 worker processes, with the same stub (each
+   worker keeps `--dask-concurrency` calls in flight): records/s (goal: 2 workers ≥ 1.8× 1
+   worker) and the runner's overhead: a fixed cost per run (pipeline submission, graph,
+   manifest, report) and a cost per record beyond waiting for the endpoint (latency /
+   (workers × concurrency)), from two run sizes (goal: < 2 ms per record).
 
 The world and its BM25 candidates are built in a temporary directory first (not timed).
 The last stdout line is one JSON object: {"benchmark": "curation", ...}.
@@ -126,6 +133,65 @@ def _timed_curate(config, workdir, backend=None) -> float:
   return time.perf_counter() - start
 
 
+def _shards(root: str, num_shards: int, per_shard: int, out: str) -> str:
+  """A candidates directory of `num_shards` shards of `per_shard` lines of the world's."""
+  os.makedirs(out, exist_ok=True)
+  lines = open(os.path.join(_subset(root, num_shards * per_shard, out + "_all"),
+                            "candidates-00000-of-00001.jsonl")).readlines()
+  for i in range(num_shards):
+    with open(os.path.join(out, f"candidates-{i:05d}-of-{num_shards:05d}.jsonl"), "w") as f:
+      f.writelines(lines[i * per_shard:(i + 1) * per_shard])
+  return out
+
+
+def _dask(root: str, url: str, latency: float, concurrency: int, num_shards: int,
+          per_shard: int) -> dict:
+  """records/s of the Beam pipeline on 1 and 2 Dask workers, and the runner's cost: a fixed
+  part per run and a part per record, from two runs of different sizes (the fixed costs
+  cancel in the difference)."""
+  from dask import distributed  # pylint: disable=g-import-not-at-top
+  from rew_jax.curation import beam  # pylint: disable=g-import-not-at-top
+  from rew_jax.curation import beam_options  # pylint: disable=g-import-not-at-top
+  small = max(1, per_shard // 4)
+  sizes = {"warm": (2, 2), "small": (num_shards, small), "large": (num_shards, per_shard)}
+  dirs = {k: _shards(root, n, m, os.path.join(root, f"cand_dask_{k}")) for k, (n, m) in
+          sizes.items()}
+  out = {}
+  for workers in (1, 2):
+    cluster = distributed.LocalCluster(n_workers=workers, threads_per_worker=1,
+                                       processes=True, dashboard_address=":0")
+    client = distributed.Client(cluster)
+    seconds = {}
+    try:
+      for name, cand_dir in dirs.items():
+        cfg = _config("openai", concurrency, cand_dir, root)
+        cfg.curation.openai = dict(base_url=url, model="stub")
+        cfg.beam = beam_options.default_config()
+        cfg.beam.dask_address = cluster.scheduler_address
+        start = time.perf_counter()
+        beam.curate(cfg, os.path.join(root, f"w_dask_{workers}_{name}"), runner="dask",
+                    log=lambda *_: None)
+        seconds[name] = time.perf_counter() - start
+    finally:
+      client.close()
+      cluster.close()
+    n_small, n_large = num_shards * small, num_shards * per_shard
+    per_record = (seconds["large"] - seconds["small"]) / (n_large - n_small)
+    calls = latency / (workers * concurrency)  # Waiting for the endpoint, per record.
+    out[workers] = {"records": n_large, "seconds": round(seconds["large"], 3),
+                    "records_per_s": round(n_large / seconds["large"], 2),
+                    "ideal_records_per_s": round(workers * concurrency / latency, 2),
+                    "fixed_s_per_run": round(seconds["large"] - n_large * per_record, 3),
+                    "overhead_ms_per_record": round(1000 * (per_record - calls), 3)}
+    r = out[workers]
+    print(f"DaskRunner, {workers} worker(s) × concurrency {concurrency}, {latency * 1000:.0f} ms "
+          f"endpoint: {n_large} records in {seconds['large']:.2f} s → {r['records_per_s']:.1f} "
+          f"records/s (ideal {r['ideal_records_per_s']:.1f}); runner: {r['fixed_s_per_run']:.2f} "
+          f"s per run + {r['overhead_ms_per_record']:.2f} ms per record")
+  out["speedup_2_vs_1"] = round(out[2]["records_per_s"] / out[1]["records_per_s"], 3)
+  return out
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -133,6 +199,11 @@ def main() -> None:
   parser.add_argument("--records", type=int, default=4000, help="records for the overhead run")
   parser.add_argument("--latency", type=float, default=0.2)
   parser.add_argument("--concurrency", default="1,8,32")
+  parser.add_argument("--dask", action="store_true",
+                      help="also the Beam pipeline on a local Dask cluster, 1 and 2 workers")
+  parser.add_argument("--dask-concurrency", type=int, default=4)
+  parser.add_argument("--dask-shards", type=int, default=8)
+  parser.add_argument("--dask-shard-records", type=int, default=40)
   args = parser.parse_args()
   num = 1000 if args.quick else args.records
   levels = [int(x) for x in args.concurrency.split(",")]
@@ -163,6 +234,8 @@ def main() -> None:
       rps[conc] = n / seconds
       print(f"{args.latency * 1000:.0f} ms endpoint, concurrency {conc:>3}: {n} records in "
             f"{seconds:.2f} s → {rps[conc]:.1f} records/s (ideal {conc / args.latency:.1f})")
+    dask = (_dask(root, url, args.latency, args.dask_concurrency, args.dask_shards,
+                  args.dask_shard_records) if args.dask else None)
     server.shutdown()
   finally:
     shutil.rmtree(root, ignore_errors=True)
@@ -175,8 +248,9 @@ def main() -> None:
       "records_per_s": {str(k): round(v, 2) for k, v in rps.items()},
       "ideal_records_per_s": {str(k): round(k / args.latency, 2) for k in rps},
       "scaling_efficiency": {str(k): round(v * args.latency / k, 3) for k, v in rps.items()},
+      **({"dask": {str(k): v for k, v in dask.items()}} if dask else {}),
   }))
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # Dask's worker processes re-import this file.
   main()

@@ -25,6 +25,7 @@ The simulated LLM's reply-format faults: `--config.curation.simulated.malformed=
 """
 
 from rew_jax import config as config_lib
+from rew_jax.curation import beam_options
 from rew_jax.curation import dedup
 from rew_jax.curation import run
 from rew_jax.kb import candidates
@@ -62,4 +63,5 @@ def get_config(arg=None):
   # it names entities outside the candidates by the world's naming convention).
   config.curation.simulated = config_lib.ConfigDict(dict(
       seed=arg.seed, kb_path="", malformed=0.04, refusal=0.01, latency_s=0.0))
+  config.beam = beam_options.default_config()  # --runner direct|dask|dataflow
   return config

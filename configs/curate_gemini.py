@@ -4,6 +4,8 @@
   python -m rew_jax curate --config configs/curate_gemini.py --workdir W \
       --config.curation.candidates_dir=W/candidates --config.curation.kb_source=/data/Wiki6M_ver_1_0.jsonl.gz
 
+Vertex AI instead of a key (Application Default Credentials, e.g. a Dataflow worker's
+service account): --config.curation.gemini.vertex_project=P --config.curation.gemini.vertex_location=R.
 W/candidates holds the candidates step's shards (`python -m rew_jax candidates ...`); images
 are found under `curation.image_root` (or the root named in the candidates manifest).
 `oven_dir=DIR` leaves out web images that are near-copies of OVEN's validation and test
@@ -15,6 +17,7 @@ backoff honouring Retry-After. Prices (USD per million tokens) feed the report's
 """
 
 from rew_jax import config as config_lib
+from rew_jax.curation import beam_options
 from rew_jax.curation import dedup
 from rew_jax.curation import run
 from rew_jax.kb import candidates
@@ -38,5 +41,7 @@ def get_config(arg=None):
   config.curation.price_per_mtok_out = 2.50
   config.curation.gemini = config_lib.ConfigDict(dict(
       model=arg.model, api_key_env="GEMINI_API_KEY", base_url="", api_version="",
-      temperature=0.0, max_output_tokens=1024, structured_output=True))
+      temperature=0.0, max_output_tokens=1024, structured_output=True,
+      vertex_project="", vertex_location=""))  # Both set: Vertex AI with ADC, no key.
+  config.beam = beam_options.default_config()  # --runner direct|dask|dataflow
   return config

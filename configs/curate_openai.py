@@ -10,6 +10,7 @@ server wants a key, name its environment variable: `--config.curation.openai.api
 """
 
 from rew_jax import config as config_lib
+from rew_jax.curation import beam_options
 from rew_jax.curation import run
 from rew_jax.kb import candidates
 
@@ -29,4 +30,5 @@ def get_config(arg=None):
   config.curation.openai = config_lib.ConfigDict(dict(
       base_url=arg.base_url, model=arg.model, api_key_env="", temperature=0.0,
       max_tokens=1024, structured_output=True, system_prompt=""))
+  config.beam = beam_options.default_config()  # --runner direct|dask|dataflow
   return config

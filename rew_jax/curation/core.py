@@ -145,6 +145,9 @@ class RateLimiter:
     if slot > now:
       time.sleep(slot - now)
 
+  def succeeded(self) -> None:
+    """A call got a reply (adaptive limiters, such as the Beam pipeline's, count these)."""
+
 
 class _Wait(tenacity.wait.wait_base):
   """Exponential backoff with jitter, but never sooner than the server's Retry-After."""
@@ -189,6 +192,7 @@ class Curator:
         except TransientError as e:
           out.transient[e.kind] = out.transient.get(e.kind, 0) + 1
           raise
+        self.limiter.succeeded()
     out.input_tokens += reply.input_tokens
     out.output_tokens += reply.output_tokens
     return reply

@@ -18,12 +18,12 @@ a `BadImageError`, which the runners turn into a counted skip of the report.
 from __future__ import annotations
 
 import functools
-import glob
 import io
 import json
 import os
 import threading
 
+from rew_jax import storage
 from rew_jax.curation.core import Item
 from rew_jax.errors import UserError
 from rew_jax.records import Candidate, SkipCounter
@@ -58,7 +58,7 @@ def check_image(data: bytes, where: str) -> None:
 
 
 def candidate_shards(directory: str) -> list[str]:
-  paths = sorted(glob.glob(os.path.join(directory, SHARD_GLOB)))
+  paths = storage.glob(directory, SHARD_GLOB) if storage.isdir(directory) else []
   if not paths:
     raise InputError(f"{directory}: no candidate shards ({SHARD_GLOB}); run the candidates "
                      "step first")
@@ -92,7 +92,7 @@ def read_items(path: str, skipped: SkipCounter | None = None) -> list[Item]:
   """All items of one shard, in line order; `skipped` given → bad lines are counted skips."""
   shard = os.path.basename(path)
   items = []
-  with open(path, encoding="utf-8") as f:
+  with storage.path(path).open(encoding="utf-8") as f:  # Local or gs://.
     for lineno, line in enumerate(f):
       if not line.strip():
         continue
@@ -111,7 +111,8 @@ def load_image(item: Item, image_root: str, check: bool = False) -> tuple[bytes,
   does not decode."""
   from rew_jax.kb import sources  # pylint: disable=g-import-not-at-top
   path = item.image_path
-  if not (os.path.isabs(path) or path.startswith(("tar://", "parquet://"))):
+  if not (os.path.isabs(path) or storage.is_remote(path)
+          or path.startswith(("tar://", "parquet://"))):
     path = os.path.join(image_root, path)
   try:
     data = sources.read_image_bytes(path)
@@ -167,6 +168,22 @@ class KBLookup:
       raise InputError(f"KB file {kb_source!r} does not exist (set curation.kb_source)")
     kb = _CachedKB(EntityKB.open_or_build(kb_source, index_dir, progress=False))
     return cls(kb, NameResolver(kb, bm25=TitleBM25.open_or_build(kb._kb)))  # pylint: disable=protected-access
+
+  @classmethod
+  def open_index(cls, index_dir: str) -> "KBLookup":
+    """Opens a built KB index and its BM25 index read-only (workers): never builds."""
+    from rew_jax.kb.bm25 import TitleBM25  # pylint: disable=g-import-not-at-top
+    from rew_jax.kb.resolver import NameResolver  # pylint: disable=g-import-not-at-top
+    from rew_jax.kb.wiki6m import EntityKB  # pylint: disable=g-import-not-at-top
+    kb = _CachedKB(EntityKB(index_dir))
+    try:
+      bm25 = TitleBM25.load(kb.path("bm25"))
+    except (OSError, ValueError, KeyError) as e:
+      raise InputError(f"{index_dir}: no BM25 title index ({e}); build it first") from None
+    if bm25.num != len(kb):
+      raise InputError(f"{index_dir}: the BM25 index is stale ({bm25.num} titles, the KB "
+                       f"{len(kb)}); build it again")
+    return cls(kb, NameResolver(kb, bm25=bm25))
 
   def _row(self, entity_id: str) -> int | None:
     try:

@@ -26,6 +26,7 @@ import os
 import tarfile
 from typing import Iterator
 
+from rew_jax import storage
 from rew_jax.errors import UserError
 
 FORMATS = ("auto", "world", "jsonl", "webdataset", "parquet")
@@ -281,5 +282,7 @@ def read_image_bytes(ref: str) -> bytes:
     if not isinstance(value, (bytes, bytearray)):
       raise DataFormatError(f"{path}: row {row} holds no image bytes")
     return bytes(value)
+  if storage.is_remote(ref):
+    return storage.read_bytes(ref)
   with open(ref, "rb") as f:
     return f.read()

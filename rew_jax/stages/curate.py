@@ -1,14 +1,19 @@
 """`python -m rew_jax curate`: LLM curation of the candidates into REW records + report.
 
     python -m rew_jax curate --config configs/curate_demo.py --workdir W [--restart]
-    python -m rew_jax curate --runner beam --config configs/curate_gemini.py --workdir W \
-        -- --runner=DirectRunner --direct_num_workers=8     # Beam options after `--`
+    python -m rew_jax curate --config configs/curate_demo.py --workdir W --runner dask
+    python -m rew_jax curate --config configs/curate_gemini.py --workdir gs://B/W \
+        --runner dataflow --config.beam.project=P --config.beam.region=R \
+        --config.beam.temp_location=gs://B/tmp --config.beam.wheel=dist/rew_jax-0.1.0-py3-none-any.whl --dry-run
 
-Reads the config's `curation` section. A pipeline config with `world` and `candidates`
-sections (configs/curate_demo.py, configs/demo.py) makes those first when they are missing
-or were made by another config. Writes W/records and W/curation (see `rew_jax.workdir`).
-Exactly once and resumable: a rerun of the same command continues; a workdir curated under
-another `curation` section is refused unless `--restart` discards it.
+Reads the config's `curation` section and, for the Beam runners (`direct`, `dask`,
+`dataflow`; `beam` takes every option after `--`), its `beam` block
+(`rew_jax/curation/beam_options.py`). `--dry-run` prints the Beam options a run would pass
+and runs nothing. A pipeline config with `world` and `candidates` sections
+(configs/curate_demo.py, configs/demo.py) makes those first when they are missing or were
+made by another config. Writes W/records and W/curation (see `rew_jax.workdir`). Exactly
+once and resumable on every runner: a rerun of the same command continues; a workdir
+curated under another `curation` section is refused unless `--restart` discards it.
 """
 
 from __future__ import annotations
@@ -19,7 +24,9 @@ from typing import Sequence
 
 from rew_jax import config as config_lib
 from rew_jax import registry
+from rew_jax import storage
 from rew_jax import workdir as workdir_lib
+from rew_jax.curation import beam_options
 from rew_jax.curation import dedup as dedup_lib
 from rew_jax.curation import report as report_lib
 from rew_jax.curation import run as run_lib
@@ -30,7 +37,7 @@ from rew_jax.stages import candidates as candidates_stage
 ConfigDict = config_lib.ConfigDict
 
 SECTION = "curation"
-RUNNERS = ("local", "beam")
+RUNNERS = ("local",) + beam_options.RUNNERS
 
 
 def resolve(config):
@@ -42,11 +49,13 @@ def resolve(config):
     if key not in schema and isinstance(value, ConfigDict) and key in registry.CURATION_BACKENDS:
       schema[key] = ConfigDict()
   config_lib.check_keys(section, schema, SECTION)
+  if "beam" in config:
+    config_lib.check_keys(config.beam, beam_options.default_config(), "beam")
   return section
 
 
 def run(config, wd: workdir_lib.Workdir, *, runner: str = "local", restart: bool = False,
-        redo_changed: bool = False, pipeline_args: Sequence[str] = (),
+        redo_changed: bool = False, pipeline_args: Sequence[str] = (), dry_run: bool = False,
         progress: base.Progress | None = None, verbose: bool = True, backend=None) -> dict:
   """Upstream stages the config describes, then curation; returns the curation report.
 
@@ -54,12 +63,19 @@ def run(config, wd: workdir_lib.Workdir, *, runner: str = "local", restart: bool
   runner's state check) unless `restart`; `redo_changed` discards them instead (the demo).
   """
   progress = progress or base.Progress()
+  if dry_run:  # Checks the config and prints the submission; touches nothing.
+    resolve(config)
+    if runner == "local":
+      raise ConfigError("--dry-run shows a Beam submission: pass --runner direct|dask|dataflow")
+    from rew_jax.curation import beam  # pylint: disable=g-import-not-at-top  (extra `beam`)
+    return beam.curate(config, wd.root, runner=runner, pipeline_args=pipeline_args,
+                       dry_run=True)
   logging.getLogger("bm25s").setLevel(logging.WARNING)  # Its index build logs at DEBUG.
   section = resolve(config)
   paths = run_lib.paths_of(section, wd.root)
   if candidates_stage.SECTION in config:
     candidates_stage.ensure(config, wd, progress=progress)
-  elif not os.path.isfile(os.path.join(paths["candidates"], "manifest.json")):
+  elif not storage.isfile(os.path.join(paths["candidates"], "manifest.json")):
     raise ConfigError(
         f"{paths['candidates']} holds no complete candidates (no manifest.json) and the "
         "config has no `candidates` section to make them: run `python -m rew_jax "
@@ -69,12 +85,13 @@ def run(config, wd: workdir_lib.Workdir, *, runner: str = "local", restart: bool
   if redo_changed and stamp and stamp["fingerprint"] != digest:
     restart = True
   progress.header(f"curation ({section.backend})")
-  if runner == "beam" and dedup_lib.enabled(section.get("dedup", None)):
-    raise ConfigError("curation.dedup: the beam runner does not deduplicate against "
-                      "evaluation images; run it with the local runner")
-  if runner == "beam":
+  if runner != "local" and dedup_lib.enabled(section.get("dedup", None)):
+    raise ConfigError("curation.dedup: the Beam runners do not deduplicate against "
+                      "evaluation images yet; run it with --runner local")
+  if runner != "local":
     from rew_jax.curation import beam  # pylint: disable=g-import-not-at-top  (extra `beam`)
-    report = beam.curate(config, wd.root, pipeline_args=pipeline_args, restart=restart)
+    report = beam.curate(config, wd.root, runner=runner, pipeline_args=pipeline_args,
+                         restart=restart, log=progress.line)
   else:
     report = run_lib.curate(config, wd.root, restart=restart, verbose=verbose,
                             backend=backend)
@@ -90,14 +107,21 @@ def main(argv: Sequence[str]) -> int:
   base.add_config(p, required=True, sections="curation (and world, candidates)")
   base.add_workdir(p, "output: WORKDIR/records and WORKDIR/curation")
   p.add_argument("--runner", choices=RUNNERS, default="local",
-                 help="local (threads in this process) or beam (options after `--`)")
+                 help="local (threads in this process), or a Beam runner: direct, dask (a "
+                 "local cluster, or beam.dask_address), dataflow (options from the config's "
+                 "`beam` block), beam (every option after `--`)")
+  p.add_argument("--dry-run", action="store_true",
+                 help="print the Beam options of the submission and run nothing")
   p.add_argument("--restart", action="store_true",
                  help="discard records and journals of an earlier run in this workdir")
   p.add_argument("--quiet", action="store_true", help="no progress bar")
   args, config = base.parse(p, argv)
   wd = workdir_lib.Workdir(args.workdir)
   report = run(config, wd, runner=args.runner, restart=args.restart,
-               pipeline_args=pipeline_args, verbose=not args.quiet)
+               pipeline_args=pipeline_args, dry_run=args.dry_run, verbose=not args.quiet)
+  if args.dry_run:
+    print(report["dry_run"])
+    return 0
   print(report_lib.summary_line(report))
   paths = run_lib.paths_of(config.curation, wd.root)
   print(f"records: {paths['out']}; report: {os.path.join(paths['curation'], 'report.md')}")

@@ -225,3 +225,48 @@ def test_full_run_over_http_never_writes_the_key(world, tmp_path, monkeypatch, w
     for f in files:
       with open(os.path.join(root, f), "rb") as fh:
         assert KEY.encode() not in fh.read(), f
+
+
+def test_gemini_on_vertex_ai_with_application_default_credentials(tmp_path, monkeypatch):
+  """Vertex AI mode reads no key: google-auth's ADC (here a service-account file whose
+  token endpoint is the stub) yields the bearer token the requests carry."""
+  from rew_jax.curation.backends.gemini import Gemini
+  answer = answer_top_candidate("gemini")
+
+  def default(path, body):
+    if path == "/token":
+      return 200, {"access_token": "adc-token-42", "expires_in": 3600,
+                   "token_type": "Bearer"}, {}, 0
+    return answer(path, body)
+
+  stub = StubServer(default)
+  try:
+    from cryptography.hazmat.primitives import serialization  # pylint: disable=g-import-not-at-top
+    from cryptography.hazmat.primitives.asymmetric import rsa  # pylint: disable=g-import-not-at-top
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()).decode()
+    adc = tmp_path / "adc.json"  # A service account whose token endpoint is the stub.
+    adc.write_text(json.dumps({"type": "service_account", "project_id": "proj",
+                               "private_key_id": "k1", "private_key": key,
+                               "client_email": "curation@proj.iam.gserviceaccount.com",
+                               "client_id": "1", "token_uri": f"{stub.url}/token"}))
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(adc))
+    monkeypatch.delenv("GEMINI_API_KEY", raising=False)
+    monkeypatch.delenv("GOOGLE_API_KEY", raising=False)
+    b = Gemini(base_url=stub.url, model="gemini-x", vertex_project="proj",
+               vertex_location="europe-west4")
+    out = curator(b).curate(ITEM, IMAGE)
+    assert out.entity_id == "Q1"
+    paths = [p for p, _, _ in stub.requests]
+    assert paths[0] == "/token"
+    path, headers, _ = stub.requests[-1]
+    assert "/projects/proj/locations/europe-west4/publishers/google/models/gemini-x:" \
+           "generateContent" in path
+    assert headers["Authorization"] == "Bearer adc-token-42"
+    assert "x-goog-api-key" not in {k.lower() for k in headers}
+    b.close()
+  finally:
+    stub.close()
+  with pytest.raises(BackendError, match="vertex_location"):
+    Gemini(vertex_project="proj")

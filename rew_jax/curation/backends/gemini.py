@@ -4,8 +4,12 @@
         config=GenerateContentConfig(response_mime_type="application/json",
                                      response_schema=<the prompt's pydantic model>))
 
-The key comes only from the environment variable named by `api_key_env` (default
-GEMINI_API_KEY) and is handed to the client, never logged or written. The client's own retry
+Two ways in. The Gemini Developer API: the key comes only from the environment variable
+named by `api_key_env` (default GEMINI_API_KEY) and is handed to the client, never logged
+or written. Vertex AI: set `vertex_project` and `vertex_location`; the client then
+authenticates with Application Default Credentials (a Dataflow worker's service account,
+`gcloud auth application-default login`, or GOOGLE_APPLICATION_CREDENTIALS), and no key is
+read. The client's own retry
 loop is switched off (one attempt): the runner retries, identically for every backend.
 `base_url` points the client elsewhere (a proxy, or the stub server of the tests).
 """
@@ -18,7 +22,7 @@ from rew_jax.curation.prompts import Prompt
 
 DEFAULTS = dict(model="gemini-2.5-flash", api_key_env="GEMINI_API_KEY", base_url="",
                 api_version="", temperature=0.0, max_output_tokens=1024,
-                structured_output=True)
+                structured_output=True, vertex_project="", vertex_location="")
 
 
 def _classify_exception(e: Exception, timeout_s: float) -> None:
@@ -48,8 +52,16 @@ class Gemini(base.Backend):
       http["base_url"] = self.cfg["base_url"]
     if self.cfg["api_version"]:
       http["api_version"] = self.cfg["api_version"]
-    self.client = genai.Client(api_key=base.api_key(self.cfg["api_key_env"], self.name),
-                               http_options=types.HttpOptions(**http))
+    if bool(self.cfg["vertex_project"]) != bool(self.cfg["vertex_location"]):
+      raise base.BackendError("curation backend 'gemini': Vertex AI needs both vertex_project "
+                              "and vertex_location")
+    if self.cfg["vertex_project"]:  # Vertex AI, credentials from ADC; no key.
+      self.client = genai.Client(vertexai=True, project=self.cfg["vertex_project"],
+                                 location=self.cfg["vertex_location"],
+                                 http_options=types.HttpOptions(**http))
+    else:
+      self.client = genai.Client(api_key=base.api_key(self.cfg["api_key_env"], self.name),
+                                 http_options=types.HttpOptions(**http))
 
   def generate(self, prompt: Prompt, timeout_s: float) -> base.Reply:
     types, errors = self._types, self._errors
