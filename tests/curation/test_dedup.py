@@ -135,5 +135,5 @@ def test_the_beam_runner_refuses_a_dedup_it_would_not_do(world, tmp_path):
   config = curate_config()
   config.curation.dedup.image_dirs = (str(tmp_path),)
   wd = workdir_lib.Workdir(link_inputs(world, tmp_path / "w"))
-  with pytest.raises(ConfigError, match="beam runner does not deduplicate"):
+  with pytest.raises(ConfigError, match="Beam runners do not deduplicate"):
     curate_stage.run(config, wd, runner="beam", verbose=False)
