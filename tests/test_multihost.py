@@ -83,8 +83,11 @@ def test_two_processes_train_like_one(runs):
   assert sorted(one) == sorted(two) == list(range(1, STEPS + 1))
   np.testing.assert_allclose([two[s] for s in sorted(two)], [one[s] for s in sorted(one)],
                              rtol=2e-5)
+  # Parameters near zero (of order 1e-7) move by Adam steps of size lr·g/(|g| + eps): a
+  # gradient that is rounding noise in both runs (other reduction orders on 8 devices of one
+  # process and of two) still moves them by ~1e-6, in either direction.
   for a, b in zip(jax.tree.leaves(_params(runs, "one")), jax.tree.leaves(_params(runs, "two"))):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=5e-6)
   # Process 0 alone logs: its stderr carries the progress bar, process 1's does not.
   logs = runs["two_logs"]
   assert "train:" in logs[0].stderr and "train:" not in logs[1].stderr

@@ -301,13 +301,7 @@ def curate_shard(worker: Worker, plan_: Plan, shard_index: int) -> dict:
   base = os.path.basename(shard)
   journal_path = os.path.join(plan_.journal_dir, base)
   done = {i: o for i, o in read_outcomes(journal_path).items() if o.status != FAILED}
-  by_index = {it.index: it for it in items}
-  for index, out in done.items():
-    if index not in by_index or by_index[index].image_id != out.image_id:
-      raise inputs.InputError(f"{journal_path}: entry for line {index + 1} is image "
-                              f"{out.image_id!r}, but the input has another; the candidates "
-                              "changed since this run started (use --restart)")
-  todo = [it for it in items if it.index not in done]
+  todo = run.journal_todo(journal_path, done, items)
   with concurrent.futures.ThreadPoolExecutor(min(worker.concurrency, max(1, len(todo)))) as ex:
     for out in ex.map(lambda it: curate_item(worker, it, plan_.image_root), todo):
       done[out.index] = out

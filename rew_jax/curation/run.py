@@ -222,19 +222,26 @@ def screen(item: core.Item, image_root: str, dedup: dedup_lib.EvalIndex | None =
   return image, mime, None
 
 
-def curate_shard(items: Sequence[core.Item], curator: core.Curator, image_root: str,
-                 journal_path: str, concurrency: int, progress=None,
-                 dedup: dedup_lib.EvalIndex | None = None
-                 ) -> tuple[dict[int, core.Outcome], list[str]]:
-  """Curates the items that have no journal entry yet; → (all outcomes, failures)."""
-  done = read_journal(journal_path)
+def journal_todo(journal_path: str, done: dict[int, core.Outcome],
+                 items: Sequence[core.Item]) -> list[core.Item]:
+  """The items a shard's journal has no outcome for; a journal written for other inputs is
+  an error (resuming it would pair outcomes with the wrong images)."""
   by_index = {it.index: it for it in items}
   for index, out in done.items():
     if index not in by_index or by_index[index].image_id != out.image_id:
       raise inputs.InputError(f"{journal_path}: entry for line {index + 1} is image "
                               f"{out.image_id!r}, but the input has another; the candidates "
                               "changed since this run started (use --restart)")
-  todo = [it for it in items if it.index not in done]
+  return [it for it in items if it.index not in done]
+
+
+def curate_shard(items: Sequence[core.Item], curator: core.Curator, image_root: str,
+                 journal_path: str, concurrency: int, progress=None,
+                 dedup: dedup_lib.EvalIndex | None = None
+                 ) -> tuple[dict[int, core.Outcome], list[str]]:
+  """Curates the items that have no journal entry yet; → (all outcomes, failures)."""
+  done = read_journal(journal_path)
+  todo = journal_todo(journal_path, done, items)
   failures = []
   if not todo:
     return done, failures
