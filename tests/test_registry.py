@@ -159,7 +159,7 @@ def test_module_colon_name_registers_components_from_anywhere(tmp_path, monkeypa
 
 def test_project_keys_equal_module_names():
   for reg, package, expected in [
-      (registry.MODELS, "rew_jax.models", {"git"}),
+      (registry.MODELS, "rew_jax.models", {"git", "clip_image", "dinov2"}),
       (registry.EVALUATORS, "rew_jax.evaluators", {"oven", "zeroshot", "knn_matching"}),
       (registry.CURATION_BACKENDS, "rew_jax.curation.backends",
        {"gemini", "gemma", "openai", "simulated", "top1_candidate"}),
