@@ -227,10 +227,9 @@ def test_dead_letters_and_a_rerun_retries_only_the_failed(world, tmp_path, monke
   assert len(ids) == len(set(ids)) == NUM_IMAGES - 1 and row["image_id"] not in ids
 
 
-def test_dry_run_prints_the_dataflow_submission(tmp_path, capsys):
-  from rew_jax import __main__ as cli
-  config_path = tmp_path / "curate_df.py"
-  config_path.write_text(
+def _beam_config_file(path):
+  """A config file: the tests' curation config with the default `beam` block."""
+  path.write_text(
       f"import sys; sys.path.insert(0, {HERE!r})\n"
       "from curationcase import curate_config\n"
       "from rew_jax.curation import beam_options\n"
@@ -238,6 +237,12 @@ def test_dry_run_prints_the_dataflow_submission(tmp_path, capsys):
       "  c = curate_config()\n"
       "  c.beam = beam_options.default_config()\n"
       "  return c\n")
+  return path
+
+
+def test_dry_run_prints_the_dataflow_submission(tmp_path, capsys):
+  from rew_jax import __main__ as cli
+  config_path = _beam_config_file(tmp_path / "curate_df.py")
   argv = ["curate", "--config", str(config_path), "--workdir", "gs://b/W", "--runner",
           "dataflow", "--dry-run", "--config.beam.project=p", "--config.beam.region=r",
           "--config.beam.temp_location=gs://b/tmp", "--config.beam.max_num_workers=64",
@@ -366,15 +371,7 @@ def test_cli_dask_runner_starts_and_stops_its_own_cluster(world, local, tmp_path
   """`curate --runner dask` without an address: a LocalCluster for the run, then closed."""
   from rew_jax import __main__ as cli  # pylint: disable=g-import-not-at-top
   work = link_inputs(world, tmp_path / "w")
-  config_path = tmp_path / "curate_cli.py"
-  config_path.write_text(
-      f"import sys; sys.path.insert(0, {HERE!r})\n"
-      "from curationcase import curate_config\n"
-      "from rew_jax.curation import beam_options\n"
-      "def get_config(arg=None):\n"
-      "  c = curate_config()\n"
-      "  c.beam = beam_options.default_config()\n"
-      "  return c\n")
+  config_path = _beam_config_file(tmp_path / "curate_cli.py")
   assert cli.main(["curate", "--config", str(config_path), "--workdir", work, "--quiet",
                    "--runner", "dask", "--config.beam.num_workers=1"]) == 0
   out = capsys.readouterr().out
