@@ -108,16 +108,8 @@ def _check_state(plan: Plan, state: dict, restart: bool) -> None:
   """As the local runner's: refuses another config's or other inputs' workdir."""
   curation_dir = plan.paths["curation"]
   path = os.path.join(curation_dir, run.STATE_NAME)
-  if storage.exists(path) and not restart:
-    old = json.loads(storage.read_text(path))
-    if old.get("config_hash") != state["config_hash"]:
-      raise ConfigError(
-          f"{curation_dir} holds records curated with another config (hash "
-          f"{old.get('config_hash')}, now {state['config_hash']}); use a new --workdir or "
-          "pass --restart to discard them")
-    if old.get("inputs") != state["inputs"]:
-      raise ConfigError(f"{curation_dir} holds records of other candidate shards (names or "
-                        "sizes differ); use a new --workdir or pass --restart to discard them")
+  if not restart:
+    run.refuse_other_state(path, state)
   if restart:
     for d in (plan.paths["out"], plan.journal_dir, plan.dead_letter_dir):
       storage.rmtree(d)

@@ -180,19 +180,26 @@ class Journal:
 # ------------------------------------------------------------------------------ the runner
 
 
+def refuse_other_state(path: str, state: dict) -> None:
+  """Refuses a curation dir whose saved state (`path`, local or gs://) names another config
+  or other candidate shards: resuming there would mix two runs' records."""
+  if not storage.exists(path):
+    return
+  old = json.loads(storage.read_text(path))
+  where = os.path.dirname(path)
+  if old.get("config_hash") != state["config_hash"]:
+    raise ConfigError(
+        f"{where} holds records curated with another config (hash "
+        f"{old.get('config_hash')}, now {state['config_hash']}); use a new --workdir or pass "
+        "--restart to discard them")
+  if old.get("inputs") != state["inputs"]:
+    raise ConfigError(f"{where} holds records of other candidate shards (names or sizes "
+                      "differ); use a new --workdir or pass --restart to discard them")
+
+
 def _check_state(path: str, state: dict, restart: bool, out_dir: str, journal_dir: str):
-  if os.path.exists(path) and not restart:
-    with open(path) as f:
-      old = json.load(f)
-    if old.get("config_hash") != state["config_hash"]:
-      raise ConfigError(
-          f"{os.path.dirname(path)} holds records curated with another config "
-          f"(hash {old.get('config_hash')}, now {state['config_hash']}); use a new --workdir "
-          "or pass --restart to discard them")
-    if old.get("inputs") != state["inputs"]:
-      raise ConfigError(
-          f"{os.path.dirname(path)} holds records of other candidate shards (names or sizes "
-          "differ); use a new --workdir or pass --restart to discard them")
+  if not restart:
+    refuse_other_state(path, state)
   if restart:
     for d in (out_dir, journal_dir):
       shutil.rmtree(d, ignore_errors=True)
