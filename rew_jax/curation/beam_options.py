@@ -92,18 +92,9 @@ def pipeline_args(b, runner: str, extra: Sequence[str] = ()) -> list[str]:
                         "dist .): workers do not have rew_jax otherwise")
     args += [_flag("runner", "DataflowRunner"), _flag("project", b.project),
              _flag("region", b.region), _flag("temp_location", b.temp_location)]
-    if b.staging_location:
-      args.append(_flag("staging_location", b.staging_location))
-    if b.num_workers:
-      args.append(_flag("num_workers", b.num_workers))
-    if b.max_num_workers:
-      args.append(_flag("max_num_workers", b.max_num_workers))
-    if b.machine_type:
-      args.append(_flag("machine_type", b.machine_type))
-    if b.service_account_email:
-      args.append(_flag("service_account_email", b.service_account_email))
-    if b.job_name:
-      args.append(_flag("job_name", b.job_name))
+    args += [_flag(name, b[name]) for name in (
+        "staging_location", "num_workers", "max_num_workers", "machine_type",
+        "service_account_email", "job_name") if b[name]]  # The ones the config sets.
     if b.sdk_container_image:
       args.append(_flag("sdk_container_image", b.sdk_container_image))
     else:

@@ -23,19 +23,14 @@ from rew_jax.data import ops as ops_lib  # noqa: E402
 from rew_jax.data import oven_files, synthetic  # noqa: E402
 from rew_jax.kb.wiki6m import EntityKB  # noqa: E402
 
+from models.test_feature_parity import _randomise  # noqa: E402  (tests/ is on sys.path)
+
 pytestmark = pytest.mark.slow  # Trains a GiT and compiles three models: about 80 s of CPU.
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=32,
             patch_size=8)
 
-
-def _randomise(module, seed):
-  gen = torch.Generator().manual_seed(seed)
-  with torch.no_grad():
-    for name, p in module.named_parameters():
-      base = 1.0 if ("norm" in name and name.endswith("weight")) or "lambda1" in name else 0.0
-      p.copy_(torch.randn(p.shape, generator=gen) * 0.2 + base)
 
 
 @pytest.fixture(scope="module")
@@ -74,13 +69,13 @@ def setup(tmp_path_factory):
   # Frozen feature models, random, of the runlocal shapes.
   torch.manual_seed(0)
   dino = transformers.Dinov2Model(transformers.Dinov2Config(mlp_ratio=2, **TINY)).eval()
-  _randomise(dino, 1)
+  _randomise(dino, 1, scale=0.2)
   dino.save_pretrained(str(root / "dinov2"))
   vision = dict(TINY, intermediate_size=64)
   clip = transformers.CLIPModel(transformers.CLIPConfig(
       vision_config=vision, text_config=dict(vision, vocab_size=64, max_position_embeddings=8),
       projection_dim=16)).eval()
-  _randomise(clip, 2)
+  _randomise(clip, 2, scale=0.2)
   clip.save_pretrained(str(root / "clip"))
   # Aircraft: class folders named as two world entities and one that is not in the KB.
   titles = [kb.titles[ids.index(r["entity_id"])] for r in refs[:2]]

@@ -28,13 +28,13 @@ DINO = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, mlp_rati
             image_size=32, patch_size=8, layerscale_value=0.5)
 
 
-def _randomise(module, seed):
+def _randomise(module, seed, scale=0.1):
   """Every weight (norms and layer scales included) replaced by noise: parity is not trivial."""
   gen = torch.Generator().manual_seed(seed)
   with torch.no_grad():
     for name, p in module.named_parameters():
       base = 1.0 if ("norm" in name and name.endswith("weight")) or "lambda1" in name else 0.0
-      p.copy_(torch.randn(p.shape, generator=gen) * 0.1 + base)
+      p.copy_(torch.randn(p.shape, generator=gen) * scale + base)
 
 
 def _pixels(seed, batch=3, size=32):
