@@ -9,9 +9,11 @@
     W/records[_NAME]/              curated record shards + manifest.json (`curate` stage)
     W/curation[_NAME]/             curation state, journals, report (beside the records)
     W/oven_train_records/          the world's OVEN train splits as records (fine-tuning)
+    W/vocab/vocab_ids.npy          the demo models' trimmed vocabulary (`rew_jax.data.vocab`)
     W/train[_NAME]/                a training run: checkpoints/, metrics.jsonl, eval/
     W/finetune_NAME/               a fine-tuning run of train_NAME on OVEN train
     W/report.md, report.json, curves.png     the demo's report
+    W/jax_cache/                   the demo's persistent JAX compilation cache
 
 `NAME` tells several curations or runs of one pipeline apart (the demo's `entity_webli` and
 `rew`). A stage given `--workdir W` alone (`train`, `eval`) uses W itself as its run
@@ -104,6 +106,10 @@ class Workdir:
   def oven_records(self) -> str:
     return _join(self.root, "oven_train_records")
 
+  @property
+  def vocab(self) -> str:
+    return _join(self.root, "vocab")
+
   def finetune_run(self, name: str) -> str:
     return _join(self.root, f"finetune_{name}")
 
@@ -131,7 +137,10 @@ def world_kb_file(world_dir: str) -> str:
 
 
 def curation_dir_for(records_dir: str) -> str:
-  """Where curation state lives for records written to a custom directory: beside it."""
+  """Where curation state lives for records written to a custom directory: beside it
+  (`gs://B/recs/` → `gs://B/recs_curation`; normpath would fold a URL's `//`)."""
+  if storage.is_remote(records_dir):
+    return records_dir.rstrip("/") + "_curation"
   return os.path.normpath(records_dir) + "_curation"
 
 

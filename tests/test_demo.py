@@ -4,12 +4,16 @@ rerun reuses what the same config made and redoes what another config changes.""
 import json
 import os
 
+import numpy as np
 import pytest
 
 from rew_jax import __main__ as cli
+from rew_jax import checkpoint
 from rew_jax import config as config_lib
 from rew_jax import workdir as workdir_lib
+from rew_jax.data import vocab
 from rew_jax.evaluators import checkpoint_eval
+from rew_jax.models import trie
 from rew_jax.stages import demo
 
 
@@ -35,6 +39,12 @@ def test_demo_runlocal_end_to_end(tmp_path, capsys):
                                          f"step_{3 if run == 'train' else 2}",
                                          "predictions_entity.jsonl"))
   assert os.path.getsize(os.path.join(workdir, "curves.png")) > 1000
+  # Both models embed and predict the trimmed vocabulary, which holds every KB name's ids.
+  kept = np.load(os.path.join(workdir, "vocab", vocab.FILE_NAME))
+  names = trie.load(os.path.join(workdir, "kb", "name_trie.npz")).labels
+  assert set(np.asarray(names).tolist()) <= set(kept.tolist()) and len(kept) < 2000
+  head = checkpoint.load_params(workdir_lib.Workdir(workdir).train_run("rew"))["head"]
+  assert head["kernel"].shape[-1] == len(kept)
   # `eval` of a trained checkpoint with the same evaluators reproduces the in-loop figures.
   config = config_lib.load_config("configs/demo.py:runlocal")
   wd = workdir_lib.Workdir(workdir)

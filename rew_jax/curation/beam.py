@@ -18,6 +18,11 @@ The per-record logic is `rew_jax.curation.core.Curator`, exactly as in the local
 shard i of the input becomes `records/rew-0000i.array_record` with records in input order:
 the two runners write byte-identical shards and equal manifests.
 
+Deduplication (`curation.dedup`): the driver hashes the evaluation images once and the
+plan carries the hashes to every worker (32 bytes per image at the default 256 bits); a web
+image within `max_distance` of one is left out before any LLM call and counted in the
+report, as by the local runner. The driver reads the evaluation images from its own disk.
+
 What a worker process holds, once (`apache_beam.utils.shared.Shared`, shared by its
 threads and by every bundle it runs): the backend client, the KB tables (memory-mapped), the
 BM25 title index and the rate limiter (so `rate_limit_per_s` is per worker process). The
@@ -57,13 +62,13 @@ from rew_jax import registry
 from rew_jax import storage
 from rew_jax.curation import beam_options
 from rew_jax.curation import core, inputs
+from rew_jax.curation import dedup as dedup_lib
 from rew_jax.curation import report as report_lib
 from rew_jax.curation import run
 from rew_jax.curation.backends.base import TransientError
 from rew_jax.errors import ConfigError
 
-DEAD_LETTER_DIR = "dead_letters"
-FAILED = "failed"  # The outcome of a record whose calls failed transiently max_attempts times.
+DEAD_LETTER_DIR, FAILED = run.DEAD_LETTER_DIR, run.FAILED
 
 
 def _import_beam():
@@ -85,6 +90,8 @@ class Plan:
   names: tuple        # Output shard names, one per input shard.
   shards: tuple       # Input shard paths.
   config_hash: str
+  # The evaluation images' hashes (`curation.dedup`), hashed once by the driver; None: off.
+  dedup: dedup_lib.EvalIndex | None = None
 
   @property
   def journal_dir(self) -> str:
@@ -142,10 +149,11 @@ def plan(config, workdir: str, restart: bool = False) -> tuple[Plan, list[int]]:
   shards = inputs.candidate_shards(paths["candidates"])
   kb_index = _build_kb_index(c, paths)
   state = _state(config, shards)
-  p = Plan(config=config.to_dict(), paths=paths, kb_index=kb_index,
-           image_root=c.image_root or paths["world"],
+  image_root = c.image_root or paths["world"]
+  p = Plan(config=config.to_dict(), paths=paths, kb_index=kb_index, image_root=image_root,
            names=tuple(records_lib.shard_name(i) for i in range(len(shards))),
-           shards=tuple(shards), config_hash=state["config_hash"])
+           shards=tuple(shards), config_hash=state["config_hash"],
+           dedup=dedup_lib.EvalIndex.from_config(run.dedup_config(c, image_root)))
   _check_state(p, state, restart)
   todo = [i for i, name in enumerate(p.names)
           if not storage.exists(os.path.join(paths["out"], name))]
@@ -246,21 +254,17 @@ class Worker:
     self.backend_name = registry.CURATION_BACKENDS.get(c.backend).name
 
 
-def failed_outcome(item: core.Item, error: Exception) -> core.Outcome:
-  return core.Outcome(index=item.index, image_id=item.image_id, status=FAILED,
-                      reason=f"{type(error).__name__}: {error}")
-
-
-def curate_item(worker: Worker, item: core.Item, image_root: str) -> core.Outcome:
-  """One record's outcome; a bad image or exhausted retries are outcomes, not exceptions."""
-  try:
-    image, mime = inputs.load_image(item, image_root, check=True)
-  except inputs.BadImageError as e:
-    return core.bad_image_outcome(item, str(e))
+def curate_item(worker: Worker, item: core.Item, image_root: str,
+                dedup: dedup_lib.EvalIndex | None = None) -> core.Outcome:
+  """One record's outcome; a bad image, a copy of an evaluation image or exhausted retries
+  are outcomes, not exceptions."""
+  image, mime, left_out = run.screen(item, image_root, dedup)
+  if left_out is not None:
+    return left_out
   try:
     return worker.curator.curate(item, image, mime)
   except TransientError as e:
-    return failed_outcome(item, e)
+    return run.failed_outcome(item, e)
 
 
 def read_outcomes(path: str) -> dict[int, core.Outcome]:
@@ -276,15 +280,6 @@ def read_outcomes(path: str) -> dict[int, core.Outcome]:
   return done
 
 
-def dead_letter(item: core.Item, out: core.Outcome) -> dict | None:
-  """The quarantine entry of an outcome that gave no labelled record, else None."""
-  if out.status not in (core.BAD_IMAGE, "unresolved", FAILED):
-    return None
-  return {"shard": item.shard, "line": item.index + 1, "image_id": item.image_id,
-          "kind": out.status, "reason": out.reason or ",".join(out.parse_failures),
-          "retried_on_rerun": out.status == FAILED}
-
-
 def curate_shard(worker: Worker, plan_: Plan, shard_index: int) -> dict:
   """Curates one candidates shard and commits its journal, dead letters and records."""
   shard = plan_.shards[shard_index]
@@ -295,11 +290,11 @@ def curate_shard(worker: Worker, plan_: Plan, shard_index: int) -> dict:
   done = {i: o for i, o in read_outcomes(journal_path).items() if o.status != FAILED}
   todo = run.journal_todo(journal_path, done, items)
   with concurrent.futures.ThreadPoolExecutor(min(worker.concurrency, max(1, len(todo)))) as ex:
-    for out in ex.map(lambda it: curate_item(worker, it, plan_.image_root), todo):
+    for out in ex.map(lambda it: curate_item(worker, it, plan_.image_root, plan_.dedup), todo):
       done[out.index] = out
   storage.write_text(journal_path, "".join(
       json.dumps(done[it.index].to_json(), ensure_ascii=False) + "\n" for it in items))
-  letters = [d for it in items if (d := dead_letter(it, done[it.index]))]
+  letters = run.dead_letter_lines(items, done)
   storage.write_text(os.path.join(plan_.dead_letter_dir, base),
                      "".join(json.dumps(d, ensure_ascii=False) + "\n" for d in letters))
   failed = sum(d["kind"] == FAILED for d in letters)
@@ -461,6 +456,7 @@ def report(plan_: Plan, seconds: float) -> dict:
   settings = core.Settings.from_config(c)
   builder = report_lib.ReportBuilder(
       backend=c.backend, mode=settings.mode, truth_path=plan_.paths["truth"],
+      eval_images=len(plan_.dedup) if plan_.dedup is not None else 0,
       price_in=c.price_per_mtok_in, price_out=c.price_per_mtok_out,
       num_examples=c.report_examples)
   skipped = records_lib.SkipCounter() if c.skip_bad_inputs else None

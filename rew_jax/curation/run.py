@@ -229,6 +229,31 @@ def screen(item: core.Item, image_root: str, dedup: dedup_lib.EvalIndex | None =
   return image, mime, None
 
 
+DEAD_LETTER_DIR = "dead_letters"
+FAILED = "failed"  # The outcome of a record whose calls failed transiently max_attempts times.
+
+
+def failed_outcome(item: core.Item, error: Exception) -> core.Outcome:
+  return core.Outcome(index=item.index, image_id=item.image_id, status=FAILED,
+                      reason=f"{type(error).__name__}: {error}")
+
+
+def dead_letter(item: core.Item, out: core.Outcome) -> dict | None:
+  """The quarantine entry of an outcome that gave no labelled record, else None."""
+  if out.status not in (core.BAD_IMAGE, "unresolved", FAILED):
+    return None
+  return {"shard": item.shard, "line": item.index + 1, "image_id": item.image_id,
+          "kind": out.status, "reason": out.reason or ",".join(out.parse_failures),
+          "retried_on_rerun": out.status == FAILED}
+
+
+def dead_letter_lines(items: Sequence[core.Item], outcomes: dict[int, core.Outcome]
+                      ) -> list[dict]:
+  """A shard's dead letters, in input order (both runners write these files)."""
+  return [d for it in items if it.index in outcomes
+          if (d := dead_letter(it, outcomes[it.index]))]
+
+
 def journal_todo(journal_path: str, done: dict[int, core.Outcome],
                  items: Sequence[core.Item]) -> list[core.Item]:
   """The items a shard's journal has no outcome for; a journal written for other inputs is
@@ -245,8 +270,9 @@ def journal_todo(journal_path: str, done: dict[int, core.Outcome],
 def curate_shard(items: Sequence[core.Item], curator: core.Curator, image_root: str,
                  journal_path: str, concurrency: int, progress=None,
                  dedup: dedup_lib.EvalIndex | None = None
-                 ) -> tuple[dict[int, core.Outcome], list[str]]:
-  """Curates the items that have no journal entry yet; → (all outcomes, failures)."""
+                 ) -> tuple[dict[int, core.Outcome], list[core.Outcome]]:
+  """Curates the items that have no journal entry yet; → (all outcomes, the `failed`
+  outcomes of items whose calls failed transiently, which are not journaled)."""
   done = read_journal(journal_path)
   todo = journal_todo(journal_path, done, items)
   failures = []
@@ -266,7 +292,7 @@ def curate_shard(items: Sequence[core.Item], curator: core.Curator, image_root: 
         try:
           out = fut.result()
         except TransientError as e:
-          failures.append(f"{item.shard}:{item.index + 1} ({item.image_id}): {e}")
+          failures.append(failed_outcome(item, e))
           continue
         except BaseException:
           for f in futures:
@@ -350,6 +376,9 @@ def curate(config, workdir: str, *, restart: bool = False, backend=None,
       price_in=c.price_per_mtok_in, price_out=c.price_per_mtok_out,
       num_examples=c.report_examples)
   failures, names = [], []
+  letters: dict[str, int] = {}
+  dead_letter_dir = os.path.join(paths["curation"], DEAD_LETTER_DIR)
+  os.makedirs(dead_letter_dir, exist_ok=True)
   progress = None
   try:
     if verbose:
@@ -366,24 +395,39 @@ def curate(config, workdir: str, *, restart: bool = False, backend=None,
       else:
         outcomes, shard_failures = curate_shard(items, curator, image_root, journal_path,
                                                 c.concurrency, progress, dedup)
-        failures += shard_failures
+        failures += [(it, f) for it in items for f in shard_failures if f.index == it.index]
         if not shard_failures:
           commit_shard(out_path, items, outcomes, image_root, backend.name)
+        outcomes = dict(outcomes, **{f.index: f for f in shard_failures})
+      shard_letters = dead_letter_lines(items, outcomes)
+      _write_lines(os.path.join(dead_letter_dir, os.path.basename(shard)), shard_letters)
+      for d in shard_letters:
+        letters[d["kind"]] = letters.get(d["kind"], 0) + 1
       for it in items:
-        if it.index in outcomes:
+        if it.index in outcomes and outcomes[it.index].status != FAILED:
           builder.add(it, outcomes[it.index])
   finally:
     if progress is not None:
       progress.close()
     backend.close()
   if failures:
+    item, first = failures[0]
     raise IncompleteRunError(
         f"{len(failures)} records still failed after {c.max_attempts} attempts (first: "
-        f"{failures[0]}); the others are saved: rerun the same command to retry them")
+        f"{item.shard}:{item.index + 1} ({item.image_id}): {first.reason}; all: "
+        f"{dead_letter_dir}); the others are saved: rerun the same command to retry them")
 
   manifest = records_lib.describe_shards(paths["out"], names, source=c.source,
                                          curation_config_hash=state["config_hash"])
   manifest.save(paths["out"])
   report = builder.finish(manifest, skipped=skipped, seconds=time.time() - start)
+  report["dead_letters"] = {"dir": dead_letter_dir, "by_kind": letters}
   report_lib.write(report, paths["curation"], builder.chosen_examples(), image_root)
   return report
+
+
+def _write_lines(path: str, rows: Sequence[dict]) -> None:
+  """A JSON-lines file, written whole (a rename), so a killed run leaves the old one."""
+  with open(path + ".tmp", "w", encoding="utf-8") as f:
+    f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+  os.replace(path + ".tmp", path)

@@ -21,8 +21,10 @@ non-visual concept entities ("Negative equity") are what irrelevant captions tal
 Web captions carry the paper's noise types at configured rates: a correct mention, an
 irrelevant caption about something else, and a mention of a visually similar wrong entity
 (one attribute off: often a near colour or pattern). Disambiguation parentheses never appear
-in captions, as on the web. Unseen entities appear nowhere in the web data (neither as an
-image's truth nor in a caption) nor in OVEN train.
+in captions, as on the web. OVEN's "unseen" entities (`unseen_fraction`) are absent from
+OVEN train only: the web data shows them under the same caption noise, as web-scale
+pretraining data covers OVEN's unseen entities. `zero_shot_fraction` of them are absent
+from the web data too (seen nowhere; 0 by default).
 
 Knobs (config keys): num_entities, unseen_fraction, num_web_images, the caption rates,
 OVEN split sizes, image size range. Harder: more entities, more similar_wrong/irrelevant

@@ -29,11 +29,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from rew_jax import registry
+from rew_jax.data import vocab
 from rew_jax.data.tokenizers import BERT_BOS_ID, BERT_PAD_ID
 from rew_jax.models import base
 from rew_jax.models import convert
+from rew_jax.models.decoding import NEG
 from rew_jax.models import git_config
 from rew_jax.models import git_predict
 from rew_jax.models import layers, text_decoder, vit
@@ -66,6 +69,21 @@ class GiT(nn.Module):
         dec.vocab_size, dtype=spec.dtype, param_dtype=jnp.float32,
         kernel_init=layers.partitioned(layers.default_kernel_init, ("embed", "vocab")),
         bias_init=layers.partitioned(nn.initializers.zeros, ("vocab",)))
+    # A trimmed vocabulary (model.vocab_ids): tokenizer id → kept row, and back.
+    self.kept_ids = None if spec.vocab_ids is None else np.asarray(spec.vocab_ids, np.int32)
+    self.to_row = (None if spec.vocab_ids is None else
+                   vocab.compact_table(spec.vocab_ids, spec.tokenizer_size))
+
+  def rows(self, tokens):
+    """Tokenizer ids → rows of the embedding and the output layer."""
+    return tokens if self.to_row is None else jnp.asarray(self.to_row)[tokens]
+
+  def full_vocab(self, logits):
+    """Logits over the kept rows → over every tokenizer id (dropped ids: impossible)."""
+    if self.kept_ids is None:
+      return logits
+    full = jnp.full(logits.shape[:-1] + (self.spec.tokenizer_size,), NEG, logits.dtype)
+    return full.at[..., self.kept_ids].set(logits)
 
   def encode(self, images, train: bool = False):
     """images [B,I,I,3] → image tokens in decoder width [B,N,D]."""
@@ -77,8 +95,10 @@ class GiT(nn.Module):
     y = self.head(x).astype(jnp.float32)
     return layers.constrain(y, ("batch", "length", "act_vocab"))
 
-  def __call__(self, images, prompt_tokens, target_tokens, train: bool = False):
-    """→ logits [B,T,V] (float32) for the target positions."""
+  def __call__(self, images, prompt_tokens, target_tokens, train: bool = False,
+               kept_rows: bool = False):
+    """→ logits [B,T,V] (float32) for the target positions; with a trimmed vocabulary,
+    over the tokenizer's ids, or over the kept rows only when `kept_rows`."""
     if prompt_tokens.shape[1] + target_tokens.shape[1] > self.spec.decoder.max_positions:
       raise ValueError(f"prompt + target length {prompt_tokens.shape[1]} + "
                        f"{target_tokens.shape[1]} exceeds the {self.spec.decoder.max_positions} "
@@ -86,12 +106,13 @@ class GiT(nn.Module):
     visual = self.encode(images, train)
     num_image = visual.shape[1]
     positions = text_decoder.text_positions(prompt_tokens, target_tokens)
-    text = self.embed(jnp.concatenate([prompt_tokens, target_tokens], axis=1), positions,
-                      deterministic=not train)
+    text = self.embed(self.rows(jnp.concatenate([prompt_tokens, target_tokens], axis=1)),
+                      positions, deterministic=not train)
     x = jnp.concatenate([visual, text.astype(visual.dtype)], axis=1)
     mask = text_decoder.git_mask(num_image, prompt_tokens, target_tokens)
     x, _ = self.decoder(x, mask, train=train)
-    return self.logits(x[:, num_image + prompt_tokens.shape[1]:])
+    logits = self.logits(x[:, num_image + prompt_tokens.shape[1]:])
+    return logits if kept_rows else self.full_vocab(logits)
 
   def prefill(self, images, prompt_tokens):
     """Encodes images and prompts once: the prefix keys/values of every layer."""
@@ -99,7 +120,7 @@ class GiT(nn.Module):
     batch, num_image = visual.shape[:2]
     empty = jnp.zeros((batch, 0), jnp.int32)
     positions = text_decoder.text_positions(prompt_tokens, empty)
-    text = self.embed(prompt_tokens, positions)
+    text = self.embed(self.rows(prompt_tokens), positions)
     x = jnp.concatenate([visual, text.astype(visual.dtype)], axis=1)
     mask = text_decoder.git_mask(num_image, prompt_tokens, empty)
     _, (k, v) = self.decoder(x, mask)
@@ -110,10 +131,10 @@ class GiT(nn.Module):
   def decode_step(self, tokens, cache, decode_index):
     """tokens [B,R] at target slot `decode_index` → (logits [B,R,V], cache)."""
     positions = cache["prompt_len"][:, None] + decode_index
-    x = self.embed(tokens, jnp.broadcast_to(positions, tokens.shape))
+    x = self.embed(self.rows(tokens), jnp.broadcast_to(positions, tokens.shape))
     layer_cache = {k: cache[k] for k in ("prefix_k", "prefix_v", "k", "v")}
     x, updated = self.decoder(x, cache["prefix_mask"], layer_cache, decode_index)
-    return self.logits(x), dict(cache, **updated)
+    return self.full_vocab(self.logits(x)), dict(cache, **updated)
 
 
 def dummy_inputs(spec: git_config.GiTSpec, batch: int = 1):
@@ -149,14 +170,19 @@ class GiTModel(base.Model):
 
   def logits_and_targets(self, params, batch, *, rng, train):
     """The decoder reads `target` shifted right behind BOS, as decoding feeds it; PAD
-    positions (after EOS) do not count."""
+    positions (after EOS) do not count. With a trimmed vocabulary, logits and targets are
+    over its kept rows."""
     target = batch["target"]
     target_in = jnp.concatenate(
         [jnp.full_like(target[:, :1], BERT_BOS_ID), target[:, :-1]], axis=1)
     rngs = {"dropout": rng} if rng is not None else {}
     logits = self.module.apply({"params": params}, batch["image"], batch["prompt"], target_in,
-                               train=train, rngs=rngs)
-    return logits, target, (target != BERT_PAD_ID).astype(jnp.float32)
+                               train=train, kept_rows=True, rngs=rngs)
+    weights = (target != BERT_PAD_ID).astype(jnp.float32)
+    if self.spec.vocab_ids is not None:
+      target = jnp.asarray(vocab.compact_table(self.spec.vocab_ids,
+                                               self.spec.tokenizer_size))[target]
+    return logits, target, weights
 
   @property
   def loaders(self) -> Mapping[str, base.Loader]:
@@ -164,7 +190,19 @@ class GiTModel(base.Model):
 
   def _load_hf_git(self, path: str, params) -> Any:
     del params  # Every weight comes from the checkpoint.
-    return convert.git_to_params(convert.read_state_dict(path), self.config, path)["params"]
+    full = dict(self.config.to_dict() if hasattr(self.config, "to_dict") else self.config,
+                vocab_ids="")
+    loaded = convert.git_to_params(convert.read_state_dict(path), full, path)["params"]
+    if self.spec.vocab_ids is None:
+      return loaded
+    # A trimmed vocabulary keeps the checkpoint's rows of the ids it keeps.
+    kept = np.asarray(self.spec.vocab_ids)
+    words = loaded["embed"]["word_embeddings"]
+    head = loaded["head"]
+    return dict(loaded, embed=dict(loaded["embed"], word_embeddings=dict(
+        words, embedding=np.asarray(words["embedding"])[kept])),
+                head=dict(head, kernel=np.asarray(head["kernel"])[:, kept],
+                          bias=np.asarray(head["bias"])[kept]))
 
   def _load_hf_clip(self, path: str, params) -> Any:
     convert.require_dir(path, "a local HF CLIP folder (CLIPModel, CLIPVisionModel or "

@@ -28,6 +28,9 @@ def default_config() -> ml_collections.ConfigDict:
       decoder=dict(num_layers=6, hidden_size=768, num_heads=12, mlp_dim=3072, dropout=0.1,
                    attention_dropout=0.0, activation="gelu", ln_eps=1e-12),
       vocab_size=30522,
+      # A trimmed vocabulary: the path of a `data/vocab.py` file listing the tokenizer ids the
+      # model keeps (the rest read as [UNK] and are never predicted). "": all vocab_size ids.
+      vocab_ids="",
       max_prompt_len=20,
       max_target_len=44,
       dtype="float32",
@@ -45,10 +48,12 @@ class GiTSpec:
   dtype: Any
   remat: bool
   scan_layers: bool
+  vocab_ids: tuple[int, ...] | None = None  # The kept tokenizer ids (trimmed vocabulary).
+  tokenizer_size: int = 30522  # The tokenizer's vocabulary: ids the model reads and returns.
 
 
-_TOP_KEYS = {"name", "variant", "image_size", "vit", "decoder", "vocab_size", "max_prompt_len",
-             "max_target_len", "dtype", "remat", "scan_layers"}
+_TOP_KEYS = {"name", "variant", "image_size", "vit", "decoder", "vocab_size", "vocab_ids",
+             "max_prompt_len", "max_target_len", "dtype", "remat", "scan_layers"}
 
 
 def parse_config(config: Mapping[str, Any] | GiTSpec) -> GiTSpec:
@@ -69,7 +74,11 @@ def parse_config(config: Mapping[str, Any] | GiTSpec) -> GiTSpec:
     raise ConfigError(f"config.model.decoder has unknown keys {sorted(set(dec) - known_dec)}")
   if base["dtype"] not in DTYPES:
     raise ConfigError(f"config.model.dtype {base['dtype']!r} not in {sorted(DTYPES)}")
-  dec["vocab_size"] = base["vocab_size"]
+  vocab_ids = None
+  if base["vocab_ids"]:
+    from rew_jax.data import vocab  # pylint: disable=g-import-not-at-top
+    vocab_ids = vocab.load_ids(base["vocab_ids"], base["vocab_size"])
+  dec["vocab_size"] = len(vocab_ids) if vocab_ids else base["vocab_size"]
   dec.setdefault("max_positions", base["max_prompt_len"] + base["max_target_len"])
   if dec["hidden_size"] % dec["num_heads"]:
     raise ConfigError("config.model.decoder.hidden_size must be a multiple of num_heads")
@@ -80,4 +89,6 @@ def parse_config(config: Mapping[str, Any] | GiTSpec) -> GiTSpec:
       max_target_len=int(base["max_target_len"]),
       dtype=DTYPES[base["dtype"]],
       remat=bool(base["remat"]),
-      scan_layers=bool(base["scan_layers"]))
+      scan_layers=bool(base["scan_layers"]),
+      vocab_ids=vocab_ids,
+      tokenizer_size=int(base["vocab_size"]))

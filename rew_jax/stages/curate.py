@@ -27,7 +27,6 @@ from rew_jax import registry
 from rew_jax import storage
 from rew_jax import workdir as workdir_lib
 from rew_jax.curation import beam_options
-from rew_jax.curation import dedup as dedup_lib
 from rew_jax.curation import report as report_lib
 from rew_jax.curation import run as run_lib
 from rew_jax.errors import ConfigError
@@ -85,9 +84,6 @@ def run(config, wd: workdir_lib.Workdir, *, runner: str = "local", restart: bool
   if redo_changed and stamp and stamp["fingerprint"] != digest:
     restart = True
   progress.header(f"curation ({section.backend})")
-  if runner != "local" and dedup_lib.enabled(section.get("dedup", None)):
-    raise ConfigError("curation.dedup: the Beam runners do not deduplicate against "
-                      "evaluation images yet; run it with --runner local")
   if runner != "local":
     from rew_jax.curation import beam  # pylint: disable=g-import-not-at-top  (extra `beam`)
     report = beam.curate(config, wd.root, runner=runner, pipeline_args=pipeline_args,

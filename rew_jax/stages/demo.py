@@ -17,19 +17,25 @@ another config made, so a report never shows old figures as new.
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import os
 import shutil
 import time
 from typing import Sequence
 
+import jax
 import numpy as np
 
 from rew_jax import config as config_lib
 from rew_jax import plot
 from rew_jax import train as train_lib
 from rew_jax import workdir as workdir_lib
+from rew_jax import records as records_lib
 from rew_jax.data import oven_records
+from rew_jax.data import tokenizers
+from rew_jax.data import vocab
+from rew_jax.models import trie as trie_lib
 from rew_jax.stages import base
 from rew_jax.stages import curate as curate_stage
 from rew_jax.stages import demo_report
@@ -73,6 +79,8 @@ def train_config(config, wd: workdir_lib.Workdir, name: str, seed: int = 0
   c.seed += seed
   c.input.seed += seed
   c.input.data_dir = wd.records(name)
+  if config.demo.trim_vocab:
+    c.model.vocab_ids = vocab_path(wd)
   if name == "rew":
     c.input.tasks.weights = config.demo.rew_task_weights
   evals, predict = oven_eval_blocks(config, wd)
@@ -117,6 +125,41 @@ def ensure_oven_records(wd: workdir_lib.Workdir, progress: base.Progress) -> str
   return wd.oven_records
 
 
+def vocab_path(wd: workdir_lib.Workdir) -> str:
+  return os.path.join(wd.vocab, vocab.FILE_NAME)
+
+
+def _record_texts(directory: str):
+  for r in records_lib.read_records(directory):
+    yield from (r.entity_name, r.rationale, r.question)
+    for qa in r.qa:
+      yield from (qa.question, qa.answer)
+
+
+def ensure_vocab(config, wd: workdir_lib.Workdir, sources: Sequence[str],
+                 progress: base.Progress) -> str:
+  """The trimmed vocabulary both demo models share (`rew_jax.data.vocab`): every id of the
+  KB's names (the name trie that decoding walks) and of what training reads: the records in
+  `sources` and the task mixture's own questions and prompts."""
+  tasks = config.train.input.tasks
+  digest = workdir_lib.fingerprint(
+      ("vocab", list(tasks.generic_questions), tasks.rationale_prompt, dict(tasks.prefixes)),
+      workdir_lib.stamp_of(wd.world), *(workdir_lib.stamp_of(d) for d in sources))
+  path = vocab_path(wd)
+  if workdir_lib.is_current(wd.vocab, digest) and os.path.isfile(path):
+    return path
+  texts = itertools.chain(tasks.generic_questions, [tasks.rationale_prompt],
+                          dict(tasks.prefixes).values(),
+                          *(_record_texts(d) for d in sources))
+  ids = vocab.build_ids(texts, tokenizers.load_tokenizer("bert"))
+  names = np.asarray(trie_lib.load(wd.kb_file("name_trie.npz")).labels)
+  ids = np.union1d(ids, names).astype(np.int32)
+  vocab.save_ids(ids, path)
+  workdir_lib.write_stamp(wd.vocab, "vocab", digest, size=int(len(ids)))
+  progress.line(f"trimmed vocabulary: {len(ids)} of the tokenizer's ids → {path}")
+  return path
+
+
 def train_one(c, directory: str, inputs: str, progress: base.Progress, what: str) -> dict:
   """Trains and evaluates one model, or reuses what the same config and inputs made; returns
   the last evaluation's figures with their intervals."""
@@ -142,6 +185,11 @@ def run(config, wd: workdir_lib.Workdir) -> dict:
   """Every stage of the method on the embedded world; returns curation, results and report."""
   progress = base.Progress()
   os.makedirs(wd.root, exist_ok=True)
+  if config.demo.compilation_cache and not jax.config.jax_compilation_cache_dir:
+    # Both models' train steps and every evaluation compile to the same programs: later
+    # runs (and reruns of the demo) load them from W/jax_cache instead of compiling again.
+    # Takes effect when nothing has compiled yet in this process (a fresh CLI run).
+    jax.config.update("jax_compilation_cache_dir", os.path.join(wd.root, "jax_cache"))
   progress.header("world")
   summary = world_stage.ensure(config, wd, progress=progress)
   curation = {}  # Each curation makes (or reuses) the candidates it reads.
@@ -151,13 +199,17 @@ def run(config, wd: workdir_lib.Workdir) -> dict:
   finetune = config.demo.finetune.total_steps > 0
   if finetune:
     ensure_oven_records(wd, progress)
+  if config.demo.trim_vocab:
+    ensure_vocab(config, wd, [wd.records(n) for n, _ in DATASETS] +
+                 ([wd.oven_records] if finetune else []), progress)
   seeds = list(range(config.demo.seeds))  # Offsets from the config's training seed.
   results = {name: {"before": [], "after": []} for name, _ in DATASETS}
   for seed in seeds:
     for name, _ in DATASETS:
       pre_dir = run_dir(wd, "train", name, seed)
       results[name]["before"].append(train_one(
-          train_config(config, wd, name, seed), pre_dir, workdir_lib.stamp_of(wd.records(name)),
+          train_config(config, wd, name, seed), pre_dir,
+          workdir_lib.stamp_of(wd.records(name)) + workdir_lib.stamp_of(wd.vocab),
           progress, f"pretrain {name}, seed +{seed}"))
       if finetune:
         results[name]["after"].append(train_one(
@@ -186,7 +238,8 @@ def run(config, wd: workdir_lib.Workdir) -> dict:
 def check(config, source: str) -> None:
   """Checks the demo's own sections (the stages check theirs when they run)."""
   config_lib.section(config, "demo", config_lib.ConfigDict(dict(
-      rew_task_weights=config_lib.ConfigDict(), seeds=1, finetune=config_lib.ConfigDict(dict(
+      rew_task_weights=config_lib.ConfigDict(), seeds=1, trim_vocab=False,
+      compilation_cache=False, finetune=config_lib.ConfigDict(dict(
           total_steps=0, lr=0.0, warmup_steps=0)))), source)
   config_lib.section(config, "eval", config_lib.ConfigDict(dict(
       splits=(), batch_size=0, num_beams=0, max_examples=0, pp="")), source)

@@ -43,6 +43,10 @@ def test_a_truncated_jpeg_is_counted_and_never_reaches_the_records(world, tmp_pa
   assert sum(report["counts_by_status"].values()) == 5
   md = open(os.path.join(work, "curation", "report.md"), encoding="utf-8").read()
   assert "skipped inputs: 1" in md and "undecodable image" in md
+  assert report["dead_letters"]["by_kind"] == {"bad_image": 1}
+  letters = open(os.path.join(work, "curation", "dead_letters",
+                              "candidates-00000-of-00001.jsonl"), encoding="utf-8").readlines()
+  assert [json.loads(x)["image_id"] for x in letters] == [bad["image_id"]]
 
   # A rerun reads the outcome from the journal: same records, same count.
   again = run.curate(config, work, verbose=False)

@@ -328,7 +328,8 @@ def test_http_backends_in_the_pipeline_throttled_and_dead_lettered(world, tmp_pa
 
 def test_a_bucket_workdir_equals_local_disk(world, local, gcs, tmp_path, monkeypatch):
   """Candidates, images, the KB index, records and curation state all in gs:// (a local GCS
-  emulator): the records equal the local runner's, and nothing lands on the local disk."""
+  emulator), the records in a custom `curation.out_dir`: the records equal the local
+  runner's, the state lies beside them, and nothing lands on the local disk."""
   from etils import epath  # pylint: disable=g-import-not-at-top
   from rew_jax import storage  # pylint: disable=g-import-not-at-top
   root = gcs.url("beam")
@@ -353,15 +354,16 @@ def test_a_bucket_workdir_equals_local_disk(world, local, gcs, tmp_path, monkeyp
   config.curation.kb_index_dir = f"{root}/kb"
   config.curation.kb_source = os.path.join(world, "world", "kb", "Wiki6M_ver_1_0.jsonl.gz")
   config.curation.truth_path = os.path.join(world, "world", "truth", "web_truth.jsonl")
+  config.curation.out_dir = f"{root}/recs/"
   monkeypatch.setenv("REW_JAX_CACHE_DIR", str(tmp_path / "cache"))  # Staged KB index.
   report = beam_curation.curate(config, work, runner="direct")
-  assert [records.encode(r) for r in records.read_records(f"{work}/records",
+  assert [records.encode(r) for r in records.read_records(f"{root}/recs",
                                                           check_hashes=True)] == encoded(local[0])
-  remote = json.loads(storage.read_text(f"{work}/records/manifest.json"))
+  remote = json.loads(storage.read_text(f"{root}/recs/manifest.json"))
   assert ({**remote, "curation_config_hash": ""} ==
           {**manifest(local[0]), "curation_config_hash": ""})
   assert report["accuracy_vs_truth"] == local[1]["accuracy_vs_truth"]
-  assert storage.exists(f"{work}/curation/report.md")
+  assert storage.exists(f"{root}/recs_curation/report.md")
   assert os.listdir(cwd) == []  # No "gs:" folder made by a path gone through os.path.
   assert len(os.listdir(tmp_path / "cache" / "kb_index")) == 1  # Staged once.
 

@@ -129,11 +129,27 @@ def test_no_dedup_keeps_older_curation_hashes():
           "backoff_initial_s", "backoff_max_s")})
 
 
-def test_the_beam_runner_refuses_a_dedup_it_would_not_do(world, tmp_path):
-  from rew_jax import workdir as workdir_lib  # pylint: disable=import-outside-toplevel
-  from rew_jax.stages import curate as curate_stage  # pylint: disable=import-outside-toplevel
-  config = curate_config()
-  config.curation.dedup.image_dirs = (str(tmp_path),)
-  wd = workdir_lib.Workdir(link_inputs(world, tmp_path / "w"))
-  with pytest.raises(ConfigError, match="Beam runners do not deduplicate"):
-    curate_stage.run(config, wd, runner="beam", verbose=False)
+def test_the_beam_runner_removes_the_same_copies_as_the_local_runner(world, tmp_path):
+  """The Beam pipeline (DirectRunner) with the same dedup config: identical records and
+  manifest, the same copies counted."""
+  pytest.importorskip("apache_beam")
+  from rew_jax.curation import beam as beam_curation  # pylint: disable=import-outside-toplevel
+  rows = _rows(world)
+  evals = tmp_path / "eval"
+  evals.mkdir()
+  (evals / "copy.jpg").write_bytes(_resized_reencoded(_image(world, rows[2]), 0.8, 70))
+  config = curate_config(backend="top1_candidate")
+  config.curation.dedup.image_dirs = (str(evals),)
+  out = {}
+  for runner in ("local", "direct"):
+    work = link_inputs(world, tmp_path / runner)
+    report = (run.curate(config, work, verbose=False) if runner == "local" else
+              beam_curation.curate(config, work, runner="direct", log=lambda _: None))
+    recs = [records.encode(r) for r in records.read_records(os.path.join(work, "records"))]
+    with open(os.path.join(work, "records", "manifest.json"), encoding="utf-8") as f:
+      out[runner] = (recs, json.load(f), report["eval_duplicates"]["removed"],
+                     report["eval_duplicates"]["eval_images"])
+  assert out["direct"] == out["local"]
+  assert out["local"][2:] == (1, 1)
+  assert rows[2]["image_id"] not in {
+      records.decode(r).image_id for r in out["local"][0]}

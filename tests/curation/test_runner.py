@@ -149,6 +149,13 @@ def test_transient_failures_are_retried_then_left_for_the_rerun(world, finished,
   with pytest.raises(run.IncompleteRunError, match="rerun the same command"):
     run.curate(curate_config(max_attempts=4), work, backend=flaky, verbose=False)
   assert flaky.calls[ids[30]] == 4
+  # The record that failed is quarantined with its reason (as by the Beam runners).
+  letters_dir = os.path.join(work, "curation", "dead_letters")
+  letters = [json.loads(line) for name in sorted(os.listdir(letters_dir))
+             for line in open(os.path.join(letters_dir, name), encoding="utf-8")]
+  assert [(d["image_id"], d["kind"], d["retried_on_rerun"]) for d in letters] == [
+      (ids[30], "failed", True)]
+  assert "HTTP 429" in letters[0]["reason"]
   names = sorted(os.listdir(os.path.join(work, "records")))
   assert names == ["rew-00000.array_record", "rew-00002.array_record"]  # Shard 1 uncommitted.
   # The rerun calls the LLM only for the missing record.
@@ -157,6 +164,8 @@ def test_transient_failures_are_retried_then_left_for_the_rerun(world, finished,
   assert set(again.calls) == {ids[30]}
   assert [records.encode(r) for r in output(work)] == reference
   assert report["retries"] == 6 and report["transient_errors"] == {"server": 6}
+  assert report["dead_letters"]["by_kind"] == {}  # Retried and labelled: no longer quarantined.
+  assert not any(open(os.path.join(letters_dir, n)).read() for n in os.listdir(letters_dir))
 
 
 def test_top1_candidate_baseline(world, tmp_path):

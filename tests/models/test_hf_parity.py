@@ -41,7 +41,7 @@ def hf_git(tmp_path_factory):
   model_config, params = convert.load_hf_git(path, max_prompt_len=3, max_target_len=8)
   params = jax.tree.map(jnp.asarray, params)
   ours = git.GiT(model_config)
-  return model, ours, params
+  return model, ours, params, path
 
 
 def _inputs(seed=0, batch=2, length=6):
@@ -53,7 +53,7 @@ def _inputs(seed=0, batch=2, length=6):
 
 
 def test_logits_match(hf_git):
-  hf, ours, params = hf_git
+  hf, ours, params, _ = hf_git
   pixels, ids = _inputs()
   with torch.no_grad():
     ref = hf(input_ids=torch.tensor(ids), pixel_values=torch.tensor(pixels)).logits.numpy()
@@ -66,7 +66,7 @@ def test_logits_match(hf_git):
 
 
 def test_greedy_generation_matches(hf_git):
-  hf, ours, params = hf_git
+  hf, ours, params, _ = hf_git
   pixels, _ = _inputs(seed=1, batch=3)
   with torch.no_grad():
     ref = hf.generate(pixel_values=torch.tensor(pixels), input_ids=torch.full((3, 1), 101),
@@ -104,8 +104,46 @@ def test_clip_vision_matches():
 
 
 def test_missing_tensor_is_reported(hf_git):
-  hf, ours, _ = hf_git
+  hf, ours, _, _ = hf_git
   sd = {k: v.numpy() for k, v in hf.state_dict().items()}
   del sd["output.bias"]
   with pytest.raises(convert.CheckpointError, match="output.bias"):
     convert.git_to_params(sd, ours.config, source="ckpt")
+
+
+def test_trimmed_vocabulary_keeps_the_checkpoints_rows(hf_git, tmp_path):
+  """A GiT on a trimmed vocabulary, loaded from the same HF checkpoint, gives the full model's
+  logits at every kept id and never predicts a dropped one; dropped input ids read as UNK."""
+  from rew_jax.data import vocab  # pylint: disable=g-import-not-at-top
+  _, ours, params, path = hf_git
+  kept = np.array(sorted({0, 100, 101, 102} | set(range(3, 60))), np.int32)
+  ids_path = vocab.save_ids(kept, str(tmp_path / vocab.FILE_NAME))
+  trimmed = git.GiTModel(dict(ours.config, vocab_ids=ids_path))
+  trimmed_params = {"params": jax.tree.map(jnp.asarray, trimmed.loaders["hf_git"](path, None))}
+  assert trimmed_params["params"]["head"]["kernel"].shape == (32, len(kept))
+  pixels, ids = _inputs(seed=2)
+  ids = np.where(np.isin(ids, kept), ids, 100)  # Inputs the trimmed model reads as-is.
+  images = jnp.asarray(pixels.transpose(0, 2, 3, 1))
+  prompt = jnp.zeros((2, 3), jnp.int32)
+  full = np.asarray(jax.jit(ours.apply)(params, images, prompt, jnp.asarray(ids, jnp.int32)))
+  out = np.asarray(jax.jit(trimmed.module.apply)(trimmed_params, images, prompt,
+                                                   jnp.asarray(ids, jnp.int32)))
+  assert out.shape == full.shape
+  np.testing.assert_allclose(out[..., kept], full[..., kept], atol=1e-5)
+  dropped = np.setdiff1d(np.arange(128), kept)
+  assert (out[..., dropped] == decoding.NEG).all()
+  # Training sees logits and targets over the kept rows.
+  batch = dict(image=images, prompt=prompt, target=jnp.asarray(ids[:, 1:], jnp.int32))
+  logits, targets, weights = trimmed.logits_and_targets(trimmed_params["params"], batch,
+                                                        rng=None, train=False)
+  assert logits.shape[-1] == len(kept)
+  np.testing.assert_array_equal(kept[np.asarray(targets)], ids[:, 1:])
+  np.testing.assert_array_equal(np.asarray(weights), (ids[:, 1:] != 0).astype(np.float32))
+  # An id outside the kept set reads as [UNK].
+  unk, as_unk = ids.copy(), ids.copy()
+  unk[:, 2], as_unk[:, 2] = 61, 100
+  a, b = (np.asarray(jax.jit(trimmed.module.apply)(trimmed_params, images, prompt,
+                                                   jnp.asarray(x, jnp.int32)))
+          for x in (unk, as_unk))
+  np.testing.assert_array_equal(a, b)
+  assert not np.allclose(a, out)  # The replaced token does change the output.
