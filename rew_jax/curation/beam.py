@@ -206,7 +206,13 @@ class AdaptiveLimiter(core.RateLimiter):
   call waits with probability max(0, (calls - ratio × successes) / (calls + 1)) over the
   last minute, and the wait is reported to the runner as throttled time. A waiting call
   counts as a call, so while failures dominate the window, calls get through rarely until
-  they leave it: the delay must be seconds, not milliseconds."""
+  they leave it: the delay must be seconds, not milliseconds.
+
+  The throttle applies only while a call has failed within the window. Without that rule,
+  calls in flight count as unanswered: at a worker's start, `concurrency` simultaneous first
+  calls looked like an overload and some waited `delay_s` although nothing had failed
+  (measured: a 60-record shard at concurrency 4 against a 200 ms endpoint took 5.9 s
+  instead of 3.2 s)."""
 
   def __init__(self, per_s: float, overload_ratio: float, delay_s: float, sleep=time.sleep,
                clock=time.time):
@@ -218,13 +224,16 @@ class AdaptiveLimiter(core.RateLimiter):
                                        throttle_delay_secs=max(1, round(delay_s)))
     self.delay_s = delay_s
     self.waits = 0
+    self._last_failure = float("-inf")
     self._throttle_lock = threading.Lock()  # The throttler's moving sums are not thread-safe.
     self._sleep, self._clock = sleep, clock
 
   def acquire(self) -> None:
     while True:
       with self._throttle_lock:
-        wait = self.throttler.throttle_request(self._clock() * 1000)
+        now = self._clock()
+        wait = (self.throttler.throttle_request(now * 1000) and
+                now - self._last_failure < 60.0)  # The throttler's window.
         self.waits += wait
       if not wait:
         break
@@ -235,6 +244,10 @@ class AdaptiveLimiter(core.RateLimiter):
   def succeeded(self) -> None:
     with self._throttle_lock:
       self.throttler.successful_request(self._clock() * 1000)
+
+  def failed(self) -> None:
+    with self._throttle_lock:
+      self._last_failure = self._clock()
 
 
 class Worker:

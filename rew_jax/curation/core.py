@@ -148,6 +148,9 @@ class RateLimiter:
   def succeeded(self) -> None:
     """A call got a reply (adaptive limiters, such as the Beam pipeline's, count these)."""
 
+  def failed(self) -> None:
+    """A call failed transiently (429, 5xx, timeout)."""
+
 
 class _Wait(tenacity.wait.wait_base):
   """Exponential backoff with jitter, but never sooner than the server's Retry-After."""
@@ -191,6 +194,7 @@ class Curator:
           reply = self.backend.generate(prompt, self.s.timeout_s)
         except TransientError as e:
           out.transient[e.kind] = out.transient.get(e.kind, 0) + 1
+          self.limiter.failed()
           raise
         self.limiter.succeeded()
     out.input_tokens += reply.input_tokens

@@ -398,7 +398,7 @@ def curate(config, workdir: str, *, restart: bool = False, backend=None,
         failures += [(it, f) for it in items for f in shard_failures if f.index == it.index]
         if not shard_failures:
           commit_shard(out_path, items, outcomes, image_root, backend.name)
-        outcomes = dict(outcomes, **{f.index: f for f in shard_failures})
+        outcomes = {**outcomes, **{f.index: f for f in shard_failures}}
       shard_letters = dead_letter_lines(items, outcomes)
       _write_lines(os.path.join(dead_letter_dir, os.path.basename(shard)), shard_letters)
       for d in shard_letters:

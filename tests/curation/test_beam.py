@@ -399,7 +399,13 @@ def test_adaptive_limiter_waits_only_while_calls_fail():
     ok.acquire()
     ok.succeeded()
   assert sleeps == []
+  # Calls in flight at the start (none answered yet, none failed) never wait.
+  cold = limiter(sleeps)
+  for _ in range(8):
+    cold.acquire()
+  assert sleeps == []
   failing = limiter(sleeps)
   for _ in range(50):  # Every call fails: none reports success.
     failing.acquire()
+    failing.failed()
   assert len(sleeps) > 50 and set(sleeps) == {5.0} and failing.waits == len(sleeps)
