@@ -216,8 +216,13 @@ def run(config, wd: workdir_lib.Workdir) -> dict:
             finetune_config(config, wd, name, seed), run_dir(wd, "finetune", name, seed),
             workdir_lib.stamp_of(pre_dir) + workdir_lib.stamp_of(wd.oven_records), progress,
             f"fine-tune {name} on OVEN train, seed +{seed}"))
+  differences = {phase: [demo_report.paired_difference(
+      run_dir(wd, directory, "rew", seed), run_dir(wd, directory, "entity_webli", seed),
+      wd.world_oven("entity_val")) for seed in seeds]
+                 for phase, directory in (("before", "train"), ("after", "finetune"))
+                 if phase == "before" or finetune}
   text = demo_report.markdown(summary, curation, results,
-                              [config.train.seed + s for s in seeds])
+                              [config.train.seed + s for s in seeds], differences)
   png = plot.plot_runs({f"{name} ({phase})": run_dir(wd, phase, name, 0)
                         for name, _ in DATASETS for phase in ("train", "finetune")
                         if phase == "train" or finetune}, wd.curves)
@@ -228,6 +233,9 @@ def run(config, wd: workdir_lib.Workdir) -> dict:
                     for phase, runs in phases.items()} for name, phases in results.items()}
   with open(wd.report_json, "w") as f:
     json.dump({"world": summary, "curation": curation, "results": as_json, "seeds": seeds,
+               "rew_minus_entity_webli_entity_hm": {
+                   phase: [d._asdict() if d else None for d in ds]
+                   for phase, ds in differences.items()},
                "chance_pct": demo_report.chance(summary),
                "seconds": round(progress.elapsed(), 1)}, f, indent=1,
               default=lambda x: x.item() if isinstance(x, np.generic) else str(x))

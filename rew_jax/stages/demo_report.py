@@ -4,8 +4,11 @@ Rows: each record set (Entity-WebLI top-1 candidates, REW) before and after fine
 the world's OVEN train splits. Cells: OVEN validation top-1 per split and bucket, the split
 harmonic means and the final one, each as `value [low, high]` (Wilson intervals; harmonic
 means bounded by the harmonic means of the bounds, see `rew_jax.evaluators.intervals`) or,
-over several seeds, `mean ± std`. The curation section is measured against the world's truth
-by the curation report, the only code that reads it.
+over several seeds, `mean ± std`. The verdict compares REW with Entity-WebLI on their paired
+entity-HM difference per seed (both answer the same validation questions; a bootstrap over
+the questions gives its 95 % interval, `intervals.paired_hm_difference`) and claims a
+difference only when every seed's interval excludes zero. The curation section is measured
+against the world's truth by the curation report, the only code that reads it.
 """
 
 from __future__ import annotations
@@ -14,20 +17,47 @@ import json
 import os
 from typing import Any, Mapping, Sequence
 
+from rew_jax.data import oven_files
 from rew_jax.data import synthetic
 from rew_jax.evaluators import intervals
+from rew_jax.evaluators import oven_metric
 
 CELLS = (("entity", "seen"), ("entity", "unseen"), ("entity", "hm"), ("query", "seen"),
          ("query", "unseen"), ("query", "hm"), ("final", "hm"))
 PHASES = ("before", "after")
 
 
-def eval_result(run_dir: str, evaluator: str = "oven_val") -> dict:
-  """The full OVEN score (with counts) of a run's last evaluation."""
+def _last_eval(run_dir: str, evaluator: str) -> str:
   root = os.path.join(run_dir, "eval", evaluator)
   steps = sorted((int(d.split("_")[1]) for d in os.listdir(root) if d.startswith("step_")))
-  with open(os.path.join(root, f"step_{steps[-1]}", "metrics.json")) as f:
+  return os.path.join(root, f"step_{steps[-1]}")
+
+
+def eval_result(run_dir: str, evaluator: str = "oven_val") -> dict:
+  """The full OVEN score (with counts) of a run's last evaluation."""
+  with open(os.path.join(_last_eval(run_dir, evaluator), "metrics.json")) as f:
     return json.load(f)
+
+
+def paired_difference(run_a: str, run_b: str, references: str, evaluator: str = "oven_val"
+                      ) -> intervals.Interval | None:
+  """Entity HM of run_a minus run_b's on the entity questions both predicted, with its 95 %
+  paired-bootstrap interval; None when a bucket has no such question."""
+  preds = [{p["data_id"]: p["pred_entity_id"] for p in oven_files.read_predictions(
+      os.path.join(_last_eval(r, evaluator), "predictions_entity.jsonl"))}
+           for r in (run_a, run_b)]
+  right: dict[str, list[list[bool]]] = {"seen": [[], []], "unseen": [[], []]}
+  for ref in oven_files.read_references(references):
+    bucket = oven_metric.bucket_of(ref["data_split"])
+    if (bucket is None or oven_metric.task_of(ref["data_split"]) != "entity" or
+        not all(ref["data_id"] in p for p in preds)):
+      continue
+    for k, p in enumerate(preds):
+      right[bucket][k].append(p[ref["data_id"]] == ref["entity_id"])
+  if not all(right[b][0] for b in right):
+    return None
+  return intervals.paired_hm_difference(right["seen"][0], right["unseen"][0],
+                                        right["seen"][1], right["unseen"][1])
 
 
 def cell_intervals(result: Mapping[str, Any]) -> dict[str, intervals.Interval]:
@@ -63,25 +93,26 @@ def _cell(values: Sequence[intervals.Interval]) -> str:
   return f"{mean:.1f} ± {std:.1f}"
 
 
-def verdict(results: Mapping[str, Mapping[str, list[dict]]], phase: str) -> str:
-  """Whether REW is ahead on the entity HM beyond the intervals, in every seed."""
-  rew, base = results["rew"][phase], results["entity_webli"][phase]
-  ahead = [intervals.ahead(r["entity_hm"], b["entity_hm"]) for r, b in zip(rew, base)]
-  behind = [intervals.ahead(b["entity_hm"], r["entity_hm"]) for r, b in zip(rew, base)]
+def verdict(differences: Sequence[intervals.Interval | None], phase: str) -> str:
+  """Whether REW is ahead of Entity-WebLI on the entity HM in every seed, beyond the 95 %
+  interval of their paired difference (`paired_difference`, one per seed)."""
   where = f"{phase} fine-tuning"
-  if all(ahead):
-    return (f"{where}: the REW-trained model is ahead of the Entity-WebLI baseline on the "
-            f"entity HM beyond the 95 % intervals ({len(ahead)} seed(s)).")
-  if all(behind):
-    return (f"{where}: the REW-trained model is behind the Entity-WebLI baseline on the "
-            f"entity HM beyond the 95 % intervals ({len(ahead)} seed(s)).")
-  return (f"{where}: the entity-HM intervals of REW and Entity-WebLI overlap (or the seeds "
-          "disagree); no difference is claimed.")
+  known = [d for d in differences if d is not None]
+  per_seed = ", ".join(f"{d.value:+.1f} [{d.low:+.1f}, {d.high:+.1f}]" for d in known)
+  head = (f"{where}: entity HM, REW minus Entity-WebLI (95 % paired-bootstrap interval over "
+          f"the questions), per seed: {per_seed or 'not measured'}; ")
+  if known and len(known) == len(differences) and all(d.low > 0 for d in known):
+    return head + f"REW is ahead in every seed ({len(known)})."
+  if known and len(known) == len(differences) and all(d.high < 0 for d in known):
+    return head + f"REW is behind in every seed ({len(known)})."
+  return head + "an interval includes zero (or the seeds disagree): no difference is claimed."
 
 
 def markdown(summary: Mapping[str, Any], curation: Mapping[str, Mapping[str, Any]],
-             results: Mapping[str, Mapping[str, list[dict]]], seeds: Sequence[int]) -> str:
-  """results: name → phase → one dict of Intervals per seed."""
+             results: Mapping[str, Mapping[str, list[dict]]], seeds: Sequence[int],
+             differences: Mapping[str, Sequence[intervals.Interval | None]]) -> str:
+  """results: name → phase → one dict of Intervals per seed; differences: phase → REW's
+  paired entity-HM difference from Entity-WebLI per seed."""
   odds = chance(summary)
   lines = ["# rew_jax demo report", "",
            synthetic.format_summary(summary).replace("\n", "  \n"), "",
@@ -117,6 +148,6 @@ def markdown(summary: Mapping[str, Any], curation: Mapping[str, Mapping[str, Any
                for t, b in CELLS]
       lines.append(f"| {name} | {'yes' if phase == 'after' else 'no'} | " + " | ".join(cells) +
                    " |")
-  lines += [""] + [verdict(results, phase) for phase in PHASES
-                   if all(results[n].get(phase) for n in ("rew", "entity_webli"))]
+  lines += [""] + [verdict(differences[phase], phase) for phase in PHASES
+                   if phase in differences]
   return "\n".join(lines) + "\n"
