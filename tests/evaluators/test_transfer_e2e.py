@@ -123,12 +123,17 @@ def _knn_reference(queries, memory, labels, k):
   return out
 
 
+def _eval_knn(setup, arg: str, capsys) -> dict:
+  """`eval` of configs/knn_matching.py:ARG in the shared workdir; → the printed figures."""
+  assert cli.main(["eval", "--config", f"{REPO}/configs/knn_matching.py:{arg}",
+                   "--workdir", setup["w"].root]) == 0
+  return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
 def test_knn_dinov2_on_oven_matches_a_pytorch_reference(setup, capsys):
   w, root = setup["w"], setup["root"]
-  arg = f"features=dinov2,runlocal,dinov2={root / 'dinov2'},oven_dir={root / 'O'}"
-  assert cli.main(["eval", "--config", f"{REPO}/configs/knn_matching.py:{arg}",
-                   "--workdir", w.root]) == 0
-  printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  printed = _eval_knn(
+      setup, f"features=dinov2,runlocal,dinov2={root / 'dinov2'},oven_dir={root / 'O'}", capsys)
   out = os.path.join(w.root, "eval", "knn", "step_0")
   table = list(csv.DictReader(open(os.path.join(out, "table.tsv")), delimiter="\t"))
   assert len(table) == 8  # runlocal: the first 8 validation queries.
@@ -158,10 +163,8 @@ def test_knn_dinov2_on_oven_matches_a_pytorch_reference(setup, capsys):
 
 def test_knn_clip_rew_labels_on_an_on_disk_set(setup, capsys):
   w, root = setup["w"], setup["root"]
-  arg = f"features=clip,labels=rew,queries=aircraft,runlocal,clip={root / 'clip'},root={root / 'A'}"
-  assert cli.main(["eval", "--config", f"{REPO}/configs/knn_matching.py:{arg}",
-                   "--workdir", w.root]) == 0
-  printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  printed = _eval_knn(setup, f"features=clip,labels=rew,queries=aircraft,runlocal,"
+                             f"clip={root / 'clip'},root={root / 'A'}", capsys)
   assert set(printed) == {"knn/curated_top1", "knn/curated_labelled", "knn/unlabelled_queries"}
   assert printed["knn/unlabelled_queries"] == 1  # "Zeppelin NT" is not in the KB.
   maps = open(os.path.join(w.root, "eval", "knn", "class_maps", "aircraft.jsonl")).read()
