@@ -395,7 +395,7 @@ def curate(config, workdir: str, *, restart: bool = False, backend=None,
       else:
         outcomes, shard_failures = curate_shard(items, curator, image_root, journal_path,
                                                 c.concurrency, progress, dedup)
-        failures += [(it, f) for it in items for f in shard_failures if f.index == it.index]
+        failures += [(os.path.basename(shard), f) for f in shard_failures]
         if not shard_failures:
           commit_shard(out_path, items, outcomes, image_root, backend.name)
         outcomes = {**outcomes, **{f.index: f for f in shard_failures}}
@@ -411,10 +411,10 @@ def curate(config, workdir: str, *, restart: bool = False, backend=None,
       progress.close()
     backend.close()
   if failures:
-    item, first = failures[0]
+    shard_name, first = failures[0]
     raise IncompleteRunError(
         f"{len(failures)} records still failed after {c.max_attempts} attempts (first: "
-        f"{item.shard}:{item.index + 1} ({item.image_id}): {first.reason}; all: "
+        f"{shard_name}:{first.index + 1} ({first.image_id}): {first.reason}; all: "
         f"{dead_letter_dir}); the others are saved: rerun the same command to retry them")
 
   manifest = records_lib.describe_shards(paths["out"], names, source=c.source,

@@ -16,7 +16,7 @@ from rew_jax.curation.backends.base import Backend, TransientError
 from rew_jax.curation.backends.simulated import SimulatedLLM
 from rew_jax.errors import ConfigError
 
-from curationcase import NUM_IMAGES, curate_config, link_inputs
+from curationcase import NUM_IMAGES, PER_SHARD, curate_config, link_inputs
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
@@ -146,7 +146,9 @@ def test_transient_failures_are_retried_then_left_for_the_rerun(world, finished,
     return orig(prompt, timeout_s)
 
   flaky.generate = generate
-  with pytest.raises(run.IncompleteRunError, match="rerun the same command"):
+  where = rf"-00001-of-\d+\.jsonl:{30 % PER_SHARD + 1} \({ids[30]}\)"  # Shard 1, line 11.
+  with pytest.raises(run.IncompleteRunError,
+                     match=rf"1 records .*{where}: .*HTTP 429.*dead_letters\)"):
     run.curate(curate_config(max_attempts=4), work, backend=flaky, verbose=False)
   assert flaky.calls[ids[30]] == 4
   # The record that failed is quarantined with its reason (as by the Beam runners).
