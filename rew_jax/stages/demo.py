@@ -3,10 +3,12 @@
     python -m rew_jax demo --workdir runs/demo [--config configs/demo.py:runlocal]
 
   world → candidates (Entity-WebLI) → curation: the simulated LLM (REW records) and the
-  no-LLM top-1 candidate (Entity-WebLI records) → pretrain one GiT on each → OVEN validation
-  with KB-constrained decoding → fine-tune each on the world's OVEN train splits → OVEN
-  validation again → the paper's Table 1 in miniature, every cell with its 95 % interval,
-  and loss curves. `:seeds=N` repeats the training for N seeds and reports mean ± std.
+  no-LLM top-1 candidate (Entity-WebLI records) → the trimmed vocabulary both models share
+  (`demo.trim_vocab`) → pretrain one GiT on each → OVEN validation with KB-constrained
+  decoding → fine-tune each on the world's OVEN train splits → OVEN validation again → the
+  paper's Table 1 in miniature, every cell with its 95 % interval, the paired REW −
+  Entity-WebLI difference with its interval, and loss curves. `:seeds=N` repeats the
+  training for N seeds and reports mean ± std.
 
 Every number in the report is measured in the run that writes it. Each stage stamps its
 outputs with a hash of its config section and inputs (`rew_jax.workdir`): a rerun reuses
