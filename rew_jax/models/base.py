@@ -28,6 +28,9 @@ from typing import Any, Callable, Mapping
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
+
+from rew_jax.errors import ConfigError
 
 # fn(path, params) → params: weights from outside the project, as a host tree with the
 # structure and shapes of `params` (the fresh initialisation, for loaders that replace only
@@ -79,3 +82,33 @@ class Model:
     evaluators pick theirs by name (`pred` in an evals block)."""
     del predict_config
     return {}
+
+
+class FrozenImageModel(Model):
+  """A frozen image-feature model (CLIP, DINOv2): square images in, one embedding out.
+
+  Subclasses set `name`, `spec` (with `image_size`) and `module` (images → features), and
+  may override `embedding` (features → [B, E]). They are evaluated with `total_steps=0`
+  (rew_jax/evaluators/checkpoint_eval.py), never trained."""
+
+  name: str
+
+  def dummy_inputs(self, batch: int = 1):
+    size = self.spec.image_size
+    return (jnp.zeros((batch, size, size, 3), jnp.float32),)
+
+  def logits_and_targets(self, params, batch, *, rng, train):
+    raise ConfigError(f"{self.name} is a frozen feature model: evaluate it (total_steps=0), "
+                      "it has no training objective here")
+
+  def embedding(self, features: jax.Array) -> jax.Array:
+    return features
+
+  def predict_fns(self, predict_config=None):
+    del predict_config
+
+    def embed(params, batch):
+      return {"embedding": self.embedding(self.module.apply({"params": params},
+                                                            batch["image"]))}
+
+    return {"embed": jax.jit(embed)}

@@ -17,7 +17,6 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import ml_collections
 
@@ -70,22 +69,17 @@ class ClipImage(nn.Module):
 
 
 @registry.MODELS.register("clip_image")
-class ClipImageModel(base.Model):
+class ClipImageModel(base.FrozenImageModel):
   """CLIP's projected image embedding behind the model interface: `hf_clip:DIR` weights,
   the `embed` prediction function ({"embedding": [B, E]}). A frozen feature model:
   evaluated with `total_steps=0` (rew_jax/evaluators/checkpoint_eval.py), not trained."""
+
+  name = "clip_image"
 
   def __init__(self, config):
     super().__init__(config)
     self.spec, self.projection_dim = parse_config(config)
     self.module = ClipImage(self.spec, self.projection_dim)
-
-  def dummy_inputs(self, batch: int = 1):
-    return (jnp.zeros((batch, self.spec.image_size, self.spec.image_size, 3), jnp.float32),)
-
-  def logits_and_targets(self, params, batch, *, rng, train):
-    raise ConfigError("clip_image is a frozen feature model: evaluate it (total_steps=0), "
-                      "it has no training objective here")
 
   @property
   def loaders(self) -> Mapping[str, base.Loader]:
@@ -97,10 +91,3 @@ class ClipImageModel(base.Model):
                         "CLIPVisionModelWithProjection, e.g. clip-vit-large-patch14)")
     return convert.clip_image_to_params(convert.read_state_dict(path), self.spec, source=path)
 
-  def predict_fns(self, predict_config=None):
-    del predict_config
-
-    def embed(params, batch):
-      return {"embedding": self.module.apply({"params": params}, batch["image"])}
-
-    return {"embed": jax.jit(embed)}

@@ -28,7 +28,6 @@ import dataclasses
 from typing import Any, Mapping
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import ml_collections
 
@@ -149,22 +148,17 @@ class Dinov2(nn.Module):
 
 
 @registry.MODELS.register("dinov2")
-class Dinov2Model(base.Model):
+class Dinov2Model(base.FrozenImageModel):
   """DINOv2 behind the model interface: `hf_dinov2:DIR` weights, the `embed` prediction
   function ({"embedding": [B, D]}, the class token). A frozen feature model: evaluated
   with `total_steps=0` (rew_jax/evaluators/checkpoint_eval.py), not trained."""
+
+  name = "dinov2"
 
   def __init__(self, config):
     super().__init__(config)
     self.spec = parse_config(config)
     self.module = Dinov2(self.spec)
-
-  def dummy_inputs(self, batch: int = 1):
-    return (jnp.zeros((batch, self.spec.image_size, self.spec.image_size, 3), jnp.float32),)
-
-  def logits_and_targets(self, params, batch, *, rng, train):
-    raise ConfigError("dinov2 is a frozen feature model: evaluate it (total_steps=0), "
-                      "it has no training objective here")
 
   @property
   def loaders(self) -> Mapping[str, base.Loader]:
@@ -176,10 +170,5 @@ class Dinov2Model(base.Model):
     return convert.dinov2_to_params(convert.read_state_dict(path), self.spec.depth,
                                     self.spec.num_heads, source=path)
 
-  def predict_fns(self, predict_config=None):
-    del predict_config
-
-    def embed(params, batch):
-      return {"embedding": self.module.apply({"params": params}, batch["image"])[:, 0]}
-
-    return {"embed": jax.jit(embed)}
+  def embedding(self, features):
+    return features[:, 0]  # The class token.
