@@ -182,3 +182,26 @@ def test_project_unknown_name_lists_the_package_modules():
 def test_pp_ops_come_from_their_default_module():
   assert registry.PP_OPS.get("resize").__module__ == "rew_jax.data.ops"
   assert {"decode", "tokenize", "pad"} <= set(registry.PP_OPS.names())
+
+
+TINY_FEATURE_MODELS = {
+    "clip_image": dict(name="clip_image", variant="mu/8", image_size=16, projection_dim=8,
+                       vit=dict(width=32, depth=1, num_heads=2, mlp_dim=64)),
+    "dinov2": dict(name="dinov2", width=32, depth=1, num_heads=2, mlp_dim=64, patch_size=8,
+                   image_size=16)}
+
+
+@pytest.mark.parametrize("name", sorted(TINY_FEATURE_MODELS))
+def test_frozen_feature_models_refuse_training_and_embed_square_images(name):
+  import jax  # pylint: disable=import-outside-toplevel
+  from rew_jax.errors import ConfigError  # pylint: disable=import-outside-toplevel
+  importlib.import_module(f"rew_jax.models.{name}")
+  config = TINY_FEATURE_MODELS[name]
+  model = registry.MODELS.get(name)(config)
+  (images,) = model.dummy_inputs(batch=2)
+  assert images.shape == (2, 16, 16, 3)
+  with pytest.raises(ConfigError, match=f"{name} is a frozen feature model"):
+    model.logits_and_targets({}, {}, rng=None, train=True)
+  params = model.module.init(jax.random.key(0), images)["params"]
+  out = model.predict_fns()["embed"](params, {"image": images})["embedding"]
+  assert out.shape[0] == 2 and out.ndim == 2
