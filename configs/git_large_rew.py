@@ -84,7 +84,7 @@ def get_config(arg=None):
   # masked out of its batch, logged with its shard and index, and counted in the `skipped`
   # column of metrics.jsonl instead of ending a 600k-step run.
   c.input.on_error = "skip"
-  c.input.pp = ("decode_inception_crop(224, area_min=8)|normalize('clip')|"
+  c.input.pp = ("decode_inception_crop(224, area_min=8, antialias=False)|normalize('clip')|"
                 "tokenize(key='prompt', bos=True)|pad(20, key='prompt')|"
                 "tokenize(key='target', eos=True)|"
                 f"pad({TARGET_LEN}, key='target', keep_eos={tokenizers.BERT_EOS_ID})")
@@ -133,7 +133,7 @@ def get_config(arg=None):
     c.model.decoder = config_lib.ConfigDict(dict(num_layers=1, hidden_size=32, num_heads=2,
                                                  mlp_dim=64))
     c.input.batch_size, c.input.num_workers, c.input.num_threads = 8, 0, 1
-    c.input.pp = ("decode_inception_crop(32, area_min=8)|normalize('clip')|"
+    c.input.pp = ("decode_inception_crop(32, area_min=8, antialias=False)|normalize('clip')|"
                   "tokenize(key='prompt', bos=True)|pad(8, key='prompt')|"
                   "tokenize(key='target', eos=True)|"
                   f"pad(8, key='target', keep_eos={tokenizers.BERT_EOS_ID})")

@@ -30,6 +30,7 @@ import logging
 from typing import Any, Callable, Sequence
 
 import numpy as np
+import simplejpeg
 from PIL import Image
 
 from rew_jax.errors import ConfigError, UserError
@@ -137,14 +138,45 @@ def _size2(size) -> tuple[int, int]:
   return int(h), int(w)
 
 
-def _resize(img: np.ndarray, hw: tuple[int, int], method: str, box=None) -> np.ndarray:
+_CV2 = None
+
+
+def _cv2():
+  """OpenCV, imported on first use. Its own thread pool is set to one thread: the pipeline
+  runs one image per Grain thread, and nested pools only oversubscribe the cores."""
+  global _CV2
+  if _CV2 is None:
+    import cv2  # pylint: disable=g-import-not-at-top
+    cv2.setNumThreads(1)
+    _CV2 = cv2
+  return _CV2
+
+
+_CV2_METHODS = {"bilinear": "INTER_LINEAR", "bicubic": "INTER_CUBIC", "nearest": "INTER_NEAREST",
+                "area": "INTER_AREA", "lanczos": "INTER_LANCZOS4"}
+
+
+def _resize(img: np.ndarray, hw: tuple[int, int], method: str, box=None,
+            antialias: bool = True) -> np.ndarray:
+  """Resizes `img` (or its `box` = (left, top, right, bottom) window) to `hw`.
+
+  antialias=True: Pillow, whose filters widen with the downscaling factor. antialias=False:
+  OpenCV's fixed-support kernels on the window rounded to whole pixels, as
+  tf.image.resize(antialias=False) (big_vision's inception crop) does; about 8x faster.
+  """
   if method not in _METHODS:
     raise PreprocessError(f"unknown resize method {method!r}; known: {sorted(_METHODS)}")
   h, w = hw
   if box is None and img.shape[:2] == (h, w):
     return img
-  out = Image.fromarray(img).resize((w, h), _METHODS[method], box=box)
-  return np.asarray(out)
+  if antialias:
+    return np.asarray(Image.fromarray(img).resize((w, h), _METHODS[method], box=box))
+  if box is not None:
+    left, top, right, bottom = (int(round(v)) for v in box)
+    img = img[top:max(bottom, top + 1), left:max(right, left + 1)]
+  cv2 = _cv2()
+  out = cv2.resize(img, (w, h), interpolation=getattr(cv2, _CV2_METHODS[method]))
+  return out[..., None] if out.ndim == 2 and img.ndim == 3 else out
 
 
 def _to_rgb(array: np.ndarray) -> np.ndarray:
@@ -199,13 +231,14 @@ def get_decode(key: str = "image", on_error: str | None = None) -> Op:
 
 
 @PP_OPS.register("resize")
-def get_resize(size, key: str = "image", method: str = "bilinear") -> Op:
+def get_resize(size, key: str = "image", method: str = "bilinear",
+               antialias: bool = True) -> Op:
   """Resizes to `size` (int → square, or (h, w)), ignoring aspect ratio."""
   hw = _size2(size)
 
   def resize(example, rng):
     del rng
-    example[key] = _resize(example[key], hw, method)
+    example[key] = _resize(example[key], hw, method, antialias=antialias)
     return example
 
   return resize
@@ -274,16 +307,18 @@ def sample_inception_box(h: int, w: int, rng: np.random.Generator, area_range=(0
 
 @PP_OPS.register("inception_crop")
 def get_inception_crop(size, area_min: float = 8, area_max: float = 100, key: str = "image",
-                       method: str = "bilinear") -> Op:
-  """Random crop of `area_min`..`area_max` percent of the image, resized to `size`."""
+                       method: str = "bilinear", antialias: bool = True) -> Op:
+  """Random crop of `area_min`..`area_max` percent of the image, resized to `size`
+  (`antialias=False`: as tf.image.resize's default, see `_resize`)."""
   hw = _size2(size)
   area_range = (area_min / 100, area_max / 100)
 
   def inception_crop(example, rng):
     img = example[key]
     top, left, ch, cw = sample_inception_box(img.shape[0], img.shape[1], rng, area_range)
-    # Crop and resize in one PIL call (the box is in source pixels).
-    example[key] = _resize(img, hw, method, box=(left, top, left + cw, top + ch))
+    # Crop and resize in one call (the box is in source pixels).
+    example[key] = _resize(img, hw, method, box=(left, top, left + cw, top + ch),
+                           antialias=antialias)
     return example
 
   return inception_crop
@@ -291,12 +326,16 @@ def get_inception_crop(size, area_min: float = 8, area_max: float = 100, key: st
 
 @PP_OPS.register("decode_inception_crop")
 def get_decode_inception_crop(size, area_min: float = 8, area_max: float = 100, key: str = "image",
-                              method: str = "bilinear", on_error: str | None = None) -> Op:
+                              method: str = "bilinear", on_error: str | None = None,
+                              antialias: bool = True) -> Op:
   """`decode|inception_crop(size)` fused: samples the window from the JPEG header, then lets
   libjpeg decode at 1/2, 1/4 or 1/8 scale when the window stays >= `size` at that scale.
 
   Same window distribution as the unfused ops; on large web images it skips most of the
   decoding work (as tf.image.decode_and_crop_jpeg does). Errors behave as in `decode`.
+  The reduced-scale decode averages whole DCT blocks, so what is left to resize shrinks by
+  less than 2x: `antialias=False` (the default train spec) then loses little and resizes
+  about 8x faster.
   """
   hw = _size2(size)
   area_range = (area_min / 100, area_max / 100)
@@ -306,31 +345,34 @@ def get_decode_inception_crop(size, area_min: float = 8, area_max: float = 100, 
     example = decode(example, rng)
     img = example[key]
     top, left, ch, cw = sample_inception_box(img.shape[0], img.shape[1], rng, area_range)
-    example[key] = _resize(img, hw, method, box=(left, top, left + cw, top + ch))
+    example[key] = _resize(img, hw, method, box=(left, top, left + cw, top + ch),
+                           antialias=antialias)
     return example
 
   def decode_inception_crop(example, rng):
     data = example[key]
     if _is_placeholder(example) or isinstance(data, np.ndarray):
       return unfused(example, rng)
+    # JPEGs: libjpeg-turbo through simplejpeg, straight into numpy, without the GIL (Pillow
+    # holds it for part of its decode and copies the pixels once more into numpy).
     try:
-      img = Image.open(io.BytesIO(data))
-      width, height = img.size
-    except Exception:  # Unreadable header: `decode` raises or skips with its message.
+      height, width = simplejpeg.decode_jpeg_header(data)[:2]
+    except ValueError:  # Not a JPEG (PNG, ...) or no readable header: the unfused ops.
       return unfused(example, rng)
     top, left, ch, cw = sample_inception_box(height, width, rng, area_range)
     shrink = min(ch / hw[0], cw / hw[1])
     factor = next((f for f in (8, 4, 2) if f <= shrink), 1)
-    if factor > 1 and img.format == "JPEG":
-      img.draft("RGB", (-(-width // factor), -(-height // factor)))
+    # The smallest DCT scale at least 1/factor of the size is exactly 1/factor (power-of-two
+    # scales are libjpeg-turbo's SIMD ones).
+    scaled = {} if factor == 1 else dict(min_height=-(-height // factor),
+                                         min_width=-(-width // factor))
     try:
-      img.load()
-    except Exception:  # Corrupt body: as above.
+      img = simplejpeg.decode_jpeg(data, colorspace="RGB", **scaled)
+    except ValueError:  # A corrupt body, or a colour space it cannot convert: as above.
       return unfused(example, rng)
-    sx, sy = img.size[0] / width, img.size[1] / height
+    sx, sy = img.shape[1] / width, img.shape[0] / height
     box = (left * sx, top * sy, (left + cw) * sx, (top + ch) * sy)
-    img = img if img.mode == "RGB" else img.convert("RGB")
-    example[key] = np.asarray(img.resize((hw[1], hw[0]), _METHODS[method], box=box))
+    example[key] = _resize(img, hw, method, box=box, antialias=antialias)
     return example
 
   return decode_inception_crop
@@ -358,11 +400,24 @@ def get_normalize(mean="clip", std=None, key: str = "image") -> Op:
   # (x/255 - mean)/std folded into one multiply-add: two passes over the image, not four.
   scale = (1 / (255 * np.asarray(std, np.float64))).astype(np.float32)
   offset = (-np.asarray(mean, np.float64) / np.asarray(std, np.float64)).astype(np.float32)
+  rows: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # width → (scale, offset) per row.
 
   def normalize(example, rng):
     del rng
-    x = np.multiply(example[key], scale, dtype=np.float32)
-    x += offset
+    img = np.asarray(example[key])
+    if img.ndim == 3 and img.shape[-1] == scale.size:
+      # numpy loops over the innermost axis: broadcasting a 3-vector makes that loop 3 long
+      # (about 9x slower at 224²). A [W·3] row repeated per channel keeps it W·3 long.
+      h, w, c = img.shape
+      if w not in rows:
+        rows[w] = np.tile(scale, w), np.tile(offset, w)
+      row_scale, row_offset = rows[w]
+      x = np.multiply(img.reshape(h, w * c), row_scale, dtype=np.float32)
+      x += row_offset
+      x = x.reshape(h, w, c)
+    else:
+      x = np.multiply(img, scale, dtype=np.float32)
+      x += offset
     example[key] = x
     return example
 

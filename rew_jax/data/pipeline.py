@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from typing import Any, Mapping, Sequence
 
 import grain
@@ -50,7 +51,7 @@ from rew_jax.errors import ConfigError
 from rew_jax.records import RecordError, RecordSource, decode
 
 DEFAULT_TRAIN_PP = (
-    "decode_inception_crop(224)|normalize('clip')|"
+    "decode_inception_crop(224, antialias=False)|normalize('clip')|"
     "tokenize(key='prompt', bos=True)|pad(20, key='prompt')|"
     f"tokenize(key='target', eos=True)|pad(32, key='target', keep_eos={tokenizers.BERT_EOS_ID})")
 DEFAULT_EVAL_PP = (
@@ -70,8 +71,8 @@ def default_config() -> ConfigDict:
       tasks=tasks_lib.default_config(),
       on_error="raise",        # "raise" | "skip" (masked, counted, reported).
       num_epochs=0,            # 0: repeat forever.
-      num_threads=8,           # Threads reading/preprocessing in each process.
-      num_workers=0,           # Grain worker processes (mp_prefetch); 0: none.
+      num_threads=0,           # Threads reading/preprocessing per process; 0: auto.
+      num_workers=-1,          # Grain worker processes (mp_prefetch); 0: none; -1: auto.
       worker_buffer_size=2,    # Batches buffered per worker.
       verify=True,             # Check shard sizes and counts against the manifest at start.
   ))
@@ -228,6 +229,25 @@ def _mixture(tasks: Any) -> tasks_lib.TaskMixture:
   return tasks if isinstance(tasks, tasks_lib.TaskMixture) else tasks_lib.TaskMixture(tasks)
 
 
+def auto_parallelism(num_workers: int, num_threads: int,
+                     cores: int | None = None) -> tuple[int, int]:
+  """(worker processes, threads per process); num_workers -1 and num_threads 0 mean "from
+  the core count".
+
+  The per-image work (JPEG decode, resize, normalize) runs without the GIL, so threads of one
+  process scale until the GIL-held rest (records, task mixture, tokenizing, batching: about
+  0.4 ms an image) fills one core. On 2 cores, in-process threads, one per core, beat 1 or 2
+  workers by 20-40 % (benchmarks/input_pipeline.py, docs/data.md): up to 4 cores, no
+  workers and a thread per core; above, a worker process per 4 cores with 4 threads each.
+  """
+  cores = cores or os.cpu_count() or 1
+  if num_workers < 0:
+    num_workers = 0 if cores <= 4 else cores // 4
+  if num_threads <= 0:
+    num_threads = cores if num_workers == 0 else max(1, min(4, cores // num_workers))
+  return num_workers, num_threads
+
+
 def _maybe_prefetch(ds: grain.IterDataset, num_workers: int, buffer_size: int):
   if num_workers <= 0:
     return ds
@@ -237,11 +257,12 @@ def _maybe_prefetch(ds: grain.IterDataset, num_workers: int, buffer_size: int):
 
 def train_dataset(data_dir: str, *, batch_size: int, pp: str = DEFAULT_TRAIN_PP,
                   tasks: Any = None, seed: int = 0, on_error: str = "raise",
-                  num_epochs: int = 0, num_threads: int = 8, num_workers: int = 0,
+                  num_epochs: int = 0, num_threads: int = 0, num_workers: int = -1,
                   worker_buffer_size: int = 2, verify: bool = True,
                   process_index: int | None = None, process_count: int | None = None,
                   source: RecordSource | None = None) -> grain.IterDataset:
   """The training pipeline of this host; `iter()` it for batches of `batch_size/processes`."""
+  num_workers, num_threads = auto_parallelism(num_workers, num_threads)
   p, n_proc = resolve_processes(process_index, process_count)
   local = local_batch_size(batch_size, n_proc)
   source = source or RecordSource(data_dir, verify=verify)
@@ -264,10 +285,11 @@ def eval_num_batches(num_records: int, batch_size: int, process_count: int) -> i
 
 def eval_dataset(data_dir: str, *, batch_size: int, pp: str = DEFAULT_EVAL_PP,
                  tasks: Any = None, seed: int = 0, on_error: str = "raise",
-                 num_threads: int = 8, num_workers: int = 0, verify: bool = True,
+                 num_threads: int = 0, num_workers: int = -1, verify: bool = True,
                  process_index: int | None = None, process_count: int | None = None,
                  source: RecordSource | None = None) -> grain.IterDataset:
   """The evaluation pipeline of this host: every record once, last batch padded (mask 0)."""
+  num_workers, num_threads = auto_parallelism(num_workers, num_threads)
   p, n_proc = resolve_processes(process_index, process_count)
   local = local_batch_size(batch_size, n_proc)
   source = source or RecordSource(data_dir, verify=verify)

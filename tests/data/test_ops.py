@@ -98,6 +98,29 @@ def test_resize_and_crops():
     run("central_crop(10)", {"image": img})
 
 
+def test_resize_without_antialias_samples_like_tf():
+  # Downscaling 8 → 2 without antialiasing samples each output at the source point
+  # (i + 0.5)·4 − 0.5 = 1.5 or 5.5: the mean of one 2×2 block, the other 12 pixels unread
+  # (tf.image.resize's default). Pillow's antialiased filter reads all of them.
+  img = (np.arange(64).reshape(8, 8) * 4).astype(np.uint8)
+  img = np.repeat(img[..., None], 3, axis=-1)
+  out = run("resize(2, antialias=False)", {"image": img})["image"]
+  expected = [[img[r:r + 2, c:c + 2, 0].mean() for c in (1, 5)] for r in (1, 5)]
+  assert out.shape == (2, 2, 3) and out.dtype == np.uint8
+  np.testing.assert_array_equal(out[..., 0], expected)
+  assert (out[..., 0] != run("resize(2)", {"image": img})["image"][..., 0]).any()
+  # On a smooth picture both agree to about a grey level; a constant stays constant.
+  yy, xx = np.mgrid[0:60, 0:80]
+  smooth = np.stack([xx * 3, yy * 4, xx + yy], -1).astype(np.uint8)
+  for spec in ("resize(24, antialias=False)", "inception_crop(24, antialias=False)"):
+    a = run(spec, {"image": smooth}, seed=5)["image"]
+    b = run(spec.replace(", antialias=False", ""), {"image": smooth}, seed=5)["image"]
+    assert a.shape == b.shape == (24, 24, 3)
+    assert np.abs(a.astype(float) - b).mean() < 2.0
+  flat = np.full((30, 40, 3), 77, np.uint8)
+  assert (run("inception_crop(8, antialias=False)", {"image": flat})["image"] == 77).all()
+
+
 def test_inception_box_statistics():
   rng = np.random.default_rng(0)
   boxes = np.array([ops.sample_inception_box(100, 200, rng) for _ in range(2000)])
@@ -139,6 +162,13 @@ def test_normalize_flip_value_range():
   np.testing.assert_allclose(out[0, 0], [-2.0, 0.00784314, 2.0], rtol=1e-4)
   np.testing.assert_allclose(run("value_range(-1, 1)", {"image": img})["image"][0, 0],
                              [-1, 0.00392157, 1], rtol=1e-4)
+  # Whole images take the row-tiled path: the same values as the formula, per channel.
+  big = np.random.default_rng(0).integers(0, 256, (31, 45, 3), dtype=np.uint8)
+  for image in (big, big[:, ::-1]):  # Contiguous, and a flipped view.
+    out = run("normalize('clip')", {"image": image})["image"]
+    expected = (image / 255 - np.array(ops.CLIP_MEAN)) / np.array(ops.CLIP_STD)
+    assert out.shape == image.shape and out.dtype == np.float32
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
   img = gradient(2, 3)
   flips = {run("flip_lr", {"image": img}, seed=s)["image"][0, 0, 0] for s in range(20)}
   assert flips == {0, 20}
@@ -199,6 +229,13 @@ def test_decode_inception_crop_matches_unfused():
   data = encode(smooth, "JPEG")
   for spec_args, tol in (("(224, area_min=90)", 3.0), ("(224, area_max=10)", 0.0)):
     # area_min=90: decoded at 1/2 scale (window >= 448 px); area_max=10: full scale, identical.
+    fused = run("decode_inception_crop" + spec_args, {"image": data}, seed=1)["image"]
+    unfused = run("decode|inception_crop" + spec_args, {"image": data}, seed=1)["image"]
+    assert fused.shape == unfused.shape == (224, 224, 3)
+    assert np.abs(fused.astype(float) - unfused).mean() <= tol
+  # Without antialiasing too: identical at full scale, close at 1/2 scale.
+  for spec_args, tol in (("(224, area_min=90, antialias=False)", 3.0),
+                         ("(224, area_max=10, antialias=False)", 0.0)):
     fused = run("decode_inception_crop" + spec_args, {"image": data}, seed=1)["image"]
     unfused = run("decode|inception_crop" + spec_args, {"image": data}, seed=1)["image"]
     assert fused.shape == unfused.shape == (224, 224, 3)

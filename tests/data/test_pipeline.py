@@ -247,3 +247,17 @@ def test_from_config(data_dir):
     pipeline.from_config({"batchsize": 3})
   with pytest.raises(ConfigError, match="on_error must be"):
     train(data_dir, on_error="ignore")
+
+
+def test_auto_parallelism_from_core_count():
+  auto = pipeline.auto_parallelism
+  assert auto(-1, 0, cores=2) == (0, 2)      # Small hosts: a thread per core, no workers.
+  assert auto(-1, 0, cores=4) == (0, 4)
+  assert auto(-1, 0, cores=16) == (4, 4)     # A worker per 4 cores, 4 threads each.
+  assert auto(-1, 0, cores=240) == (60, 4)
+  assert auto(2, 0, cores=16) == (2, 4)      # Set workers, threads filled in.
+  assert auto(0, 0, cores=16) == (0, 16)
+  assert auto(-1, 3, cores=2) == (0, 3)      # Set values are kept.
+  assert auto(8, 1, cores=240) == (8, 1)
+  defaults = pipeline.default_config()
+  assert (defaults.num_workers, defaults.num_threads) == (-1, 0)
