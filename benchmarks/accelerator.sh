@@ -27,12 +27,12 @@ mkdir -p "$OUT"
 CORES=$(nproc)
 if [[ $DRY == 1 ]]; then
   MODEL=(--mfu --quick --batch 4 --decode-batch 2 --steps 1)
-  INPUT=(--records 64 --batches 2 --batch-size 16 --image-size 96 --workers 0 --rounds 1)
+  INPUT=(--records 64 --batches 2 --batch-size 16 --image-size 96 --workers -1 --rounds 1)
   TOPK=(--entities 4096 --queries 256 --chunk-rows 2048 --query-block 128 --rounds 1
         --no-baseline --skip encoder,kb,world)
 else
   MODEL=(--mfu --batch 64 --decode-batch 64)
-  INPUT=(--records 1024 --batches 20 --workers "0,$CORES" --threads "$CORES" --rounds 1)
+  INPUT=(--records 1024 --batches 20 --workers "-1,0,$((CORES / 2))" --rounds 1)
   TOPK=(--entities 6000000 --queries 65536 --chunk-rows 262144 --query-block 8192 --rounds 2
         --no-baseline --resident-gib 16 --skip encoder,kb,world)
 fi

@@ -34,6 +34,7 @@ import optax
 
 from rew_jax import checkpoint as ckpt_lib
 from rew_jax import config as config_lib
+from rew_jax import device_prefetch
 from rew_jax import metrics as metrics_lib
 from rew_jax import model_setup
 from rew_jax import optim
@@ -355,6 +356,11 @@ def train(config, workdir: str, *, evaluators_fn=None) -> dict[str, Any]:
   writer = metrics_lib.Writer(workdir, config=config, total_steps=config.total_steps,
                               start_step=start)
   preemption = PreemptionNotice()
+  # Grain's next() and the transfer of step+1's batch run on a thread during step's compute;
+  # checkpoints take the iterator state of the batches handed out (device_prefetch.py).
+  feed = device_prefetch.DevicePrefetch(
+      data_iter, lambda host: sharding.host_batch_to_global(
+          {k: v for k, v in host.items() if np.asarray(v).dtype.kind not in "USO"}, mesh))
   last: dict[str, Any] = {}
   pending, step_fn, stop = [], None, False  # Device metrics of the steps since the last log.
   warned_truncation = False
@@ -362,9 +368,7 @@ def train(config, workdir: str, *, evaluators_fn=None) -> dict[str, Any]:
   try:
     with sharding.use(mesh, rules):
       for step in range(start + 1, config.total_steps + 1):
-        host = next(data_iter)
-        batch = sharding.host_batch_to_global(
-            {k: v for k, v in host.items() if np.asarray(v).dtype.kind not in "USO"}, mesh)
+        batch = next(feed)
         first = step_fn is None
         if first:  # Compile once, explicitly: its time and FLOPs are reported.
           t0 = time.time()
@@ -402,18 +406,19 @@ def train(config, workdir: str, *, evaluators_fn=None) -> dict[str, Any]:
             stop = early.update(step, results) or stop
             if early.metric in results:
               tracked = {early.metric: float(results[early.metric])}
-        manager.maybe_save(step, state, data_iter, metrics=tracked)
+        manager.maybe_save(step, state, feed, metrics=tracked)
         if tracked and early.best_step == step:  # A new best between save steps: keep it.
-          manager.save(step, state, data_iter, force=True, metrics=tracked)
+          manager.save(step, state, feed, force=True, metrics=tracked)
         if preemption.reached(step) or stop:
           why = "SIGTERM" if preemption.raised else (
               f"early stopping ({early.metric} best {early.best} at step {early.best_step})")
           log.warning("%s: saving step %d and exiting", why, step)
-          manager.save(step, state, data_iter, force=True, metrics=tracked)
+          manager.save(step, state, feed, force=True, metrics=tracked)
           break
       else:
-        manager.save(config.total_steps, state, data_iter, force=True, metrics=tracked)
+        manager.save(config.total_steps, state, feed, force=True, metrics=tracked)
   finally:
+    feed.close()
     preemption.restore()
     manager.close()
     writer.close()

@@ -1,7 +1,7 @@
 """The package's import graph: no cycles, and every import points down the layers.
 
     stages → train, plot → curation, evaluators → kb, model_setup → models → data
-           → records, sharding, metrics, checkpoint, optim
+           → records, sharding, metrics, checkpoint, optim, device_prefetch
            → config, registry, workdir, distributed → storage → errors
 
 Imports inside functions count as much as those at the top of a module: a function-local
@@ -21,7 +21,7 @@ LAYERS = (
     ("errors", "__init__"),
     ("storage",),
     ("config", "registry", "workdir", "distributed"),
-    ("records", "sharding", "metrics", "checkpoint", "optim"),
+    ("records", "sharding", "metrics", "checkpoint", "optim", "device_prefetch"),
     ("data",),
     ("models",),
     ("kb", "model_setup"),

@@ -194,6 +194,35 @@ def _is_placeholder(example: Example) -> bool:
   return bool(example.get("_skipped") or example.get("_placeholder"))
 
 
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+  """(height, width) of a YCbCr or grey JPEG; None for anything else (PNG, CMYK, junk)."""
+  try:
+    height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
+  except ValueError:
+    return None
+  return (height, width) if colorspace in ("YCbCr", "Gray") else None
+
+
+def _decode_jpeg(data: bytes, factor: int = 1) -> np.ndarray | None:
+  """RGB pixels of a YCbCr or grey JPEG at 1/`factor` scale (1, 2, 4 or 8), or None (not
+  such a JPEG, or corrupt: Pillow then decodes it or names the error).
+
+  libjpeg-turbo through simplejpeg: the same pixels as Pillow (the same library and
+  settings), straight into numpy, with the GIL released while it decodes.
+  """
+  size = _jpeg_size(data)
+  if size is None:
+    return None
+  # The smallest DCT scale at least 1/factor of the size is exactly 1/factor (power-of-two
+  # scales are libjpeg-turbo's SIMD ones).
+  scaled = {} if factor == 1 else dict(min_height=-(-size[0] // factor),
+                                       min_width=-(-size[1] // factor))
+  try:
+    return simplejpeg.decode_jpeg(data, colorspace="RGB", **scaled)
+  except ValueError:
+    return None
+
+
 @PP_OPS.register("decode")
 def get_decode(key: str = "image", on_error: str | None = None) -> Op:
   """Encoded bytes → uint8 [H, W, 3] RGB. Undecodable bytes raise or are a counted skip.
@@ -211,6 +240,10 @@ def get_decode(key: str = "image", on_error: str | None = None) -> Op:
     data = example[key]
     if isinstance(data, np.ndarray):  # Already decoded (e.g. by tfds.data_source).
       example[key] = _to_rgb(data)
+      return example
+    array = _decode_jpeg(data)
+    if array is not None:
+      example[key] = array
       return example
     try:
       with Image.open(io.BytesIO(data)) as img:
@@ -353,22 +386,14 @@ def get_decode_inception_crop(size, area_min: float = 8, area_max: float = 100, 
     data = example[key]
     if _is_placeholder(example) or isinstance(data, np.ndarray):
       return unfused(example, rng)
-    # JPEGs: libjpeg-turbo through simplejpeg, straight into numpy, without the GIL (Pillow
-    # holds it for part of its decode and copies the pixels once more into numpy).
-    try:
-      height, width = simplejpeg.decode_jpeg_header(data)[:2]
-    except ValueError:  # Not a JPEG (PNG, ...) or no readable header: the unfused ops.
+    size = _jpeg_size(data)
+    if size is None:  # Not a JPEG that simplejpeg decodes (PNG, CMYK, junk): unfused ops.
       return unfused(example, rng)
+    height, width = size
     top, left, ch, cw = sample_inception_box(height, width, rng, area_range)
     shrink = min(ch / hw[0], cw / hw[1])
-    factor = next((f for f in (8, 4, 2) if f <= shrink), 1)
-    # The smallest DCT scale at least 1/factor of the size is exactly 1/factor (power-of-two
-    # scales are libjpeg-turbo's SIMD ones).
-    scaled = {} if factor == 1 else dict(min_height=-(-height // factor),
-                                         min_width=-(-width // factor))
-    try:
-      img = simplejpeg.decode_jpeg(data, colorspace="RGB", **scaled)
-    except ValueError:  # A corrupt body, or a colour space it cannot convert: as above.
+    img = _decode_jpeg(data, next((f for f in (8, 4, 2) if f <= shrink), 1))
+    if img is None:  # A corrupt body: as above.
       return unfused(example, rng)
     sx, sy = img.shape[1] / width, img.shape[0] / height
     box = (left * sx, top * sy, (left + cw) * sx, (top + ch) * sy)

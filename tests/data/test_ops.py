@@ -98,6 +98,27 @@ def test_resize_and_crops():
     run("central_crop(10)", {"image": img})
 
 
+def test_jpeg_decoding_gives_pillows_pixels():
+  # JPEGs decode through simplejpeg (libjpeg-turbo, GIL released): the same pixels as
+  # Pillow's decoder, for colour and grey; CMYK and other formats go through Pillow.
+  rng = np.random.default_rng(1)
+  noisy = rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)
+  for array in (noisy, noisy[..., 0]):
+    data = encode(array, "JPEG")
+    pillow = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    out = run("decode", {"image": data})["image"]
+    assert out.shape == (37, 53, 3) and out.dtype == np.uint8
+    np.testing.assert_array_equal(out, pillow)
+  buf = io.BytesIO()
+  Image.fromarray(noisy).convert("CMYK").save(buf, format="JPEG")
+  cmyk = run("decode", {"image": buf.getvalue()})["image"]
+  np.testing.assert_array_equal(cmyk, np.asarray(Image.open(io.BytesIO(buf.getvalue()))
+                                                 .convert("RGB")))
+  truncated = encode(noisy, "JPEG")[:200]
+  with pytest.raises(ops.ImageDecodeError, match="record 9: cannot decode"):
+    run("decode", {"image": truncated, "_where": "record 9"})
+
+
 def test_resize_without_antialias_samples_like_tf():
   # Downscaling 8 → 2 without antialiasing samples each output at the source point
   # (i + 0.5)·4 − 0.5 = 1.5 or 5.5: the mean of one 2×2 block, the other 12 pixels unread
