@@ -266,6 +266,9 @@ def jax_backend():
 
 def child(side, quick):
   setup = QUICK if quick else FULL
+  if side == "ours":  # XLA:CPU as `python -m rew_jax` sets it up (rew_jax/xla_cpu.py).
+    from rew_jax import xla_cpu  # pylint: disable=g-import-not-at-top
+    xla_cpu.set_default_flags()
   out = run_ours(setup) if side == "ours" else run_hf(setup)
   print(json.dumps(out))
 

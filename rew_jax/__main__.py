@@ -7,7 +7,8 @@ User errors (`rew_jax.errors.UserError`) print one line, never a traceback.
 
 absl flags are marked parsed here, as `absl.app` would: Grain reads one when it starts
 worker processes (`input.num_workers > 0`) and raises on unparsed flags. The stages have
-their own argparse options, so absl parses only the program name.
+their own argparse options, so absl parses only the program name. XLA:CPU's flags are set
+here too, before a stage starts JAX (`rew_jax.xla_cpu`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Sequence
 
 from absl import flags
 
+from rew_jax import xla_cpu
 from rew_jax.errors import StageUnavailableError, UserError
 
 
@@ -74,6 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   if name not in STAGES:
     print(f"error: unknown stage {name!r}; stages: {', '.join(STAGES)}", file=sys.stderr)
     return 2
+  xla_cpu.set_default_flags()  # Before any stage starts JAX (see rew_jax/xla_cpu.py).
   try:
     module = load_stage(name)
     return int(module.main(rest) or 0)

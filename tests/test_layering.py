@@ -2,7 +2,7 @@
 
     stages → train, plot → curation, evaluators → kb, model_setup → models → data
            → records, sharding, metrics, checkpoint, optim, device_prefetch
-           → config, registry, workdir, distributed → storage → errors
+           → config, registry, workdir, distributed, xla_cpu → storage → errors
 
 Imports inside functions count as much as those at the top of a module: a function-local
 import that dodges a cycle is still a cycle. Nothing imports `stages` but `__main__`.
@@ -20,7 +20,7 @@ PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 LAYERS = (
     ("errors", "__init__"),
     ("storage",),
-    ("config", "registry", "workdir", "distributed"),
+    ("config", "registry", "workdir", "distributed", "xla_cpu"),
     ("records", "sharding", "metrics", "checkpoint", "optim", "device_prefetch"),
     ("data",),
     ("models",),

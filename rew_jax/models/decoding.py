@@ -92,6 +92,29 @@ def greedy_decode(model, params, images, prompt_tokens, *, max_len: int,
   return seqs, score
 
 
+def top_k_blocked(x, k: int, block: int = 128):
+  """`jax.lax.top_k(x, k)` over the last axis, found through block maxima first.
+
+  The k largest values lie in the k blocks of `block` values with the largest maxima; those
+  k·block values are searched exactly, in index order, so values and indices equal top_k's
+  (up to which of several values tied at the k-th place comes first). XLA:CPU's TopK sorts
+  every row: 2.8 ms per beam step on [32, 30522] in a profile, 1.6 ms this way. Short rows
+  go straight to top_k.
+  """
+  n = x.shape[-1]
+  if n <= 4 * k * block:
+    return jax.lax.top_k(x, k)
+  num_blocks = -(-n // block)
+  padded = jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, num_blocks * block - n)],
+                   constant_values=-jnp.inf)
+  blocks = padded.reshape(*x.shape[:-1], num_blocks, block)
+  _, best = jax.lax.top_k(blocks.max(axis=-1), k)
+  best = jnp.sort(best, axis=-1)  # Index order, so that ties resolve as in top_k.
+  cand = jnp.take_along_axis(blocks, best[..., None], axis=-2).reshape(*x.shape[:-1], k * block)
+  values, pos = jax.lax.top_k(cand, k)
+  return values, jnp.take_along_axis(best, pos // block, axis=-1) * block + pos % block
+
+
 def _gather_beams(x, beam_idx, axis):
   """Picks, per example, the beams `beam_idx` [B,R'] along `axis` (the beam axis) of x."""
   shape = [1] * x.ndim
@@ -136,10 +159,16 @@ def _beam_search(model, params, images, prompt_tokens, trie, *, num_beams, max_l
     if trie is not None:
       allowed = trie_lib.allowed_mask(trie, s["nodes"].reshape(-1), vocab)
       logp = jnp.where(allowed.reshape(batch, beams, vocab), logp, NEG)
-    cand = (s["alive_logp"][:, :, None] + logp).reshape(batch, beams * vocab)
-    cand = jnp.where(s["alive_logp"].repeat(vocab, axis=1) < NEG / 2, 2 * NEG, cand)
-    top_logp, top_idx = jax.lax.top_k(cand, 2 * beams)  # [B,2R]
-    top_beam, top_tok = top_idx // vocab, (top_idx % vocab).astype(jnp.int32)
+    # The best 2R of all R×V continuations are among each beam's best 2R tokens: select
+    # those per beam first, then 2R of the R·2R (the same picks and tie order as one top_k
+    # over R·V, without materialising and scanning the [B, R·V] scores).
+    per_row = min(2 * beams, vocab)
+    row_logp, row_tok = top_k_blocked(logp, per_row)  # [B,R,2R]
+    cand = s["alive_logp"][:, :, None] + row_logp
+    cand = jnp.where(s["alive_logp"][:, :, None] < NEG / 2, 2 * NEG, cand)
+    top_logp, pick = jax.lax.top_k(cand.reshape(batch, beams * per_row), 2 * beams)  # [B,2R]
+    top_beam = pick // per_row
+    top_tok = jnp.take_along_axis(row_tok.reshape(batch, -1), pick, axis=1).astype(jnp.int32)
     top_seqs = _gather_beams(s["alive_seqs"], top_beam, 1).at[:, :, i].set(top_tok)
     is_eos = top_tok == eos_id
     valid = top_logp > NEG / 2

@@ -154,3 +154,19 @@ def test_ald_code_lookup_and_decoding(small):
   np.testing.assert_array_equal(decoding.select_entity(beam_rows, first_valid=True), [2, 1, -1])
   np.testing.assert_array_equal(decoding.select_entity(beam_rows, first_valid=False),
                                 [-1, 1, -1])
+
+
+def test_top_k_blocked_equals_top_k():
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(3, 2, 5000)).astype(np.float32)
+  x[0, 0, 4999] = 50.0  # In the last, padded block.
+  x[1, 1, :] = -1e9     # A row of masked values (ties everywhere): still k picks.
+  for k in (1, 8):
+    values, idx = decoding.top_k_blocked(jnp.asarray(x), k, block=64)
+    ref_values, ref_idx = jax.lax.top_k(jnp.asarray(x), k)
+    np.testing.assert_array_equal(values, ref_values)
+    np.testing.assert_array_equal(idx[:, 0], ref_idx[:, 0])
+    np.testing.assert_array_equal(idx[0], ref_idx[0])
+    assert idx[0, 0, 0] == 4999
+  short = jnp.asarray(x[..., :100])  # Short rows: top_k itself.
+  np.testing.assert_array_equal(decoding.top_k_blocked(short, 8)[1], jax.lax.top_k(short, 8)[1])
