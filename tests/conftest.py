@@ -10,6 +10,10 @@ import tempfile
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# XLA:CPU's flags as `python -m rew_jax` sets them (rew_jax/xla_cpu.py): the tests compare
+# runs in this process with runs of the CLI, bit for bit, so both must compile alike.
+from rew_jax import xla_cpu  # noqa: E402  # pylint: disable=g-import-not-at-top
+xla_cpu.set_default_flags()
 os.environ["HF_HUB_OFFLINE"] = "1"  # Never reach for a hub: models come from local paths.
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
