@@ -237,7 +237,7 @@ def auto_parallelism(num_workers: int, num_threads: int,
   The per-image work (JPEG decode, resize, normalize) runs without the GIL, so threads of one
   process scale until the GIL-held rest (records, task mixture, tokenizing, batching: about
   0.4 ms an image) fills one core. On 2 cores, in-process threads, one per core, beat 1 or 2
-  workers by 20-40 % (benchmarks/input_pipeline.py, docs/data.md): up to 4 cores, no
+  workers by 20-45 % (benchmarks/input_pipeline.py, docs/data.md): up to 4 cores, no
   workers and a thread per core; above, a worker process per 4 cores with 4 threads each.
   """
   cores = cores or os.cpu_count() or 1
