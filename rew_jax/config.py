@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import argparse
 import ast
+import copy
 import difflib
 import importlib.util
 import os
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import ml_collections
 
@@ -170,6 +171,46 @@ def check_keys(config: ConfigDict, schema: ConfigDict, where: str) -> None:
     default = schema[key]
     if isinstance(default, ConfigDict) and len(default) and isinstance(value, ConfigDict):
       check_keys(value, default, f"{where}.{key}")
+
+
+def _is_group(value: Any) -> bool:
+  return isinstance(value, (ConfigDict, Mapping))
+
+
+def merge(defaults: ConfigDict | dict, config: ConfigDict | dict | None, where: str
+          ) -> ConfigDict:
+  """`config` laid over `defaults` (a component's schema): the one merge rule of rew_jax.
+
+  Keys of `config` must exist in `defaults` (else a ConfigError naming `where.key` and the
+  closest valid keys). A group whose default is a non-empty group is merged key by key, at
+  every depth: `tasks.weights={'qa': 1.0}` keeps the default weight of `entity`. A group
+  whose default is empty is open (its reader checks it: the mesh's axes, named evaluator
+  blocks) and, like every other value, is taken whole from `config`. Returns a new
+  ConfigDict; neither argument is changed.
+  """
+  out = ConfigDict(copy.deepcopy(_plain(defaults)))
+  for key, value in (config or {}).items():
+    if key not in out:
+      raise ConfigError(f"unknown config key {where}.{key}; {_suggest(key, out.keys())}")
+    default = out[key]
+    with out.ignore_type():
+      if _is_group(default) and len(default) and _is_group(value):
+        out[key] = merge(default, value, f"{where}.{key}")
+      elif _is_group(default) and len(default) and value is not None:
+        raise ConfigError(f"config key {where}.{key} is a group ({', '.join(default.keys())}); "
+                          f"got {value!r}")
+      else:
+        out[key] = copy.deepcopy(_plain(value))
+  return out
+
+
+def _plain(value: Any) -> Any:
+  """ConfigDicts and FieldReferences as plain dicts and values (for deep copies)."""
+  if isinstance(value, ConfigDict):
+    return value.to_dict()
+  if isinstance(value, Mapping):  # e.g. a flax module's FrozenDict attribute.
+    return {k: _plain(v) for k, v in value.items()}
+  return value
 
 
 def section(config: ConfigDict, name: str, schema: ConfigDict | None = None,

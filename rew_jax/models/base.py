@@ -17,8 +17,11 @@ and everything else reads it through this interface, never through the model's o
 
 Dimensions: B batch, T target positions, V classes (the vocabulary for a text decoder).
 
-The loop owns the loss (label-smoothed cross-entropy over `weights`, times the batch's `mask`
-of real examples) and per-task bookkeeping, so a model only says what its logits predict.
+    loss, aux = model.loss(params, batch, rng, train=True, label_smoothing=0.1)
+    model.default_config(), model.predict_config()                   # its config schemas
+
+`loss` is cross-entropy over what `logits_and_targets` weights unless a model overrides it;
+the loop owns per-task bookkeeping (sums of aux's `token_loss` over `weight`, by task_id).
 `params` is always the `params` collection (not the variables dict), as trained and saved.
 """
 
@@ -29,7 +32,9 @@ from typing import Any, Callable, Mapping
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import optax
 
+from rew_jax.config import ConfigDict
 from rew_jax.errors import ConfigError
 
 # fn(path, params) → params: weights from outside the project, as a host tree with the
@@ -56,6 +61,30 @@ class Model:
 
   def __init__(self, config):
     self.config = config
+
+  @classmethod
+  def default_config(cls) -> ConfigDict:
+    """Every key of this model's `config.model` block with its default (its schema: the
+    train config's `model` section is merged over it, rew_jax.config.merge)."""
+    return ConfigDict()
+
+  @classmethod
+  def predict_config(cls) -> ConfigDict:
+    """Every key of the `config.predict` block of `predict_fns`, with its default."""
+    return ConfigDict()
+
+  def loss(self, params, batch: Mapping[str, jax.Array], rng: jax.Array | None, *,
+           train: bool, label_smoothing: float = 0.0) -> tuple[jax.Array, dict[str, Any]]:
+    """(scalar loss, aux) of a training batch: by default token-mean cross-entropy
+    (label-smoothed) over the positions `logits_and_targets` weights, in real examples
+    (`mask`). aux: `token_loss` [B, T] and `weight` [B, T] (what the loop sums per task).
+    A model with another objective overrides this and returns the same aux keys."""
+    logits, targets, weights = self.logits_and_targets(params, batch, rng=rng, train=train)
+    labels = optax.smooth_labels(jax.nn.one_hot(targets, logits.shape[-1]), label_smoothing)
+    token_loss = optax.softmax_cross_entropy(logits, labels)
+    weight = weights * (batch["mask"][:, None] > 0)
+    loss = jnp.sum(token_loss * weight) / jnp.maximum(jnp.sum(weight), 1.0)
+    return loss, {"token_loss": token_loss, "weight": weight}
 
   def dummy_inputs(self, batch: int = 1) -> tuple[Any, ...]:
     """Arguments of `module.init(rng, *inputs)`, of the configured shapes (zeros)."""

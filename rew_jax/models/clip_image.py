@@ -20,6 +20,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import ml_collections
 
+from rew_jax import config as config_lib
 from rew_jax import registry
 from rew_jax.errors import ConfigError
 from rew_jax.models import base
@@ -32,19 +33,16 @@ def default_config() -> ml_collections.ConfigDict:
   """CLIP ViT-L/14 at 224 px (openai/clip-vit-large-patch14): 768-d image embeddings."""
   return ml_collections.ConfigDict(dict(
       name="clip_image", variant="L/14", image_size=224,
-      vit=dict(activation="quick_gelu", ln_eps=1e-5), projection_dim=768))
+      # width, depth, num_heads, mlp_dim, patch_size: None takes the variant's.
+      vit=dict(activation="quick_gelu", ln_eps=1e-5, drop_path=0.0, width=None, depth=None,
+               num_heads=None, mlp_dim=None, patch_size=None),
+      projection_dim=768))
 
 
 def parse_config(config: Mapping[str, Any]) -> tuple[vit.ViTSpec, int]:
   """config.model → (the vision tower's spec, projection width)."""
-  config = dict(config.to_dict() if hasattr(config, "to_dict") else config)
-  merged = default_config().to_dict()
-  unknown = set(config) - set(merged)
-  if unknown:
-    raise ConfigError(f"config.model (clip_image) has unknown keys {sorted(unknown)}; known: "
-                      f"{sorted(merged)}")
-  overrides = dict(merged["vit"], **dict(config.pop("vit", None) or {}))
-  merged.update(config)
+  merged = config_lib.merge(default_config(), config, "model").to_dict()
+  overrides = merged["vit"]
   return (vit.parse_variant(merged["variant"], merged["image_size"], **overrides),
           int(merged["projection_dim"]))
 
@@ -75,6 +73,10 @@ class ClipImageModel(base.FrozenImageModel):
   evaluated with `total_steps=0` (rew_jax/evaluators/checkpoint_eval.py), not trained."""
 
   name = "clip_image"
+
+  @classmethod
+  def default_config(cls):
+    return default_config()
 
   def __init__(self, config):
     super().__init__(config)

@@ -31,6 +31,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import ml_collections
 
+from rew_jax import config as config_lib
 from rew_jax import registry
 from rew_jax.errors import ConfigError
 from rew_jax.models import base
@@ -63,13 +64,7 @@ class Dinov2Spec:
 
 
 def parse_config(config: Mapping[str, Any]) -> Dinov2Spec:
-  config = dict(config.to_dict() if hasattr(config, "to_dict") else config)
-  merged = default_config().to_dict()
-  unknown = set(config) - set(merged)
-  if unknown:
-    raise ConfigError(f"config.model (dinov2) has unknown keys {sorted(unknown)}; known: "
-                      f"{sorted(merged)}")
-  merged.update(config)
+  merged = config_lib.merge(default_config(), config, "model").to_dict()
   merged.pop("name")
   if merged["width"] % merged["num_heads"]:
     raise ConfigError("config.model.width must be a multiple of num_heads")
@@ -154,6 +149,10 @@ class Dinov2Model(base.FrozenImageModel):
   with `total_steps=0` (rew_jax/evaluators/checkpoint_eval.py), not trained."""
 
   name = "dinov2"
+
+  @classmethod
+  def default_config(cls):
+    return default_config()
 
   def __init__(self, config):
     super().__init__(config)

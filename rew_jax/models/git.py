@@ -165,6 +165,14 @@ class GiTModel(base.Model):
     self.spec = git_config.parse_config(config)  # Unknown keys fail here, before any init.
     self.module = GiT(config)
 
+  @classmethod
+  def default_config(cls):
+    return git_config.default_config()
+
+  @classmethod
+  def predict_config(cls):
+    return git_predict.default_config()
+
   def dummy_inputs(self, batch: int = 1):
     return dummy_inputs(self.spec, batch)
 

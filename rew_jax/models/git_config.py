@@ -12,6 +12,7 @@ from typing import Any, Mapping
 import jax.numpy as jnp
 import ml_collections
 
+from rew_jax import config as config_lib
 from rew_jax.errors import ConfigError
 from rew_jax.models import text_decoder, vit
 
@@ -24,9 +25,12 @@ def default_config() -> ml_collections.ConfigDict:
       name="git",
       variant="L/14",
       image_size=224,
-      vit=dict(activation="quick_gelu", ln_eps=1e-5, drop_path=0.0),
+      # width, depth, num_heads, mlp_dim, patch_size: None takes the variant's.
+      vit=dict(activation="quick_gelu", ln_eps=1e-5, drop_path=0.0, width=None, depth=None,
+               num_heads=None, mlp_dim=None, patch_size=None),
+      # max_positions 0: max_prompt_len + max_target_len.
       decoder=dict(num_layers=6, hidden_size=768, num_heads=12, mlp_dim=3072, dropout=0.1,
-                   attention_dropout=0.0, activation="gelu", ln_eps=1e-12),
+                   attention_dropout=0.0, activation="gelu", ln_eps=1e-12, max_positions=0),
       vocab_size=30522,
       # A trimmed vocabulary: the path of a `data/vocab.py` file listing the tokenizer ids the
       # model keeps (the rest read as [UNK] and are never predicted). "": all vocab_size ids.
@@ -52,26 +56,13 @@ class GiTSpec:
   tokenizer_size: int = 30522  # The tokenizer's vocabulary: ids the model reads and returns.
 
 
-_TOP_KEYS = {"name", "variant", "image_size", "vit", "decoder", "vocab_size", "vocab_ids",
-             "max_prompt_len", "max_target_len", "dtype", "remat", "scan_layers"}
-
-
 def parse_config(config: Mapping[str, Any] | GiTSpec) -> GiTSpec:
-  """config.model (ConfigDict or dict) → GiTSpec; unknown keys are a ConfigError."""
+  """config.model (ConfigDict or dict, merged over `default_config()`) → GiTSpec; unknown
+  keys are a ConfigError naming the closest valid ones."""
   if isinstance(config, GiTSpec):
     return config
-  config = dict(config.to_dict() if hasattr(config, "to_dict") else config)
-  unknown = set(config) - _TOP_KEYS
-  if unknown:
-    raise ConfigError(f"config.model has unknown keys {sorted(unknown)}; known: "
-                      f"{sorted(_TOP_KEYS)}")
-  base = default_config().to_dict()
-  base.update({k: v for k, v in config.items() if k not in ("vit", "decoder")})
-  vit_overrides = dict(base["vit"], **dict(config.get("vit") or {}))
-  dec = dict(base["decoder"], **dict(config.get("decoder") or {}))
-  known_dec = {f.name for f in dataclasses.fields(text_decoder.DecoderSpec)}
-  if set(dec) - known_dec:
-    raise ConfigError(f"config.model.decoder has unknown keys {sorted(set(dec) - known_dec)}")
+  base = config_lib.merge(default_config(), config, "model").to_dict()
+  vit_overrides, dec = base["vit"], base["decoder"]
   if base["dtype"] not in DTYPES:
     raise ConfigError(f"config.model.dtype {base['dtype']!r} not in {sorted(DTYPES)}")
   vocab_ids = None
@@ -79,7 +70,7 @@ def parse_config(config: Mapping[str, Any] | GiTSpec) -> GiTSpec:
     from rew_jax.data import vocab  # pylint: disable=g-import-not-at-top
     vocab_ids = vocab.load_ids(base["vocab_ids"], base["vocab_size"])
   dec["vocab_size"] = len(vocab_ids) if vocab_ids else base["vocab_size"]
-  dec.setdefault("max_positions", base["max_prompt_len"] + base["max_target_len"])
+  dec["max_positions"] = dec["max_positions"] or base["max_prompt_len"] + base["max_target_len"]
   if dec["hidden_size"] % dec["num_heads"]:
     raise ConfigError("config.model.decoder.hidden_size must be a multiple of num_heads")
   return GiTSpec(

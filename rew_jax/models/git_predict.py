@@ -24,7 +24,9 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 
+from rew_jax import config as config_lib
 from rew_jax.data.tokenizers import BERT_BOS_ID, BERT_PAD_ID
 from rew_jax.models import trie as trie_lib
 from rew_jax.models import decoding
@@ -117,15 +119,21 @@ def make(model, *, name_trie: trie_lib.TokenTrie | None = None,
   return fns
 
 
+def default_config() -> ml_collections.ConfigDict:
+  """The `config.predict` block: every option of `make` with its default. name_trie /
+  code_trie: paths of `trie.save` files (e.g. the KB index's name_trie.npz), "" for none;
+  max_len 0: the model's max_target_len."""
+  return ml_collections.ConfigDict(dict(
+      name_trie="", code_trie="", code_len=4, num_beams=4, max_len=0, alpha=0.6,
+      first_valid=False, length_norm=False))
+
+
 def from_config(model, predict_config=None) -> dict[str, Callable]:
   """Jitted prediction functions over a train state's `params` (not the variables dict),
-  from a `config.predict` block: name_trie / code_trie (paths of `trie.save` files, e.g.
-  the KB index's name_trie.npz), code_len, num_beams, max_len, alpha, first_valid."""
-  c = dict(predict_config or {})
-  tries = {key: trie_lib.load(c.pop(key)) if c.get(key) else None
-           for key in ("name_trie", "code_trie")}
-  c.pop("name_trie", None)
-  c.pop("code_trie", None)
+  from a `config.predict` block (merged over `default_config()`)."""
+  c = config_lib.merge(default_config(), predict_config, "predict").to_dict()
+  paths = {key: c.pop(key) for key in ("name_trie", "code_trie")}
+  tries = {key: trie_lib.load(path) if path else None for key, path in paths.items()}
   fns = make(model, **tries, **c)
 
   def over_params(fn):

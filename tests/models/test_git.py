@@ -39,8 +39,10 @@ def test_registered_model_teacher_forces_behind_bos(tiny):
 
 
 def test_unknown_config_key_is_an_error():
-  with pytest.raises(ConfigError, match="unknown keys"):
+  with pytest.raises(ConfigError, match="unknown config key model.colour"):
     git_config.parse_config(dict(tiny_config(), colour="red"))
+  with pytest.raises(ConfigError, match="model.decoder.num_layer; closest valid keys: num_layers"):
+    git_config.parse_config(dict(tiny_config(), decoder=dict(num_layer=2)))
   with pytest.raises(ConfigError, match="variant"):
     git_config.parse_config(dict(tiny_config(), variant="Q/3"))
 
