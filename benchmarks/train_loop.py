@@ -55,7 +55,7 @@ def bare_steps_per_s(config, steps: int) -> float:
   tx, schedule = optim.make(config.optim, params, config.total_steps)
   state = train_lib.TrainState(jnp.zeros((), jnp.int32), params, tx.init(params),
                                jax.random.key(1))
-  host = next(iter(pipeline.from_config(config.input, train=True)))
+  host = next(iter(pipeline.from_config(config.input)))
   batch = sharding.host_batch_to_global(
       {k: v for k, v in host.items() if np.asarray(v).dtype.kind not in "USO"}, mesh)
   jitted = jax.jit(functools.partial(train_lib.train_step, model=model, tx=tx,

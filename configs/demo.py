@@ -66,7 +66,7 @@ def train_config(steps: int, seed: int) -> config_lib.ConfigDict:
   # Web records carry no question: the entity task asks a generic one, drawn from GER-ALD's
   # and from OVEN's templates (the category at random, since a web record names none), so
   # that the pretrained model has met the question forms OVEN validation asks.
-  c.input.tasks.generic_questions = tasks.GENERIC_QUESTIONS + tuple(
+  c.input.tasks.entity.generic_questions = tasks.GENERIC_QUESTIONS + tuple(
       q.format(cat=cat) for q in synthetic.ENTITY_QUESTIONS for cat in synthetic.CATEGORIES)
   c.optim = optim.default_config()
   # GER-ALD's rates: the image encoder at `lr`, the projection and decoder at 10×. From

@@ -90,7 +90,8 @@ def get_config(arg=None):
                 f"pad({TARGET_LEN}, key='target', keep_eos={tokenizers.BERT_EOS_ID})")
   # Each task's target length (EOS included); longer targets are cut there and counted in
   # the `truncated` columns of metrics.jsonl. A rationale is 2–3 sentences.
-  c.input.tasks.target_len = dict(TARGET_LENS)
+  for task, length in TARGET_LENS.items():
+    c.input.tasks[task].target_len = length
   if arg.data == "captions":
     c.input.tasks.weights = dict(entity=0.0, rationale=0.0, qa=0.0, caption=1.0)
   elif arg.data == "entity_webli":
@@ -103,10 +104,10 @@ def get_config(arg=None):
   if arg.target not in ("ald", "name"):
     raise config_lib.ConfigError(f"target={arg.target!r}: use ald or name")
   if arg.data != "captions":  # The captions baseline has no entity task.
-    c.input.tasks.entity_target = arg.target
+    c.input.tasks.entity.target = arg.target
   if arg.target == "ald" and arg.data != "captions":
     # Without kb_dir, train fails at start, naming the missing codes file.
-    c.input.tasks.codes_path = f"{arg.kb_dir}/{code_table.FILE_NAME}" if arg.kb_dir else ""
+    c.input.tasks.entity.codes_path = f"{arg.kb_dir}/{code_table.FILE_NAME}" if arg.kb_dir else ""
 
   c.optim = optim.default_config()
   # scenic/projects/gerald/configs/gerald_pretraining_config.py: base_learning_rate 1e-5,

@@ -25,7 +25,7 @@ Variants:
             KB/ald_codes.npz; the recipe's default) | name
 The answer space follows the recipe's entity target: entity names, or their ALD codes for
 a model trained on codes (`entity_target` of the evaluator, from the recipe's
-`input.tasks.entity_target` when it sets one).
+`input.tasks.entity.target`).
 """
 
 import os
@@ -56,7 +56,7 @@ def get_config(arg=None):
       type="zeroshot", pred="class_rows" if arg.mode == "trie" else "class_likelihood",
       mode=arg.mode, datasets=",".join(names), data_dir=arg.data_dir or None,
       roots=dict(aircraft=arg.root_aircraft, sports100=arg.root_sports100),
-      kb_dir=arg.kb, entity_target=c.input.tasks.get("entity_target", "name"),
+      kb_dir=arg.kb, entity_target=c.input.tasks.entity.target,
       prompt=tasks.GENERIC_QUESTIONS[0],
       pp=(f"decode|resize_crop({size})|normalize('clip')|"
           f"tokenize(key='prompt', bos=True, max_len={prompt_len})|pad({prompt_len}, key='prompt')"),

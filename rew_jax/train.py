@@ -38,10 +38,10 @@ from rew_jax import device_prefetch
 from rew_jax import metrics as metrics_lib
 from rew_jax import model_setup
 from rew_jax import optim
+from rew_jax import registry
 from rew_jax import sharding
 from rew_jax import storage
 from rew_jax.data import pipeline
-from rew_jax.data import tasks as tasks_lib
 from rew_jax.evaluators import common as eval_common
 
 ConfigDict = config_lib.ConfigDict
@@ -51,9 +51,11 @@ log = logging.getLogger(__name__)
 def default_config() -> ConfigDict:
   """Every key of a train config, with its default.
 
-  Groups whose default is empty are open, checked by their readers: `model` (the registered
-  model's keys; `name` picks it), `evals` (named evaluator blocks, evaluators/common.py) and
-  `predict` (the model's prediction options).
+  Groups whose default is empty are open here and get their schema from the component they
+  configure (`with_defaults`): `model` (the registered model's `default_config()`; `name`
+  picks it), `predict` (the model's `predict_config()`), `evals` (named evaluator blocks,
+  each checked by its evaluator: evaluators/common.py) and `mesh` (axis sizes, checked by
+  rew_jax/sharding.py).
   """
   return ConfigDict(dict(
       seed=0,                       # Parameter init, dropout.
@@ -63,9 +65,10 @@ def default_config() -> ConfigDict:
       input=pipeline.default_config(),
       optim=optim.default_config(),
       loss=ConfigDict(dict(label_smoothing=0.0)),
-      # An absent axis has size 1. dcn: sizes across TPU slices or hosts (a hybrid mesh,
-      # rew_jax/sharding.py), e.g. mesh=dict(fsdp=-1, dcn=dict(data=-1)); None: one mesh.
-      mesh=ConfigDict(dict(data=-1, fsdp=1, tensor=1, dcn=None)),
+      # Axis sizes; an absent axis has size 1, and an empty mesh puts every device on
+      # `data`. dcn: sizes across TPU slices or hosts (a hybrid mesh, rew_jax/sharding.py),
+      # e.g. mesh=dict(fsdp=-1, dcn=dict(data=-1)).
+      mesh=ConfigDict(),
       sharding_rules=None,          # [(logical axis, mesh axes)]; None: the default rules.
       checkpoint=ConfigDict(dict(every=1000, keep=3, async_save=True)),
       # Parameters to start from: "" or "none" (from scratch), another run's workdir or
@@ -82,27 +85,21 @@ def default_config() -> ConfigDict:
   ))
 
 
-# Groups taken whole: an absent mesh axis has size 1, so filling in defaults would change it.
-_WHOLE_GROUPS = ("mesh",)
+def schema(config=None) -> ConfigDict:
+  """`default_config()` with the schemas of the components `config` names: the model's
+  block and its prediction options, from `config.model.name`'s registered model."""
+  out = default_config()
+  name = ((config or {}).get("model") or {}).get("name")
+  if name:
+    cls = registry.MODELS.get(name)
+    out.model, out.predict = cls.default_config(), cls.predict_config()
+  return out
 
 
 def with_defaults(config) -> ConfigDict:
-  """`config` with its keys checked and the absent ones filled from `default_config()`,
-  also inside the groups that have defaults (one level: input, optim, loss, ...)."""
-  defaults = default_config()
-  config_lib.check_keys(config, defaults, "train")
-  out = {}
-  for key in defaults.keys():
-    default = defaults[key]
-    if key not in config:
-      out[key] = default
-      continue
-    value = config[key]
-    if (isinstance(default, ConfigDict) and len(default) and key not in _WHOLE_GROUPS and
-        isinstance(value, ConfigDict)):
-      value = ConfigDict(dict(default.items(), **dict(value.items())))
-    out[key] = value
-  return ConfigDict(out)
+  """`config` merged over `schema(config)` (rew_jax.config.merge: every key checked, with
+  the closest valid keys on a typo, and every absent one filled in, at any depth)."""
+  return config_lib.merge(schema(config), config, "train")
 
 
 @flax.struct.dataclass
@@ -113,32 +110,31 @@ class TrainState:
   rng: jax.Array
 
 
-def loss_fn(model, params, batch, rng, *, label_smoothing: float, train: bool):
-  """Token-mean cross-entropy (label-smoothed) over the positions the model weights, in
-  real examples (`mask`), and per-task sums. `model` is the registered model."""
-  logits, targets, weights = model.logits_and_targets(params, batch, rng=rng, train=train)
-  labels = optax.smooth_labels(jax.nn.one_hot(targets, logits.shape[-1]), label_smoothing)
-  token_loss = optax.softmax_cross_entropy(logits, labels)
-  weight = weights * (batch["mask"][:, None] > 0)
-  loss = jnp.sum(token_loss * weight) / jnp.maximum(jnp.sum(weight), 1.0)
-  task = jax.nn.one_hot(batch["task_id"], len(tasks_lib.TASKS))  # [B, tasks]
-  aux = {"task_loss_sum": jnp.einsum("bt,bk->k", token_loss * weight, task),
-         "task_tokens": jnp.einsum("bt,bk->k", weight, task),
-         "examples": jnp.sum(batch["mask"]),
-         # Bad records the pipeline skipped (input.on_error="skip"): counted and logged.
-         "skipped": jnp.sum(batch.get("skipped", jnp.zeros((), jnp.int32))),
-         # Targets cut at their task's length (the `pad` op's flag), per task.
-         "task_truncated": jnp.einsum(
-             "b,bk->k", (batch.get("target_truncated", jnp.zeros_like(batch["mask"])) *
-                         batch["mask"]).astype(jnp.float32), task)}
+def loss_fn(model, params, batch, rng, *, label_smoothing: float, train: bool,
+            num_tasks: int):
+  """The model's loss (`model.loss`: token-mean cross-entropy by default) and the per-task
+  sums the loop logs (`task_id` indexes the mixture's tasks)."""
+  loss, aux = model.loss(params, batch, rng, train=train, label_smoothing=label_smoothing)
+  token_loss, weight = aux.pop("token_loss"), aux.pop("weight")
+  task = jax.nn.one_hot(batch["task_id"], num_tasks)  # [B, tasks]
+  aux.update({"task_loss_sum": jnp.einsum("bt,bk->k", token_loss * weight, task),
+              "task_tokens": jnp.einsum("bt,bk->k", weight, task),
+              "examples": jnp.sum(batch["mask"]),
+              # Bad records the pipeline skipped (input.on_error="skip"): counted and logged.
+              "skipped": jnp.sum(batch.get("skipped", jnp.zeros((), jnp.int32))),
+              # Targets cut at their task's length (the `pad` op's flag), per task.
+              "task_truncated": jnp.einsum(
+                  "b,bk->k", (batch.get("target_truncated", jnp.zeros_like(batch["mask"])) *
+                              batch["mask"]).astype(jnp.float32), task)})
   return loss, aux
 
 
-def train_step(state: TrainState, batch, *, model, tx, schedule, label_smoothing):
+def train_step(state: TrainState, batch, *, model, tx, schedule, label_smoothing, num_tasks):
   """(state, batch) → (state, metrics). Pure; jitted with donation by the loop."""
   rng, step_rng = jax.random.split(state.rng)
   grad_fn = jax.value_and_grad(
-      functools.partial(loss_fn, model, label_smoothing=label_smoothing, train=True),
+      functools.partial(loss_fn, model, label_smoothing=label_smoothing, train=True,
+                        num_tasks=num_tasks),
       has_aux=True)
   (loss, aux), grads = grad_fn(state.params, batch, step_rng)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -147,35 +143,28 @@ def train_step(state: TrainState, batch, *, model, tx, schedule, label_smoothing
   return TrainState(state.step + 1, params, opt_state, rng), metrics
 
 
-def _state_shardings(tx, abstract_params, param_shardings, mesh):
+def state_shardings(tx, abstract_params, param_shardings, mesh) -> TrainState:
   """Optimizer-state shardings follow their parameters; everything else is replicated.
 
-  An optimizer-state leaf belongs to the parameter whose key path ends its own (Adam's
-  `...mu['decoder']['layers_0']...['kernel']`) and has its shape. Matching paths rather
-  than tree structure also covers multi_transform's masked groups and MultiSteps.
+  `optax.tree_map_params` finds the copies of the parameter tree inside the optimizer
+  state structurally (Adam's mu and nu, multi_transform's groups, MultiSteps' accumulator)
+  and maps each onto the parameters' shardings; other leaves (counts) are replicated.
   """
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  by_path = {}
-  for (path, p), (_, s) in zip(jax.tree_util.tree_flatten_with_path(abstract_params)[0],
-                               jax.tree_util.tree_flatten_with_path(param_shardings)[0]):
-    by_path[jax.tree_util.keystr(path)] = (p.shape, s)
-
-  def sharding_of(path, leaf):
-    key = jax.tree_util.keystr(path)
-    for param_path, (shape, s) in by_path.items():
-      if key.endswith(param_path) and tuple(leaf.shape) == tuple(shape):
-        return s
-    return replicated
-
   abstract_opt = jax.eval_shape(tx.init, abstract_params)
-  opt_shardings = jax.tree_util.tree_map_with_path(sharding_of, abstract_opt)
+  masked = lambda x: isinstance(x, optax.MaskedNode)
+  opt_shardings = optax.tree_map_params(
+      tx, lambda leaf, s: leaf if masked(leaf) else s, abstract_opt, param_shardings,
+      transform_non_params=lambda _: replicated,
+      # A group's state holds optax.MaskedNode (no array) where its mask leaves a parameter out.
+      is_leaf=masked)
   return TrainState(step=replicated, params=param_shardings, opt_state=opt_shardings,
                     rng=replicated)
 
 
-def _task_metrics(sums: Mapping[str, np.ndarray]) -> dict[str, float]:
+def _task_metrics(sums: Mapping[str, np.ndarray], task_names) -> dict[str, float]:
   out = {"truncated": int(sums["task_truncated"].sum())}
-  for k, task in enumerate(tasks_lib.TASKS):
+  for k, task in enumerate(task_names):
     if sums["task_tokens"][k] > 0:
       out[f"loss/{task}"] = float(sums["task_loss_sum"][k] / sums["task_tokens"][k])
     if sums["task_truncated"][k] > 0:
@@ -306,8 +295,9 @@ def train(config, workdir: str, *, evaluators_fn=None) -> dict[str, Any]:
   mesh, rules, model = setup.mesh, setup.rules, setup.model
 
   # ---------------------------------------------------------------------------- Input pipeline
-  data = pipeline.from_config(config.input, train=True)
+  data = pipeline.from_config(config.input)
   data_iter = iter(data)
+  task_names = pipeline.task_names()  # task_id k is task_names[k].
 
   # ---------------------------------------------------------------------------- Init from
   param_shardings = setup.param_shardings
@@ -317,13 +307,13 @@ def train(config, workdir: str, *, evaluators_fn=None) -> dict[str, Any]:
 
   # ---------------------------------------------------------------------------- Optimizer
   tx, schedule = optim.make(config.optim, params, config.total_steps)
-  state_shardings = _state_shardings(tx, setup.abstract_params, param_shardings, mesh)
+  shardings = state_shardings(tx, setup.abstract_params, param_shardings, mesh)
   with sharding.use(mesh, rules):
-    opt_state = jax.jit(tx.init, out_shardings=state_shardings.opt_state)(params)
+    opt_state = jax.jit(tx.init, out_shardings=shardings.opt_state)(params)
   # The step and rng are made in a jit onto their (replicated) shardings: device_put of a
   # one-device key array onto a mesh that spans other processes is refused.
   step0, state_rng = jax.jit(lambda r: (jnp.zeros((), jnp.int32), r),
-                             out_shardings=(state_shardings.step, state_shardings.rng))(state_rng)
+                             out_shardings=(shardings.step, shardings.rng))(state_rng)
   state = TrainState(step0, params, opt_state, state_rng)
 
   # ---------------------------------------------------------------------------- Checkpoint restore
@@ -334,7 +324,7 @@ def train(config, workdir: str, *, evaluators_fn=None) -> dict[str, Any]:
                              best_metric=early.metric, best_mode=early.mode)
   start = manager.latest_step() or 0
   if start:
-    abstract = ckpt_lib.abstract_with_shardings(state, state_shardings)
+    abstract = ckpt_lib.abstract_with_shardings(state, shardings)
     state = manager.restore(start, abstract, data_iter)
     log.info("resumed from step %d in %s", start, manager.directory)
     if early.metric:  # The best so far, from the kept checkpoints' metrics.
@@ -350,9 +340,10 @@ def train(config, workdir: str, *, evaluators_fn=None) -> dict[str, Any]:
   # ---------------------------------------------------------------------------- Loop
   jitted_step = jax.jit(
       functools.partial(train_step, model=model, tx=tx, schedule=schedule,
-                        label_smoothing=config.loss.label_smoothing),
-      in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
-      out_shardings=(state_shardings, None), donate_argnums=(0,))
+                        label_smoothing=config.loss.label_smoothing,
+                        num_tasks=len(task_names)),
+      in_shardings=(shardings, sharding.batch_sharding(mesh)),
+      out_shardings=(shardings, None), donate_argnums=(0,))
   writer = metrics_lib.Writer(workdir, config=config, total_steps=config.total_steps,
                               start_step=start)
   preemption = PreemptionNotice()
@@ -388,7 +379,7 @@ def train(config, workdir: str, *, evaluators_fn=None) -> dict[str, Any]:
           n = len(fetched)
           last = {"loss": float(sums["loss"]) / n, "grad_norm": float(sums["grad_norm"]) / n,
                   "lr": float(fetched[-1]["lr"]), "skipped": int(sums["skipped"]),
-                  **_task_metrics(sums)}
+                  **_task_metrics(sums, task_names)}
           writer.log_train(step, last, examples=int(sums["examples"]))
           if last["truncated"] and not warned_truncation:
             warned_truncation = True

@@ -94,7 +94,7 @@ def _config(setup, workdir):
 
 def test_the_training_targets_are_the_kb_codes(setup, tmp_path):
   config = train_lib.with_defaults(_config(setup, tmp_path))
-  batch = next(iter(pipeline.from_config(config.input, train=True)))
+  batch = next(iter(pipeline.from_config(config.input)))
   row = int(setup["table"].rows_of([setup["target"].entity_id])[0])
   code = setup["table"].tokens(row)
   want = code + [codes_lib.SEP_ID] + [0] * (8 - len(code) - 1)

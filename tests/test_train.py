@@ -12,6 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import orbax.checkpoint as ocp
 import pytest
 
@@ -22,6 +23,7 @@ from rew_jax import records
 from rew_jax import registry
 from rew_jax import train as train_lib
 from rew_jax.data import synthetic_images as si
+from rew_jax.data import tasks
 from rew_jax.errors import UserError
 from rew_jax.evaluators import checkpoint_eval
 from rew_jax.evaluators import common as eval_common
@@ -246,11 +248,15 @@ def test_default_config_knows_every_key_the_recipes_set(spec):
   section = config_lib.load_config(os.path.join(REPO, spec)).train
   filled = train_lib.with_defaults(section)
   assert set(filled.keys()) == set(train_lib.default_config().keys())
-  for key in section.keys():
-    if key in ("mesh", "model", "evals", "predict") or not hasattr(section[key], "keys"):
-      assert filled[key] == section[key], key
-    else:  # Groups with defaults keep what the recipe set and fill in the rest.
-      assert dict(filled[key]) == dict(train_lib.default_config()[key], **dict(section[key]))
+  # Every value the recipe set is kept, at any depth; the rest comes from the schemas.
+  leaves = lambda c: {k: c[k] for k in config_lib.flat_keys(c)
+                      if not isinstance(c[k], config_lib.ConfigDict)}
+  given, got = leaves(section), leaves(filled)
+  assert {k: got[k] for k in given} == given
+  model = registry.MODELS.get(section.model.name)
+  assert set(filled.model.keys()) == set(model.default_config().keys())
+  assert set(filled.predict.keys()) == set(model.predict_config().keys())
+  assert set(filled.input.tasks.weights.keys()) == set(tasks.names())
 
 
 def test_unknown_train_keys_fail_with_the_closest_name():
@@ -261,7 +267,14 @@ def test_unknown_train_keys_fail_with_the_closest_name():
   filled = train_lib.with_defaults(config_lib.ConfigDict(dict(
       checkpoint=dict(every=5), mesh=dict(fsdp=-1))))
   assert dict(filled.checkpoint) == dict(every=5, keep=3, async_save=True)
-  assert dict(filled.mesh) == dict(fsdp=-1)  # Taken whole: absent axes have size 1.
+  assert dict(filled.mesh) == dict(fsdp=-1)  # Open, taken whole: absent axes have size 1.
+  with pytest.raises(config_lib.ConfigError, match="train.model.decoder.hidden; closest valid "
+                                                   "keys: hidden_size"):
+    train_lib.with_defaults(config_lib.ConfigDict(dict(model=dict(name="git",
+                                                                  decoder=dict(hidden=3)))))
+  with pytest.raises(config_lib.ConfigError, match="train.predict.num_beam;.*num_beams"):
+    train_lib.with_defaults(config_lib.ConfigDict(dict(model=dict(name="git"),
+                                                       predict=dict(num_beam=3))))
 
 
 # ------------------------------------------------------------------------------------------
@@ -334,3 +347,30 @@ def test_early_stopping_is_opt_in(record_dir, tmp_path):
   assert int(low["state"].step) == 3 and low["metrics"]["best_step"] == 1
   with pytest.raises(config_lib.ConfigError, match="needs early_stopping.metric"):
     train_lib._EarlyStopping(dict(patience=2))  # pylint: disable=protected-access
+
+
+def test_optimizer_state_shardings_follow_their_parameters_structurally():
+  """Adam's mu/nu, a frozen group (multi_transform + set_to_zero) and MultiSteps'
+  accumulator take the parameter's sharding; counts are replicated. `a/kernel` and
+  `kernel` share a suffix and a shape, which path matching could not tell apart."""
+  mesh = jax.make_mesh((8,), ("fsdp",))
+  NS, P = jax.sharding.NamedSharding, jax.sharding.PartitionSpec
+  params = {"a": {"kernel": jax.ShapeDtypeStruct((8, 4), jnp.float32)},
+            "kernel": jax.ShapeDtypeStruct((8, 4), jnp.float32),
+            "frozen": jax.ShapeDtypeStruct((16,), jnp.float32)}
+  shardings = {"a": {"kernel": NS(mesh, P("fsdp", None))}, "kernel": NS(mesh, P(None, None)),
+               "frozen": NS(mesh, P("fsdp"))}
+  tx = optax.MultiSteps(optax.multi_transform(
+      {"train": optax.adam(1e-3), "freeze": optax.set_to_zero()},
+      {"a": {"kernel": "train"}, "kernel": "train", "frozen": "freeze"}), every_k_schedule=2)
+  out = train_lib.state_shardings(tx, params, shardings, mesh)
+  flat = jax.tree_util.tree_flatten_with_path(out.opt_state)[0]
+  by_path = {jax.tree_util.keystr(p): s for p, s in flat}
+  mus = {k: s for k, s in by_path.items() if ".mu" in k}
+  assert {k.split(".mu")[1]: s.spec for k, s in mus.items()} == {
+      "['a']['kernel']": P("fsdp", None), "['kernel']": P(None, None)}
+  acc = {k: s.spec for k, s in by_path.items() if "acc_grads" in k}
+  assert acc == {".acc_grads['a']['kernel']": P("fsdp", None),
+                 ".acc_grads['frozen']": P("fsdp"), ".acc_grads['kernel']": P(None, None)}
+  counts = [s for k, s in by_path.items() if "count" in k or "mini_step" in k]
+  assert counts and all(s.spec == P() for s in counts)

@@ -1,4 +1,4 @@
-"""Grain input pipelines over REW records, and global batch assembly.
+"""Grain input pipelines: training over REW records, evaluation over any random-access source.
 
 Train (endless unless `num_epochs` is set; each host reads 1/process_count of every epoch):
 
@@ -16,9 +16,19 @@ Train (endless unless `num_epochs` is set; each host reads 1/process_count of ev
   Records supporting no configured task (e.g. abstained, in an entity-only recipe) are
   filtered by design; the batch is filled from the following records.
 
-Eval (deterministic; keeps every example): host p reads records p, p+P, p+2P, ...; every host
-yields the same number of batches, the last ones padded with placeholder examples whose
-`mask` is 0. String fields (image_id, entity_id, split) stay in the batch as numpy arrays.
+Eval (`eval_input`: deterministic, keeps every example; any random-access source: REW
+records, OVEN questions, a TFDS data source, a list of examples):
+
+    MapDataset.source(PaddedHostSource(source, process)) → map(EvalExample: example_fn, pp)
+      → to_iter_dataset(threads) → batch(local batch) → thread prefetch (or mp_prefetch)
+
+  Host p reads examples p, p+P, p+2P, ...; every host yields the same number of fixed-shape
+  batches (`eval_num_batches`), the last ones padded with repeats of a real example whose
+  `mask` is 0; `_index` int32 [B] holds each row's position in the source (-1: padding), so
+  that outputs gathered from all hosts go back into example order. Reading, decoding and the
+  pp ops run in Grain's threads ahead of the consumer, so they overlap the prediction.
+  `eval_dataset` is REW records through it, string fields (image_id, entity_id, split) kept
+  in the batch as numpy arrays.
 
 Bad records (undecodable bytes, mistyped fields, corrupt images, entities without codes)
 raise a `UserError` naming shard and record, or with `on_error="skip"` become masked
@@ -38,11 +48,12 @@ from __future__ import annotations
 import logging
 import math
 import os
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import grain
 import numpy as np
 
+from rew_jax import config as config_lib
 from rew_jax.config import ConfigDict
 from rew_jax.data import ops as ops_lib
 from rew_jax.data import tasks as tasks_lib
@@ -59,6 +70,7 @@ DEFAULT_EVAL_PP = (
     "tokenize(key='prompt', bos=True)|pad(20, key='prompt')|"
     f"tokenize(key='target', eos=True)|pad(32, key='target', keep_eos={tokenizers.BERT_EOS_ID})")
 STRING_FIELDS = ("image_id", "entity_id", "split", "task")
+INDEX_KEY = "_index"  # Eval batches: each row's position in the source, -1 for padding.
 
 
 def default_config() -> ConfigDict:
@@ -99,11 +111,15 @@ class _Located:
 class PaddedHostSource:
   """Host p's share of `source` for evaluation: items p, p+P, ..., then padding to `length`.
 
-  Yields (where, item); padding is (None, None), not None, because Grain treats a None
-  element as filtered out. `where` comes from `source.where(i)` when the source has it.
+  Element k is (index, where, item): `index` the item's position in `source`, -1 for padding.
+  Padding repeats a real item (the host's first; item 0 on a host that has none), so that
+  any pp spec gives it the shape of the others. `where` comes from `source.where(i)` when
+  the source has it, else "example i".
   """
 
   def __init__(self, source, process_index: int, process_count: int, length: int):
+    if not len(source):
+      raise ValueError("an evaluation source needs at least one example")
     self.source, self.p, self.n_proc, self.length = source, process_index, process_count, length
 
   def __len__(self) -> int:
@@ -111,63 +127,118 @@ class PaddedHostSource:
 
   def __getitem__(self, k: int):
     i = self.p + k * self.n_proc
-    if i >= len(self.source):
-      return None, None
+    index = i if i < len(self.source) else -1
+    if index < 0:
+      i = self.p if self.p < len(self.source) else 0
     where = self.source.where(i) if hasattr(self.source, "where") else f"example {i}"
-    return where, self.source[i]
+    return index, where, self.source[i]
+
+
+def record_example(mixture: tasks_lib.TaskMixture, data: bytes, where: str,
+                   rng: np.random.Generator, *, on_error: str = "raise",
+                   eval_mode: bool = False) -> dict[str, Any] | None:
+  """Record bytes → the example the pp ops start from: the task mixture's draw (None: no
+  task for this record) or, with `eval_mode`, its evaluation example. A bad record raises,
+  naming `where`, or with on_error="skip" becomes a placeholder marked `_skipped`."""
+  try:
+    record = decode(data, where=where)
+    example = mixture.eval_example(record, rng) if eval_mode else mixture(record, rng)
+    if example is None:
+      return None
+  except (RecordError, tasks_lib.TaskError) as e:
+    if on_error != "skip":
+      raise type(e)(f"{where}: {e}" if not str(e).startswith(where) else str(e)) from None
+    logging.warning("skipped record: %s", e)
+    example = mixture.placeholder()
+    example["_skipped"] = 1
+  example["_where"] = where
+  return example
 
 
 class RecordToExample(grain.transforms.RandomMap):
-  """Record bytes → one preprocessed example dict (None: no task for this record)."""
+  """Record bytes → one preprocessed training example dict (None: no task for this record)."""
 
-  def __init__(self, mixture: tasks_lib.TaskMixture, pp: str, *, on_error: str = "raise",
-               eval_mode: bool = False):
-    if on_error not in ("raise", "skip"):
-      raise ConfigError(f"input.on_error must be 'raise' or 'skip', not {on_error!r}")
+  def __init__(self, mixture: tasks_lib.TaskMixture, pp: str, *, on_error: str = "raise"):
     self.mixture = mixture
     self.pp = ops_lib.get_preprocess(pp)
-    self.on_error = on_error
-    self.eval_mode = eval_mode
+    self.on_error = _check_on_error(on_error)
 
   def random_map(self, item, rng: np.random.Generator):
-    if item[1] is None:  # Eval padding.
-      example = self.mixture.placeholder()
-      example["_placeholder"] = 1
-    else:
-      where, data = item
-      try:
-        record = decode(data, where=where)
-        if self.eval_mode:
-          example = self.mixture.eval_example(record, rng)
-        else:
-          example = self.mixture(record, rng)
-          if example is None:
-            return None
-      except (RecordError, tasks_lib.TaskError) as e:
-        if self.on_error != "skip":
-          raise type(e)(f"{where}: {e}" if not str(e).startswith(where) else str(e)) from None
-        logging.warning("skipped record: %s", e)
-        example = self.mixture.placeholder()
-        example["_skipped"] = 1
-      example["_where"] = where
+    where, data = item
+    example = record_example(self.mixture, data, where, rng, on_error=self.on_error)
+    if example is None:
+      return None
     example["_on_error"] = self.on_error
     example = self.pp(example, rng)
-    return self._finalize(example)
-
-  def _finalize(self, example: dict[str, Any]) -> dict[str, Any]:
     skipped = int(bool(example.get("_skipped")))
-    masked = skipped or bool(example.get("_placeholder"))
-    out = {"mask": np.int32(not masked), "skipped": np.int32(skipped)}
+    out = {"mask": np.int32(not skipped), "skipped": np.int32(skipped)}
+    out.update((k, np.asarray(v)) for k, v in example.items()
+               if not k.startswith("_") and not isinstance(v, (str, bytes)))
+    _check_decoded(example, self.pp)
+    return out
+
+
+def _check_on_error(on_error: str) -> str:
+  if on_error not in ("raise", "skip"):
+    raise ConfigError(f"input.on_error must be 'raise' or 'skip', not {on_error!r}")
+  return on_error
+
+
+def _check_decoded(example: Mapping[str, Any], pp: ops_lib.Preprocess) -> None:
+  if isinstance(example.get("image"), bytes):
+    raise ConfigError(f"pp spec {pp.spec!r} never decodes 'image': add 'decode'")
+
+
+class RecordEvalExample:
+  """`eval_input`'s example_fn for REW records: (record bytes, where) → the record's
+  evaluation example (`TaskMixture.eval_example`, the entity task whatever the record's
+  status); a generic question, for a record without one, is drawn from `seed`."""
+
+  def __init__(self, mixture: tasks_lib.TaskMixture, *, on_error: str = "raise", seed: int = 0):
+    self.mixture, self.on_error, self.seed = mixture, _check_on_error(on_error), seed
+
+  def __call__(self, data: bytes, where: str) -> dict[str, Any]:
+    return record_example(self.mixture, data, where, np.random.default_rng(self.seed),
+                          on_error=self.on_error, eval_mode=True)
+
+
+class EvalExample(grain.transforms.Map):
+  """(index, where, item) of `PaddedHostSource` → one preprocessed example.
+
+  `example_fn(item, where)` makes the dict the pp ops start from (default: the item, a dict,
+  copied). The batch keeps the pp outputs that are numbers or numeric arrays, the
+  `keep_strings` fields as numpy strings, `mask` (int32; 0 for padding and skipped examples)
+  and `_index` (int32; the position in the source, -1 for padding).
+  """
+
+  def __init__(self, pp: str, example_fn: Callable[[Any, str], dict] | None = None, *,
+               on_error: str = "raise", keep_strings: Sequence[str] = ()):
+    self.pp = ops_lib.get_preprocess(pp)
+    self.example_fn, self.on_error = example_fn, _check_on_error(on_error)
+    self.keep_strings = frozenset(keep_strings)
+
+  def map(self, element):
+    index, where, item = element
+    example = self.example_fn(item, where) if self.example_fn else dict(item)
+    example.setdefault("_where", where)
+    example.setdefault("_on_error", self.on_error)
+    # No generator: each example gets the pp's fixed one, whatever its host or position.
+    example = self.pp(example)
+    _check_decoded(example, self.pp)
+    masked = index < 0 or example.get("_skipped") or example.get("_placeholder")
+    out = {}
     for key, value in example.items():
       if key.startswith("_"):
         continue
-      if isinstance(value, (str, bytes)):
-        if self.eval_mode and key in STRING_FIELDS:
+      if isinstance(value, (str, bytes, np.str_, np.bytes_)):
+        if key in self.keep_strings:
           out[key] = np.str_(value)
         continue
-      out[key] = np.asarray(value)
-    if "image" in example and isinstance(example["image"], bytes):
-      raise ConfigError(f"pp spec {self.pp.spec!r} never decodes 'image': add 'decode'")
+      value = np.asarray(value)
+      if value.dtype.kind in "biuf":
+        out[key] = value
+    out["mask"] = np.int32(not masked)
+    out[INDEX_KEY] = np.int32(index)
     return out
 
 
@@ -277,10 +348,42 @@ def train_dataset(data_dir: str, *, batch_size: int, pp: str = DEFAULT_TRAIN_PP,
   return _maybe_prefetch(it, num_workers, worker_buffer_size)
 
 
-def eval_num_batches(num_records: int, batch_size: int, process_count: int) -> int:
-  """Batches every host yields so that all records are seen once."""
+def eval_num_batches(num_examples: int, batch_size: int, process_count: int) -> int:
+  """Batches every host yields so that all examples are seen once (`batch_size` global)."""
   local = local_batch_size(batch_size, process_count)
-  return max(1, math.ceil(math.ceil(num_records / process_count) / local))
+  return max(1, math.ceil(math.ceil(num_examples / process_count) / local))
+
+
+def eval_input(source, pp: str, *, batch_size: int,
+               example_fn: Callable[[Any, str], dict] | None = None,
+               keep_strings: Sequence[str] = (), on_error: str = "raise",
+               num_threads: int = 0, num_workers: int = 0,
+               process_index: int | None = None,
+               process_count: int | None = None) -> tuple[grain.IterDataset, int]:
+  """This host's evaluation batches of `source` and how many there are (the same on every
+  host): every example once, host p reading examples p, p+P, ..., fixed-shape batches of
+  `batch_size / process_count`, padding rows with `mask` 0 and `_index` -1 (see the module
+  docstring and `EvalExample`).
+
+  `source` is any random-access source (`len`, `[i]`, optionally `where(i)`); `example_fn`
+  (picklable, for workers) turns an item into the pp's input dict. num_threads 0: a thread
+  per core; num_workers > 0: Grain worker processes (-1: from the core count, as in
+  training), which receive the source and example_fn by pickle.
+  """
+  num_workers, num_threads = auto_parallelism(num_workers, num_threads)
+  p, n_proc = resolve_processes(process_index, process_count)
+  local = local_batch_size(batch_size, n_proc)
+  num_batches = eval_num_batches(len(source), batch_size, n_proc)
+  ds = grain.MapDataset.source(PaddedHostSource(source, p, n_proc, num_batches * local))
+  ds = ds.map(EvalExample(pp, example_fn, on_error=on_error, keep_strings=keep_strings))
+  # Two batches of examples read ahead by the threads, two batches assembled ahead: the
+  # consumer's prediction overlaps the next batches' decoding.
+  it = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
+                                            prefetch_buffer_size=2 * local))
+  it = it.batch(local, drop_remainder=False)
+  if num_workers > 0:
+    return _maybe_prefetch(it, num_workers, 2), num_batches
+  return grain.experimental.ThreadPrefetchIterDataset(it, prefetch_buffer_size=2), num_batches
 
 
 def eval_dataset(data_dir: str, *, batch_size: int, pp: str = DEFAULT_EVAL_PP,
@@ -288,37 +391,34 @@ def eval_dataset(data_dir: str, *, batch_size: int, pp: str = DEFAULT_EVAL_PP,
                  num_threads: int = 0, num_workers: int = -1, verify: bool = True,
                  process_index: int | None = None, process_count: int | None = None,
                  source: RecordSource | None = None) -> grain.IterDataset:
-  """The evaluation pipeline of this host: every record once, last batch padded (mask 0)."""
-  num_workers, num_threads = auto_parallelism(num_workers, num_threads)
-  p, n_proc = resolve_processes(process_index, process_count)
-  local = local_batch_size(batch_size, n_proc)
+  """REW records through `eval_input`: every record once as its evaluation example (the
+  entity task, whatever its curation status), image_id, entity_id and split kept."""
   source = source or RecordSource(data_dir, verify=verify)
-  length = eval_num_batches(len(source), batch_size, n_proc) * local
-  ds = grain.MapDataset.source(PaddedHostSource(source, p, n_proc, length))
-  ds = ds.random_map(RecordToExample(_mixture(tasks), pp, on_error=on_error, eval_mode=True),
-                     seed=seed)
-  ds = ds.batch(local, drop_remainder=False)
-  it = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=2))
-  return _maybe_prefetch(it, num_workers, 1)
+  ds, _ = eval_input(source, pp, batch_size=batch_size,
+                     example_fn=RecordEvalExample(_mixture(tasks), on_error=on_error, seed=seed),
+                     keep_strings=STRING_FIELDS, on_error=on_error, num_threads=num_threads,
+                     num_workers=num_workers, process_index=process_index,
+                     process_count=process_count)
+  return ds
 
 
-def from_config(config: Mapping[str, Any], *, train: bool = True, **overrides) -> grain.IterDataset:
-  """`train_dataset`/`eval_dataset` from a `config.input` block (see default_config)."""
-  cfg = dict(default_config())
-  unknown = set(config) - set(cfg) - {"eval_pp"}
-  if unknown:
-    raise ConfigError(f"unknown input config keys {sorted(unknown)}; known: {sorted(cfg)}")
-  cfg.update(dict(config))
-  if not cfg["data_dir"]:
+def from_config(config: Mapping[str, Any], **overrides) -> grain.IterDataset:
+  """The training dataset (`train_dataset`) of a `config.input` block, merged over
+  `default_config()`; `overrides` replace train_dataset's arguments."""
+  cfg = config_lib.merge(default_config(), config, "input")
+  if not cfg.data_dir:
     raise ConfigError("input.data_dir is empty: name a REW records directory")
-  common = dict(batch_size=cfg["batch_size"], tasks=cfg["tasks"], seed=cfg["seed"],
-                on_error=cfg["on_error"], num_threads=cfg["num_threads"],
-                num_workers=cfg["num_workers"], verify=cfg["verify"])
-  common.update(overrides)
-  if train:
-    return train_dataset(cfg["data_dir"], pp=cfg["pp"], num_epochs=cfg["num_epochs"],
-                         worker_buffer_size=cfg["worker_buffer_size"], **common)
-  return eval_dataset(cfg["data_dir"], pp=cfg.get("eval_pp", DEFAULT_EVAL_PP), **common)
+  kwargs = dict(batch_size=cfg.batch_size, pp=cfg.pp, tasks=cfg.tasks, seed=cfg.seed,
+                on_error=cfg.on_error, num_epochs=cfg.num_epochs, num_threads=cfg.num_threads,
+                num_workers=cfg.num_workers, worker_buffer_size=cfg.worker_buffer_size,
+                verify=cfg.verify)
+  kwargs.update(overrides)
+  return train_dataset(cfg.data_dir, **kwargs)
+
+
+def task_names() -> tuple[str, ...]:
+  """The tasks in task-id order (`task_id` k is names[k]): every registered task."""
+  return tasks_lib.names()
 
 
 # --------------------------------------------------------------------------------------------
@@ -351,19 +451,3 @@ class SkipReport:
     if self.truncated:
       text += f", {self.truncated} targets cut at their task's length (tasks.target_len)"
     return text
-
-
-# --------------------------------------------------------------------------------------------
-# Global arrays.
-# --------------------------------------------------------------------------------------------
-
-
-def make_global_batch(batch: Mapping[str, Any], mesh,
-                      batch_axes: Sequence[str] = ("data", "fsdp")) -> dict[str, Any]:
-  """Per-host numpy batch → global jax.Arrays sharded along the batch axes.
-
-  The one implementation lives in `rew_jax.sharding.host_batch_to_global`; imported here
-  lazily so that Grain worker processes never import jax/flax.
-  """
-  from rew_jax import sharding  # pylint: disable=g-import-not-at-top
-  return sharding.host_batch_to_global(batch, mesh, batch_axes)

@@ -145,13 +145,14 @@ def ensure_vocab(config, wd: workdir_lib.Workdir, sources: Sequence[str],
   `sources` and the task mixture's own questions and prompts."""
   tasks = config.train.input.tasks
   digest = workdir_lib.fingerprint(
-      ("vocab", list(tasks.generic_questions), tasks.rationale_prompt, dict(tasks.prefixes)),
+      ("vocab", list(tasks.entity.generic_questions), tasks.rationale.prompt,
+       [tasks[n].prefix for n in sorted(tasks.weights)]),
       workdir_lib.stamp_of(wd.world), *(workdir_lib.stamp_of(d) for d in sources))
   path = vocab_path(wd)
   if workdir_lib.is_current(wd.vocab, digest) and os.path.isfile(path):
     return path
-  texts = itertools.chain(tasks.generic_questions, [tasks.rationale_prompt],
-                          dict(tasks.prefixes).values(),
+  texts = itertools.chain(tasks.entity.generic_questions, [tasks.rationale.prompt],
+                          [tasks[n].prefix for n in sorted(tasks.weights)],
                           *(_record_texts(d) for d in sources))
   ids = vocab.build_ids(texts, tokenizers.load_tokenizer("bert"))
   names = np.asarray(trie_lib.load(wd.kb_file("name_trie.npz")).labels)

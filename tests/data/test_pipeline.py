@@ -1,7 +1,10 @@
-"""Grain pipelines: batches, exact resume, per-process slicing, eval padding, skips, global arrays."""
+"""Grain pipelines: batches, exact resume, per-process slicing, the eval input (any source,
+hosts, padding, prefetch, workers), skips, global arrays."""
 
 import io
 import json
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -129,11 +132,88 @@ def test_hosts_split_the_one_host_global_batch(data_dir):
   assert_same(stacked, one)
 
 
-def test_eval_keeps_every_example_and_pads(module_workdir):
+EVAL_PP = "decode|resize(2)|tokenize(key='prompt', bos=True)|pad(8, key='prompt')"
+
+
+def _examples(n):
+  """An in-memory source: example i is a flat image of grey 5i and a question."""
+  return [{"image": png(5 * i), "prompt": f"question {i}", "image_id": f"img_{i}"}
+          for i in range(n)]
+
+
+def _eval(source, **kw):
+  kw.setdefault("batch_size", 4)
+  kw.setdefault("num_threads", 2)
+  return pipeline.eval_input(source, kw.pop("pp", EVAL_PP), **kw)
+
+
+def test_eval_input_hosts_share_any_source_in_fixed_batches():
+  assert pipeline.eval_num_batches(11, 4, 2) == 3
+  seen, pads = [], 0
+  for p in range(2):
+    ds, num_batches = _eval(_examples(11), process_index=p, process_count=2)
+    batches = list(ds)
+    assert num_batches == len(batches) == 3  # ceil(ceil(11 / 2) / 2), on both hosts.
+    for b in batches:
+      assert b["image"].shape == (2, 2, 2, 3) and b["prompt"].shape == (2, 8)
+      assert set(b) == {"image", "prompt", "prompt_truncated", "mask", pipeline.INDEX_KEY}
+      index, mask = b[pipeline.INDEX_KEY], b["mask"]
+      np.testing.assert_array_equal(mask, index >= 0)
+      seen += index[index >= 0].tolist()
+      np.testing.assert_array_equal(ids(b)[:int(mask.sum())], index[index >= 0])
+      pads += int((index < 0).sum())
+    # Host p reads p, p+2, ...; its padding repeats its first example.
+    flat = np.concatenate([b[pipeline.INDEX_KEY] for b in batches])
+    assert flat.tolist() == [i for i in range(p, 11, 2)] + [-1] * (6 - len(range(p, 11, 2)))
+    if flat[-1] < 0:
+      assert ids(batches[-1])[-1] == p  # Padding repeats the host's first example.
+  assert sorted(seen) == list(range(11)) and pads == 1
+
+
+def test_eval_input_example_fn_runs_ahead_in_threads():
+  calls, threads = [], set()
+
+  def example_fn(item, where):
+    calls.append(where)
+    threads.add(threading.current_thread().name)
+    return {"image": item, "prompt": "what is this?"}
+
+  source = [png(5 * i) for i in range(40)]
+  ds, num_batches = _eval(source, example_fn=example_fn)
+  it = iter(ds)
+  first = next(it)
+  assert ids(first) == [0, 1, 2, 3] and num_batches == 10
+  deadline = time.time() + 10
+  while len(calls) < 12 and time.time() < deadline:  # Two batches of examples and more.
+    time.sleep(0.01)
+  assert len(calls) >= 12, "the input did not read ahead while the consumer was busy"
+  assert threading.current_thread().name not in threads
+  assert "example 7" in calls
+  assert [ids(b) for b in it][-1] == [36, 37, 38, 39]
+
+
+def test_eval_input_with_workers_equals_threads():
+  source = _examples(10)
+  with_threads = list(_eval(source)[0])
+  with_workers = list(_eval(source, num_workers=1)[0])
+  assert len(with_workers) == len(with_threads) == 3
+  for a, b in zip(with_threads, with_workers):
+    assert a.keys() == b.keys()
+    for key in a:
+      np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_eval_input_refuses_an_empty_source_and_an_undecoded_image():
+  with pytest.raises(ValueError, match="at least one example"):
+    _eval([])
+  with pytest.raises(ConfigError, match="never decodes 'image'"):
+    list(_eval(_examples(2), pp="tokenize(key='prompt')")[0])
+
+
+def test_eval_records_keep_every_example_and_pad(module_workdir):
   path = str(module_workdir / "eval11")
   records.write_records(path, [rec(i, curation_status="unresolved") for i in range(11)],
                         records_per_shard=4)
-  assert pipeline.eval_num_batches(11, 4, 2) == 3
   seen, masks = [], []
   for p in range(2):
     batches = list(pipeline.eval_dataset(path, batch_size=4, pp=PP, process_index=p,
@@ -197,7 +277,7 @@ def test_truncated_targets_are_counted_per_task_length(data_dir):
   """"entity {i}" is 2–3 ids + EOS: an entity length of 2 cuts every target, and the
   report says so; the batch's width stays the pp spec's."""
   report = pipeline.SkipReport()
-  tasks_cfg = {"target_len": {"entity": 2}}
+  tasks_cfg = {"entity": {"target_len": 2}}
   for batch in train(data_dir, num_epochs=1, num_threads=1, tasks=tasks_cfg):
     report.update(batch)
     assert batch["target"].shape[1] > 2 and not batch["target"][:, 2:].any()
@@ -216,24 +296,26 @@ def test_multiprocess_workers_resume(data_dir):
   assert_same(take(again, 2), expected)
 
 
-def test_global_batch_on_8_devices(data_dir):
+def test_eval_batch_to_global_arrays_on_8_devices():
+  """An eval batch as predict_all places it on several processes: every array over the batch
+  axes, `_index` included."""
   import jax
   from jax.sharding import Mesh, PartitionSpec
+  from rew_jax import sharding
   assert jax.device_count() == 8
   mesh = Mesh(np.array(jax.devices()).reshape(4, 2), ("data", "fsdp"))
-  batch = next(iter(train(data_dir, batch_size=8)))
-  batch["image_id"] = np.array([f"x{i}" for i in range(8)])
-  out = pipeline.make_global_batch(batch, mesh)
+  batch = next(iter(_eval(_examples(8), batch_size=8)[0]))
+  out = sharding.host_batch_to_global(batch, mesh)
   assert out["image"].shape == (8, 2, 2, 3)
   assert out["image"].sharding.spec == PartitionSpec(("data", "fsdp"))
   assert len(out["image"].addressable_shards) == 8
   assert out["image"].addressable_shards[0].data.shape == (1, 2, 2, 3)
-  np.testing.assert_array_equal(np.asarray(out["target"]), batch["target"])
-  assert isinstance(out["image_id"], np.ndarray)
+  np.testing.assert_array_equal(np.asarray(out["prompt"]), batch["prompt"])
+  np.testing.assert_array_equal(np.asarray(out[pipeline.INDEX_KEY]), np.arange(8))
   # A mesh without an fsdp axis shards over data only.
   mesh2 = Mesh(np.array(jax.devices()).reshape(8, 1), ("data", "tensor"))
-  out2 = pipeline.make_global_batch(batch, mesh2)
-  assert out2["mask"].sharding.spec == PartitionSpec(("data",))
+  assert sharding.host_batch_to_global(batch, mesh2)["mask"].sharding.spec == PartitionSpec(
+      ("data",))
 
 
 def test_from_config(data_dir):

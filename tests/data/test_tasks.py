@@ -1,4 +1,5 @@
-"""Task mixture: eligibility, examples per task, and the mixture's proportions."""
+"""Task mixture: eligibility, examples per task, the mixture's proportions, its config's
+merge rule, and a task added as one module."""
 
 import pickle
 
@@ -25,8 +26,8 @@ ALL = dict(entity=1.0, rationale=1.0, qa=1.0, caption=1.0)
 
 
 def test_examples_per_task():
-  mix = tasks.TaskMixture({"weights": ALL, "prefixes": {"qa": "question: "},
-                           "generic_questions": ("what is this?",)})
+  mix = tasks.TaskMixture({"weights": ALL, "qa": {"prefix": "question: "},
+                           "entity": {"generic_questions": ("what is this?",)}})
   rng = np.random.default_rng(0)
   r = record()
   ex = mix.example(r, "entity", rng)
@@ -62,14 +63,14 @@ def test_mixture_proportions():
   mix = tasks.TaskMixture({"weights": weights})
   rng = np.random.default_rng(1)
   n = 8000
-  counts = {t: 0 for t in tasks.TASKS}
+  counts = {t: 0 for t in tasks.BUILTIN}
   for _ in range(n):
     counts[mix(record(), rng)["task"]] += 1
   expected = {t: w / 8 for t, w in weights.items()}
-  for t in tasks.TASKS:
+  for t in tasks.BUILTIN:
     assert abs(counts[t] / n - expected[t]) < 0.02, (t, counts)
   # A record without a rationale renormalises over what it supports: 4:1:1.
-  counts = {t: 0 for t in tasks.TASKS}
+  counts = {t: 0 for t in tasks.BUILTIN}
   for _ in range(6000):
     counts[mix(record(rationale=""), rng)["task"]] += 1
   assert counts["rationale"] == 0
@@ -80,7 +81,7 @@ def test_codes_eval_placeholder(tmp_path):
   path = str(tmp_path / "ald_codes.npz")
   codes = np.array([[2000, 102, 0, 0], [3000, 4000, 5000, 102]], np.int32)
   code_table.save_codes(path, ["Q1", "Q243"], codes, length=3, seed=0)
-  mix = tasks.TaskMixture({"entity_target": "ald", "codes_path": path})
+  mix = tasks.TaskMixture({"entity": {"target": "ald", "codes_path": path}})
   rng = np.random.default_rng(0)
   ex = mix(record(), rng)
   assert ex["target_ids"] == [3000, 4000, 5000] and ex["target"] == "Eiffel Tower"
@@ -93,35 +94,89 @@ def test_codes_eval_placeholder(tmp_path):
   assert set(mix.placeholder()) == set(ex)
   assert set(tasks.TaskMixture().placeholder()) == set(tasks.TaskMixture()(record(), rng))
   again = pickle.loads(pickle.dumps(mix))  # Re-reads the file rather than carrying the table.
-  assert again._codes is None and again(record(), rng)["target_ids"] == [3000, 4000, 5000]
+  assert again.tasks["entity"]._codes is None
+  assert again(record(), rng)["target_ids"] == [3000, 4000, 5000]
 
 
 def test_each_task_has_its_own_target_length():
-  mix = tasks.TaskMixture({"weights": ALL, "target_len": {"rationale": 64, "entity": 8}})
+  mix = tasks.TaskMixture({"weights": ALL, "rationale": {"target_len": 64},
+                           "entity": {"target_len": 8}})
   rng = np.random.default_rng(0)
   assert mix.example(record(), "rationale", rng)["_target_len"] == 64
   assert mix.example(record(), "entity", rng)["_target_len"] == 8
   assert "_target_len" not in mix.example(record(), "qa", rng)  # 0: the pp's pad length.
   assert mix.eval_example(record(), rng)["_target_len"] == 8
-  with pytest.raises(ConfigError, match="tasks.target_len"):
-    tasks.TaskMixture({"target_len": {"vqa": 3}})
+  with pytest.raises(ConfigError, match="tasks.qa.target_len=-1"):
+    tasks.TaskMixture({"qa": {"target_len": -1}})
 
 
 def test_config_errors():
-  with pytest.raises(ConfigError, match="unknown tasks \\['vqa'\\]"):
+  with pytest.raises(ConfigError, match="unknown config key tasks.weights.vqa; closest valid "
+                                        "keys: qa"):
     tasks.TaskMixture({"weights": {"vqa": 1.0}})
   with pytest.raises(ConfigError, match="positive sum"):
     tasks.TaskMixture({"weights": {"entity": 0.0}})
-  with pytest.raises(ConfigError, match="unknown tasks config key 'weight'"):
+  with pytest.raises(ConfigError, match="unknown config key tasks.weight; closest valid keys: "
+                                        "weights"):
     tasks.TaskMixture({"weight": {"entity": 1.0}})
+  with pytest.raises(ConfigError, match="unknown config key tasks.rationale.promt"):
+    tasks.TaskMixture({"rationale": {"promt": "why?"}})
   with pytest.raises(code_table.CodesError, match="ALD codes file '/nonexistent/c.npz' does not"):
-    tasks.TaskMixture({"entity_target": "ald", "codes_path": "/nonexistent/c.npz"})
-  with pytest.raises(ConfigError, match="entity_target='ald' needs tasks.codes_path"):
-    tasks.TaskMixture({"entity_target": "ald"})
-  with pytest.raises(ConfigError, match="codes_path is set but tasks.entity_target='name'"):
-    tasks.TaskMixture({"codes_path": "/x/ald_codes.npz"})
-  with pytest.raises(ConfigError, match="entity_target='code'"):
-    tasks.TaskMixture({"entity_target": "code"})
+    tasks.TaskMixture({"entity": {"target": "ald", "codes_path": "/nonexistent/c.npz"}})
+  with pytest.raises(ConfigError, match="tasks.entity.target='ald' needs tasks.entity.codes_path"):
+    tasks.TaskMixture({"entity": {"target": "ald"}})
+  with pytest.raises(ConfigError, match="codes_path is set but tasks.entity.target='name'"):
+    tasks.TaskMixture({"entity": {"codes_path": "/x/ald_codes.npz"}})
+  with pytest.raises(ConfigError, match="target='code'"):
+    tasks.TaskMixture({"entity": {"target": "code"}})
   cfg = tasks.default_config()
   cfg.weights.qa = 0.5
   assert tasks.TaskMixture(cfg).weights.tolist() == [1.0, 0.0, 0.5, 0.0]
+
+
+def test_a_partial_weights_block_keeps_the_other_defaults():
+  """One merge rule: naming one task's weight never zeroes the others."""
+  assert tasks.TaskMixture({"weights": {"qa": 1.0}}).weights.tolist() == [1.0, 0.0, 1.0, 0.0]
+  only_qa = tasks.TaskMixture({"weights": {"entity": 0.0, "qa": 1.0}})
+  assert only_qa.weights.tolist() == [0.0, 0.0, 1.0, 0.0]
+  assert only_qa(record(), np.random.default_rng(0))["task"] == "qa"
+
+
+NEW_TASK = """
+from rew_jax import registry
+from rew_jax.data.tasks import base
+
+
+@registry.TASKS.register("split_name")
+class SplitName(base.Task):
+  @classmethod
+  def default_config(cls):
+    return dict(super().default_config(), prompt="which split?")
+
+  def eligible(self, record):
+    return bool(record.split)
+
+  def example(self, record, rng):
+    return {"prompt": self.config.prompt, "target": record.split}
+"""
+
+
+def test_a_new_task_is_one_module(tmp_path, monkeypatch):
+  """A task module registers itself; the mixture's schema, ids and examples then include
+  it, after the paper's four, with nothing edited elsewhere."""
+  (tmp_path / "my_split_task.py").write_text(NEW_TASK)
+  monkeypatch.syspath_prepend(str(tmp_path))
+  from rew_jax import registry  # pylint: disable=g-import-not-at-top
+  registry.TASKS.get("my_split_task:split_name")  # Imports the module, which registers it.
+  try:
+    assert tasks.names() == tasks.BUILTIN + ("split_name",)
+    assert tasks.default_config().split_name.to_dict() == dict(
+        prefix="", target_len=0, prompt="which split?")
+    mix = tasks.TaskMixture({"weights": {"entity": 0.0, "split_name": 1.0},
+                             "split_name": {"prefix": "q: "}})
+    ex = mix(record(split="entity_val"), np.random.default_rng(0))
+    assert (ex["task"], ex["task_id"], ex["prompt"], ex["target"]) == (
+        "split_name", 4, "q: which split?", "entity_val")
+    assert mix(record(split=""), np.random.default_rng(0)) is None
+  finally:
+    registry.TASKS._items.pop("split_name")  # pylint: disable=protected-access

@@ -110,7 +110,7 @@ def test_file_round_trip_entity_to_code_to_entity(tmp_path):
   assert table.max_tokens <= 4 and (table.rows_of(ids[::-1]) == np.arange(len(ids))[::-1]).all()
   assert table.rows_of(["Q0", ids[3] + "0"]).tolist() == [-1, -1]
 
-  mix = tasks.TaskMixture({"entity_target": "ald", "codes_path": path})
+  mix = tasks.TaskMixture({"entity": {"target": "ald", "codes_path": path}})
   rng = np.random.default_rng(0)
   generated = []
   for e in entities:
