@@ -28,10 +28,12 @@ from typing import Any
 
 import grain
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
+from rew_jax import sharding
 from rew_jax import storage
-from rew_jax.errors import UserError
+from rew_jax.errors import ConfigError, UserError
 
 
 class Manager:
@@ -217,3 +219,56 @@ def load_params(workdir_or_step_dir: str, abstract_params=None):
       restore_args={"params": ocp.checkpoint_utils.construct_restore_args(abstract_params)},
       partial_restore=True))
   return restored["params"]
+
+
+# -------------------------------------------------------------------------------------------
+# Parameters a run starts from (train.init_from), and a run's saved config.
+
+
+def from_checkpoint(source: str) -> bool:
+  """Whether init_from `source` names another run's workdir or step directory."""
+  if not source or source.lower() == "none":
+    return False
+  kind, sep, path = source.partition(":")
+  return not (sep and kind.isidentifier() and not path.startswith("//"))  # gs://... is a path.
+
+
+def init_from(source: str, model, params, shardings):
+  """The parameters a run starts from, on `shardings` (`params` is the fresh init, or only
+  its ShapeDtypeStructs when `source` is a checkpoint, which needs no random init):
+    "" or "none"    `params` (from scratch);
+    LOADER:PATH     one of `model.loaders` (e.g. hf_git, hf_clip for GiT) on PATH;
+    otherwise       another run's workdir or checkpoint step directory: its parameters
+                    only, each read by every host straight onto its sharding (orbax partial
+                    restore); the optimizer state and the rest are never read.
+  """
+  if not source or source.lower() == "none":
+    return params
+  if from_checkpoint(source):
+    return load_params(source, abstract_with_shardings(params, shardings))
+  kind, _, path = source.partition(":")
+  if kind not in model.loaders:
+    raise ConfigError(
+        f"init_from={source!r}: this model has no loader {kind!r} (it has: "
+        f"{', '.join(sorted(model.loaders)) or 'none'}); a workdir or checkpoint needs no prefix")
+  new = model.loaders[kind](path, params)
+  expected = jax.tree.map(lambda x: x.shape, params)
+  got = jax.tree.map(lambda x: np.shape(x), new)
+  if expected != got:
+    raise ConfigError(f"init_from={source!r}: its parameter shapes do not match "
+                                 "config.model (check variant, image_size, decoder, vocab)")
+  return sharding.put_sharded(new, shardings)
+
+
+def step_dir(workdir: str, step: int) -> str:
+  return os.path.join(storage.absolute(workdir), "checkpoints", str(step))
+
+
+def saved_config(workdir: str, step: int) -> dict:
+  """The train config (a plain dict, defaults filled in) saved with `workdir`'s checkpoint
+  `step`: what that run was trained with, whatever its config file says now."""
+  path = os.path.join(step_dir(workdir, step), "config")
+  if not storage.isdir(path):
+    raise UserError(f"{step_dir(workdir, step)}: no saved config (not a rew_jax checkpoint, "
+                    "or one saved without its config)")
+  return ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(path)

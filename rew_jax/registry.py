@@ -146,3 +146,24 @@ PP_OPS = Registry("pp op", modules=["rew_jax.data.ops"])
 EVALUATORS = Registry("evaluator", package="rew_jax.evaluators")
 CURATION_BACKENDS = Registry("curation backend", package="rew_jax.curation.backends")
 TASKS = Registry("task", package="rew_jax.data.tasks")
+
+
+def lazy_names(package: str, names: dict[str, str]):
+  """`__getattr__` and `__dir__` for a package whose public names load on first use (PEP
+  562): `names` maps a name to "module" or "module:attribute" (module relative to the
+  package when it starts with "."). Importing the package then imports none of them, and
+  the modules behind it never import the package's names, so no cycle arises."""
+  namespace = importlib.import_module(package).__dict__
+
+  def __getattr__(name: str) -> Any:  # pylint: disable=invalid-name
+    if name not in names:
+      raise AttributeError(f"module {package!r} has no attribute {name!r}")
+    module, _, attribute = names[name].partition(":")
+    value = getattr(importlib.import_module(module, package), attribute or name)
+    namespace[name] = value  # Later lookups skip __getattr__.
+    return value
+
+  def __dir__() -> list[str]:  # pylint: disable=invalid-name
+    return sorted(set(namespace) | set(names))
+
+  return __getattr__, __dir__

@@ -237,41 +237,6 @@ class _EarlyStopping:
     return bool(self.patience) and self.bad >= self.patience
 
 
-def from_checkpoint(source: str) -> bool:
-  """Whether init_from `source` names another run's workdir or step directory."""
-  if not source or source.lower() == "none":
-    return False
-  kind, sep, path = source.partition(":")
-  return not (sep and kind.isidentifier() and not path.startswith("//"))  # gs://... is a path.
-
-
-def init_from(source: str, model, params, shardings):
-  """The parameters a run starts from, on `shardings` (`params` is the fresh init, or only
-  its ShapeDtypeStructs when `source` is a checkpoint, which needs no random init):
-    "" or "none"    `params` (from scratch);
-    LOADER:PATH     one of `model.loaders` (e.g. hf_git, hf_clip for GiT) on PATH;
-    otherwise       another run's workdir or checkpoint step directory: its parameters
-                    only, each read by every host straight onto its sharding (orbax partial
-                    restore); the optimizer state and the rest are never read.
-  """
-  if not source or source.lower() == "none":
-    return params
-  if from_checkpoint(source):
-    return ckpt_lib.load_params(source, ckpt_lib.abstract_with_shardings(params, shardings))
-  kind, _, path = source.partition(":")
-  if kind not in model.loaders:
-    raise config_lib.ConfigError(
-        f"init_from={source!r}: this model has no loader {kind!r} (it has: "
-        f"{', '.join(sorted(model.loaders)) or 'none'}); a workdir or checkpoint needs no prefix")
-  new = model.loaders[kind](path, params)
-  expected = jax.tree.map(lambda x: x.shape, params)
-  got = jax.tree.map(lambda x: np.shape(x), new)
-  if expected != got:
-    raise config_lib.ConfigError(f"init_from={source!r}: its parameter shapes do not match "
-                                 "config.model (check variant, image_size, decoder, vocab)")
-  return sharding.put_sharded(new, shardings)
-
-
 def train(config, workdir: str, *, evaluators_fn=None) -> dict[str, Any]:
   """Runs the train config `config` in `workdir` (keys checked, defaults filled in).
 
@@ -291,7 +256,7 @@ def train(config, workdir: str, *, evaluators_fn=None) -> dict[str, Any]:
   init_rng, state_rng = jax.random.split(rng)
   # A checkpoint to start from replaces every parameter: skip the random init then.
   setup = model_setup.setup_model(config, rng=init_rng,
-                                  init=not from_checkpoint(config.init_from))
+                                  init=not ckpt_lib.from_checkpoint(config.init_from))
   mesh, rules, model = setup.mesh, setup.rules, setup.model
 
   # ---------------------------------------------------------------------------- Input pipeline
@@ -301,7 +266,7 @@ def train(config, workdir: str, *, evaluators_fn=None) -> dict[str, Any]:
 
   # ---------------------------------------------------------------------------- Init from
   param_shardings = setup.param_shardings
-  params = init_from(config.init_from, model,
+  params = ckpt_lib.init_from(config.init_from, model,
                      setup.abstract_params if setup.params is None else setup.params,
                      param_shardings)
 

@@ -9,9 +9,9 @@ benchmark model went from 122 to 83 ms, and its train step from 190 to 183 ms
 
 The flags only concern CPU compilation (GPU and TPU compilers ignore them), are added to
 `XLA_FLAGS` only where the user has not set the same flag, and act only if set before JAX
-starts its CPU backend. Library users who call rew_jax from their own program can call
-`set_default_flags()` first, or set XLA_FLAGS themselves; REW_JAX_XLA_CPU_DEFAULTS=0 keeps
-XLA's own defaults.
+starts its CPU backend. `import rew_jax` calls `set_default_flags()` (rew_jax/__init__.py), so
+a program that imports rew_jax before its first JAX computation compiles as the CLI does
+(tests/test_xla_cpu.py); REW_JAX_XLA_CPU_DEFAULTS=0 keeps XLA's own defaults.
 """
 
 from __future__ import annotations

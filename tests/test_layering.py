@@ -1,7 +1,8 @@
 """The package's import graph: no cycles, and every import points down the layers.
 
-    stages → train, plot → curation, evaluators → kb, model_setup → models → data
-           → records, sharding, metrics, checkpoint, optim, device_prefetch
+    stages → rew_jax (its public names) → runs → train, plot → curation, evaluators
+           → kb, model_setup → models → data
+           → checkpoint → records, sharding, metrics, optim, device_prefetch
            → config, registry, workdir, distributed, xla_cpu → storage → errors
 
 Imports inside functions count as much as those at the top of a module: a function-local
@@ -18,15 +19,20 @@ PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 # Rank of each top-level module or subpackage: imports go to a lower rank, or stay inside
 # their own subpackage.
 LAYERS = (
-    ("errors", "__init__"),
+    ("errors",),
     ("storage",),
     ("config", "registry", "workdir", "distributed", "xla_cpu"),
-    ("records", "sharding", "metrics", "checkpoint", "optim", "device_prefetch"),
+    ("records", "sharding", "metrics", "optim", "device_prefetch"),
+    ("checkpoint",),
     ("data",),
     ("models",),
     ("kb", "model_setup"),
     ("curation", "evaluators"),
     ("train", "plot"),
+    ("runs",),
+    # The package's own names are loaded on first use (rew_jax/__init__.py), so importing a
+    # module below never imports what is above it.
+    ("__init__",),
     ("stages",),
     ("__main__",),
 )

@@ -21,6 +21,7 @@ from rew_jax import config as config_lib
 from rew_jax import metrics as metrics_lib
 from rew_jax import records
 from rew_jax import registry
+from rew_jax import runs
 from rew_jax import train as train_lib
 from rew_jax.data import synthetic_images as si
 from rew_jax.data import tasks
@@ -303,7 +304,6 @@ def _selection_run(record_dir, workdir, **early_stopping):
 
 @pytest.mark.usefixtures("test_components")
 def test_the_best_step_survives_the_rotation_and_eval_finds_it(record_dir, tmp_path):
-  from rew_jax.stages import eval as eval_stage  # pylint: disable=import-outside-toplevel
   wd = str(tmp_path / "tracked")
   out = _selection_run(record_dir, wd, metric="probe/score")
   assert int(out["state"].step) == 8  # patience 0: no stopping.
@@ -316,9 +316,10 @@ def test_the_best_step_survives_the_rotation_and_eval_finds_it(record_dir, tmp_p
   assert ckpt_lib.best_step(wd, "probe/score") == 2
   config = train_lib.with_defaults(config_lib.ConfigDict(dict(
       early_stopping=dict(metric="probe/score"))))
-  assert eval_stage._step("best", config, wd) == 2  # pylint: disable=protected-access
-  assert eval_stage._step("6", config, wd) == 6  # pylint: disable=protected-access
-  assert eval_stage._step(None, config, wd) is None  # pylint: disable=protected-access
+  assert runs.resolve_step(wd, "best", config) == 2
+  assert runs.resolve_step(wd, "best") == 2  # early_stopping.metric from the saved config.
+  assert runs.resolve_step(wd, "6", config) == runs.resolve_step(wd, 6) == 6
+  assert runs.resolve_step(wd, None, config) == 8
   # The best step's parameters are the ones trained for 2 steps, not the last ones.
   best = ckpt_lib.load_params(os.path.join(wd, "checkpoints", "2"))
   last = ckpt_lib.load_params(os.path.join(wd, "checkpoints", "8"))
@@ -331,7 +332,7 @@ def test_the_best_step_survives_the_rotation_and_eval_finds_it(record_dir, tmp_p
   with pytest.raises(UserError, match="no checkpoint was saved with the metric"):
     ckpt_lib.best_step(plain, "probe/score")
   with pytest.raises(config_lib.ConfigError, match="early_stopping.metric"):
-    eval_stage._step("best", train_lib.with_defaults(config_lib.ConfigDict()), plain)  # pylint: disable=protected-access
+    runs.resolve_step(plain, "best", train_lib.with_defaults(config_lib.ConfigDict()))
 
 
 @pytest.mark.usefixtures("test_components")

@@ -50,14 +50,14 @@ def test_init_from_hf_git_and_clip(hf_dirs, model_config):
   git_dir, clip_dir = hf_dirs
   s = _setup(model_config)
 
-  loaded = train_lib.init_from(f"hf_git:{git_dir}", s.model, s.params, s.param_shardings)
+  loaded = ckpt_lib.init_from(f"hf_git:{git_dir}", s.model, s.params, s.param_shardings)
   expected = convert.git_to_params(convert.read_state_dict(git_dir), model_config)["params"]
   for a, b, sh in zip(jax.tree.leaves(loaded), jax.tree.leaves(expected),
                       jax.tree.leaves(s.param_shardings)):
     np.testing.assert_array_equal(np.asarray(a), b)
     assert a.sharding == sh  # Placed on the run's shardings (FSDP over 8 devices).
 
-  mixed = train_lib.init_from(f"hf_clip:{clip_dir}", s.model, s.params, s.param_shardings)
+  mixed = ckpt_lib.init_from(f"hf_clip:{clip_dir}", s.model, s.params, s.param_shardings)
   clip = convert.clip_vision_to_params(convert.read_state_dict(clip_dir), model_config)
   for a, b in zip(jax.tree.leaves(mixed["encoder"]), jax.tree.leaves(clip)):
     np.testing.assert_array_equal(np.asarray(a), b)
@@ -66,11 +66,11 @@ def test_init_from_hf_git_and_clip(hf_dirs, model_config):
 
   other = _setup(config_lib.ConfigDict(dict(model_config, vocab_size=256)))
   with pytest.raises(config_lib.ConfigError, match="shapes do not match"):
-    train_lib.init_from(f"hf_git:{git_dir}", other.model, other.params, other.param_shardings)
+    ckpt_lib.init_from(f"hf_git:{git_dir}", other.model, other.params, other.param_shardings)
   with pytest.raises(config_lib.ConfigError, match="no loader 'hf_bert'.*hf_clip, hf_git"):
-    train_lib.init_from(f"hf_bert:{git_dir}", s.model, s.params, s.param_shardings)
+    ckpt_lib.init_from(f"hf_bert:{git_dir}", s.model, s.params, s.param_shardings)
   for scratch in ("", "none", "None"):
-    assert train_lib.init_from(scratch, s.model, s.params, s.param_shardings) is s.params
+    assert ckpt_lib.init_from(scratch, s.model, s.params, s.param_shardings) is s.params
 
 
 def test_init_from_another_run_reads_parameters_only(model_config, tmp_path):
@@ -83,17 +83,17 @@ def test_init_from_another_run_reads_parameters_only(model_config, tmp_path):
   manager.close()
 
   s = _setup(model_config)
-  loaded = train_lib.init_from(str(tmp_path / "pretrain"), s.model, s.params, s.param_shardings)
+  loaded = ckpt_lib.init_from(str(tmp_path / "pretrain"), s.model, s.params, s.param_shardings)
   for a, b, sh in zip(jax.tree.leaves(loaded), jax.tree.leaves(pretrained.params),
                       jax.tree.leaves(s.param_shardings)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert a.sharding == sh
   step_dir = str(tmp_path / "pretrain" / "checkpoints" / "7")
   # Shapes and shardings are all it needs: the train loop skips the random init then.
-  assert train_lib.from_checkpoint(step_dir) and not train_lib.from_checkpoint("hf_git:/x")
-  again = train_lib.init_from(step_dir, s.model, s.abstract_params, s.param_shardings)
+  assert ckpt_lib.from_checkpoint(step_dir) and not ckpt_lib.from_checkpoint("hf_git:/x")
+  again = ckpt_lib.init_from(step_dir, s.model, s.abstract_params, s.param_shardings)
   assert jax.tree.all(jax.tree.map(lambda a, b: bool((a == b).all()), again, loaded))
 
   other = _setup(config_lib.ConfigDict(dict(model_config, vocab_size=256)))
   with pytest.raises(UserError, match="do not match the model's.*head"):
-    train_lib.init_from(step_dir, other.model, other.params, other.param_shardings)
+    ckpt_lib.init_from(step_dir, other.model, other.params, other.param_shardings)

@@ -13,6 +13,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from rew_jax import checkpoint as ckpt_lib  # noqa: E402
 from rew_jax import config as config_lib  # noqa: E402
 from rew_jax import model_setup, registry  # noqa: E402
 from rew_jax import train as train_lib  # noqa: E402
@@ -160,7 +161,7 @@ def test_main_recipe_starts_from_clip(tmp_path):
   hf.save_pretrained(str(tmp_path / "clip"))
   config = train_lib.with_defaults(_recipe(f"runlocal,clip={tmp_path / 'clip'}"))
   setup = model_setup.setup_model(config)
-  params = train_lib.init_from(config.init_from, setup.model, setup.params,
+  params = ckpt_lib.init_from(config.init_from, setup.model, setup.params,
                                setup.param_shardings)
   sd = {k: v.numpy() for k, v in hf.state_dict().items()}
   np.testing.assert_array_equal(np.asarray(params["encoder"]["blocks_0"]["mlp"]["fc1"]["kernel"]),
@@ -170,4 +171,4 @@ def test_main_recipe_starts_from_clip(tmp_path):
   missing = _recipe(f"runlocal,clip={tmp_path / 'absent'}")
   with pytest.raises(convert.CheckpointError, match=r"absent: no such folder; expected a local "
                      r"HF CLIP folder"):
-    train_lib.init_from(missing.init_from, setup.model, setup.params, setup.param_shardings)
+    ckpt_lib.init_from(missing.init_from, setup.model, setup.params, setup.param_shardings)

@@ -33,8 +33,7 @@ import numpy as np
 from rew_jax import config as config_lib
 from rew_jax import registry
 from rew_jax.data import code_table
-from rew_jax.data.tasks.base import Task, TaskError
-from rew_jax.data.tasks.entity import GENERIC_QUESTIONS
+from rew_jax.data.tasks.base import GENERIC_QUESTIONS, Task, TaskError
 from rew_jax.errors import ConfigError
 from rew_jax.records import RewRecord
 

@@ -29,6 +29,14 @@ from rew_jax import config as config_lib
 from rew_jax.errors import UserError
 from rew_jax.records import RewRecord
 
+# Generic questions for records without one (GER-ALD's entity-only pretraining).
+GENERIC_QUESTIONS = (
+    "what is the main object?",
+    "what is this?",
+    "what is in this image?",
+    "what is the subject of this image?",
+)
+
 
 class TaskError(UserError):
   """A record the configured tasks cannot use (e.g. an entity without an ALD code)."""

@@ -17,13 +17,6 @@ from rew_jax.errors import ConfigError
 from rew_jax.data import code_table
 from rew_jax.data.tasks import base
 
-# Generic questions for records without one (GER-ALD's entity-only pretraining).
-GENERIC_QUESTIONS = (
-    "what is the main object?",
-    "what is this?",
-    "what is in this image?",
-    "what is the subject of this image?",
-)
 
 
 @registry.TASKS.register("entity")
@@ -34,7 +27,7 @@ class Entity(base.Task):
   def default_config(cls):
     return dict(
         super().default_config(),
-        generic_questions=GENERIC_QUESTIONS,
+        generic_questions=base.GENERIC_QUESTIONS,
         # Records whose label the task trusts. `candidate` is un-curated Entity-WebLI.
         statuses=("kept", "corrected", "candidate"),
         target="name",    # 'name': the entity name; 'ald': its GER-ALD code.
