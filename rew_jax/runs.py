@@ -6,6 +6,7 @@ functions and pp specs.
     run = rew_jax.load_run(workdir, step="best")             # early_stopping.metric's best
     batch = run.batch([{"image": jpeg_bytes, "prompt": "what is this?"}], pp=run.pp["oven_val"])
     out = run.predict("decode_rows", batch)                   # {"rows": [B, R], "scores": ...}
+    metrics = run.evaluate()                                  # the config's evaluators
 
 The config is the one saved with the checkpoint (rew_jax/checkpoint.py), so a run loads
 the same whatever its config file says now; the parameters are read straight onto the
@@ -27,6 +28,7 @@ from rew_jax import model_setup
 from rew_jax import sharding
 from rew_jax import train as train_lib
 from rew_jax.data import ops as ops_lib
+from rew_jax.evaluators import checkpoint_eval
 from rew_jax.errors import ConfigError, UserError
 
 ConfigDict = config_lib.ConfigDict
@@ -77,6 +79,12 @@ class Run:
     out = {k: np.stack([np.asarray(ex[k]) for ex in done]) for k in keys}
     out["mask"] = np.ones(len(done), np.int32)
     return out
+
+  def evaluate(self) -> dict[str, float]:
+    """Runs every evaluator of the config's `evals` (also those with every=0) on this
+    step, as `python -m rew_jax eval` does; files go to W/eval/<name>/step_<step>/."""
+    return checkpoint_eval.evaluate_params(self.config, self.setup, self.params, self.workdir,
+                                           self.step)
 
   def predict(self, name: str, batch: Mapping[str, Any], **kwargs) -> dict[str, np.ndarray]:
     """`predict_fns[name]` on `batch` under the run's mesh and rules; host numpy out."""

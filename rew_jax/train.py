@@ -349,7 +349,7 @@ def train(config, workdir: str, *, evaluators_fn=None) -> dict[str, Any]:
           if last["truncated"] and not warned_truncation:
             warned_truncation = True
             log.warning("%d targets cut at their task's length in steps up to %d (%s); see "
-                        "`truncated` in metrics.jsonl and input.tasks.target_len",
+                        "`truncated` in metrics.jsonl and input.tasks.TASK.target_len",
                         last["truncated"], step, {k: v for k, v in last.items()
                                                   if k.startswith("truncated/")})
           pending = []

@@ -11,6 +11,7 @@ import that dodges a cycle is still a cycle. Nothing imports `stages` but `__mai
 
 import ast
 import os
+import re
 
 import pytest
 
@@ -136,3 +137,12 @@ def test_the_checker_sees_function_local_and_wrong_way_imports(tmp_path):
                                    "plot", "demo"])
 def test_each_cli_stage_is_a_stages_module(stage):
   assert os.path.isfile(os.path.join(PACKAGE, "stages", f"{stage}.py"))
+
+
+def test_docs_architecture_names_every_module():
+  """docs/architecture.md is the map: each module is named there (as `name` or name.py)."""
+  with open(os.path.join(os.path.dirname(PACKAGE), "docs", "architecture.md")) as f:
+    doc = f.read()
+  words = set(re.findall(r"[A-Za-z_0-9]+", doc))
+  missing = sorted(m for m in _modules() if m.rpartition(".")[2] not in words | {"__init__"})
+  assert not missing, f"name these in docs/architecture.md: {missing}"

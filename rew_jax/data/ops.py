@@ -522,7 +522,7 @@ def get_pad(length: int, key: str = "target", pad_id: int = 0, keep_eos: int | N
   """Pads (or truncates) the 1-D array at `key` to `length`.
 
   A per-example limit `_<key>_len` (> 0; the task mixture sets `_target_len` from
-  `tasks.target_len`, so that each task has its own target length) truncates it first to
+  `tasks.TASK.target_len`, so that each task has its own target length) truncates it first to
   that many ids. `keep_eos=<id>`: a truncated sequence still ends with that id, so the model
   learns to stop. `<key>_truncated` (int32, 0 or 1) says whether anything was cut, here or by
   `tokenize(max_len=...)`: the train loop and `SkipReport` count them per task.

@@ -78,9 +78,7 @@ def _checkpoint_main(argv: Sequence[str]) -> int:
     if section is None:
       saved = config_lib.ConfigDict(dict(train=runs.run_config(args.workdir, step)))
       section = config_lib.apply_overrides(saved, overrides).train
-    run = runs.load_run(args.workdir, step, config=section)
-    results = checkpoint_eval.evaluate_params(run.config, run.setup, run.params,
-                                              args.workdir, step)
+    results = runs.load_run(args.workdir, step, config=section).evaluate()
   if distributed.process_index() == 0:  # Several hosts: each predicted a share; one reports.
     print(json.dumps(results, sort_keys=True))
   return 0
