@@ -36,6 +36,7 @@ import time
 
 from rew_jax import config as config_lib
 from rew_jax.curation import run
+from rew_jax.curation import section
 from rew_jax.curation.backends.base import Backend, Reply
 from rew_jax.data import synthetic
 from rew_jax.kb import candidates
@@ -114,7 +115,7 @@ def _subset(root: str, n: int, out: str) -> str:
 
 def _config(backend: str, concurrency: int, cand_dir: str, root: str):
   config = config_lib.ConfigDict()
-  config.curation = run.default_config()
+  config.curation = section.default_config(backend)
   config.curation.backend = backend
   config.curation.concurrency = concurrency
   config.curation.candidates_dir = cand_dir

@@ -27,7 +27,7 @@ The simulated LLM's reply-format faults: `--config.curation.simulated.malformed=
 from rew_jax import config as config_lib
 from rew_jax.curation import beam_options
 from rew_jax.curation import dedup
-from rew_jax.curation import run
+from rew_jax.curation import section
 from rew_jax.kb import candidates
 from rew_jax.data import synthetic
 
@@ -49,7 +49,9 @@ def get_config(arg=None):
   config.candidates.retrieval.method = arg.retrieval
   config.candidates.retrieval.k = 10
   config.candidates.data.records_per_shard = 1000
-  config.curation = run.default_config()
+  # The simulated LLM's options are kept beside any backend (the demo's baseline runs this
+  # config with backend=top1_candidate).
+  config.curation = section.default_config("simulated")
   config.curation.backend = arg.backend
   config.curation.mode = arg.mode
   config.curation.context = arg.context  # "": the mode's own (full; none for direct).
@@ -61,7 +63,6 @@ def get_config(arg=None):
   # The simulated LLM perceives the image; only the form of its replies is seeded.
   # kb_path: the Wiki6M file it knows ("": the curation's KB, the world's; "none": none, and
   # it names entities outside the candidates by the world's naming convention).
-  config.curation.simulated = config_lib.ConfigDict(dict(
-      seed=arg.seed, kb_path="", malformed=0.04, refusal=0.01, latency_s=0.0))
+  config.curation.simulated.seed = arg.seed
   config.beam = beam_options.default_config()  # --runner direct|dask|dataflow
   return config

@@ -19,7 +19,7 @@ backoff honouring Retry-After. Prices (USD per million tokens) feed the report's
 from rew_jax import config as config_lib
 from rew_jax.curation import beam_options
 from rew_jax.curation import dedup
-from rew_jax.curation import run
+from rew_jax.curation import section
 from rew_jax.kb import candidates
 
 
@@ -30,8 +30,7 @@ def get_config(arg=None):
   # separately and leave W/candidates in place.
   config.candidates = candidates.default_config()
   config.candidates.data.format = "auto"
-  config.curation = run.default_config()
-  config.curation.backend = "gemini"
+  config.curation = section.default_config("gemini")  # Its options: backends/gemini.py.
   config.curation.mode = arg.mode
   if arg.oven_dir:
     config.curation.dedup.update(dedup.oven_eval(arg.oven_dir))
@@ -39,9 +38,10 @@ def get_config(arg=None):
   config.curation.rate_limit_per_s = 20.0
   config.curation.price_per_mtok_in = 0.30
   config.curation.price_per_mtok_out = 2.50
-  config.curation.gemini = config_lib.ConfigDict(dict(
-      model=arg.model, api_key_env="GEMINI_API_KEY", base_url="", api_version="",
-      temperature=0.0, max_output_tokens=1024, structured_output=True,
-      vertex_project="", vertex_location=""))  # Both set: Vertex AI with ADC, no key.
+  config.curation.gemini.model = arg.model
+  config.curation.gemini.api_key_env = "GEMINI_API_KEY"
+  # Both set: Vertex AI with Application Default Credentials, no key.
+  config.curation.gemini.vertex_project = ""
+  config.curation.gemini.vertex_location = ""
   config.beam = beam_options.default_config()  # --runner direct|dask|dataflow
   return config

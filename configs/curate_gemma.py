@@ -9,7 +9,7 @@ together in batches. The sampler has no constrained decoding; replies are parsed
 """
 
 from rew_jax import config as config_lib
-from rew_jax.curation import run
+from rew_jax.curation import section
 from rew_jax.kb import candidates
 
 
@@ -20,13 +20,11 @@ def get_config(arg=None):
   # separately and leave W/candidates in place.
   config.candidates = candidates.default_config()
   config.candidates.data.format = "auto"
-  config.curation = run.default_config()
-  config.curation.backend = "gemma"
+  config.curation = section.default_config("gemma")  # Its options: backends/gemma.py.
   config.curation.mode = arg.mode
   config.curation.concurrency = 16
   config.curation.timeout_s = 600.0
-  config.curation.gemma = config_lib.ConfigDict(dict(
-      model=arg.model, checkpoint_dir=arg.ckpt, tokenizer_path=arg.tokenizer,
-      cache_length=1536, max_new_tokens=512, batch_size=8, batch_wait_s=0.05,
-      image_size=896, seed=0))
+  config.curation.gemma.model = arg.model
+  config.curation.gemma.checkpoint_dir = arg.ckpt
+  config.curation.gemma.tokenizer_path = arg.tokenizer
   return config

@@ -11,7 +11,7 @@ server wants a key, name its environment variable: `--config.curation.openai.api
 
 from rew_jax import config as config_lib
 from rew_jax.curation import beam_options
-from rew_jax.curation import run
+from rew_jax.curation import section
 from rew_jax.kb import candidates
 
 
@@ -23,12 +23,10 @@ def get_config(arg=None):
   # separately and leave W/candidates in place.
   config.candidates = candidates.default_config()
   config.candidates.data.format = "auto"
-  config.curation = run.default_config()
-  config.curation.backend = "openai"
+  config.curation = section.default_config("openai")  # Its options: backends/openai.py.
   config.curation.mode = arg.mode
   config.curation.concurrency = 32
-  config.curation.openai = config_lib.ConfigDict(dict(
-      base_url=arg.base_url, model=arg.model, api_key_env="", temperature=0.0,
-      max_tokens=1024, structured_output=True, system_prompt=""))
+  config.curation.openai.base_url = arg.base_url
+  config.curation.openai.model = arg.model
   config.beam = beam_options.default_config()  # --runner direct|dask|dataflow
   return config

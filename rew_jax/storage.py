@@ -4,8 +4,8 @@ Every path a user may point at a bucket (workdirs, checkpoints, records, metrics
 outputs, OVEN files and images) is read and written through this module or `epath.Path`
 directly, never `os.path`: `os.path.abspath("gs://b/run")` is "<cwd>/gs:/b/run", a local
 folder that would silently take a run's outputs. The KB index (memory-mapped tables) is
-worked on in a local `Mirror` of its bucket directory; the steps that still write local files
-only (curation journals) refuse a remote path by name (`require_local`) instead.
+worked on in a local `Mirror` of its bucket directory; code that opens local files only (a
+memory-mapped KB index) refuses a remote path by name (`require_local`) instead.
 
     storage.is_remote("gs://b/run")             # True: no directories, no renames, no appends
     storage.absolute("run")                     # "/cwd/run"; a gs:// path is returned as is

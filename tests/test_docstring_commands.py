@@ -159,7 +159,7 @@ def test_config_docstring_commands_run_in_runlocal_form(scratch, capsys):
   for run, target in (("rew_gitl", "ald"), ("rew_gitl_name", "name")):
     step = scratch / "bucket" / run / "checkpoints" / "3"
     saved = json.load(open(step / "config" / "metadata"))  # The config the run trained with.
-    assert saved["input"]["tasks"]["entity_target"] == target
+    assert saved["input"]["tasks"]["entity"]["target"] == target
 
 
 def markdown_code(text: str) -> str:

@@ -88,6 +88,14 @@ def _item(row, shard: str, index: int) -> Item:
               image_path=row["image_path"], candidates=tuple(out))
 
 
+def item_from_row(row: dict, shard: str = "", index: int = 0) -> Item:
+  """The item of one candidates line (a dict: image_id, caption, image_path, candidates)."""
+  try:
+    return _item(row, shard, index)
+  except ValueError as e:
+    raise InputError(f"{shard or 'row'}:{index + 1}: {e}") from None
+
+
 def read_items(path: str, skipped: SkipCounter | None = None) -> list[Item]:
   """All items of one shard, in line order; `skipped` given → bad lines are counted skips."""
   shard = os.path.basename(path)
@@ -164,7 +172,7 @@ class KBLookup:
     from rew_jax.kb.bm25 import TitleBM25  # pylint: disable=g-import-not-at-top
     from rew_jax.kb.resolver import NameResolver  # pylint: disable=g-import-not-at-top
     from rew_jax.kb.wiki6m import EntityKB  # pylint: disable=g-import-not-at-top
-    if not os.path.isfile(kb_source):
+    if not storage.isfile(kb_source):
       raise InputError(f"KB file {kb_source!r} does not exist (set curation.kb_source)")
     kb = _CachedKB(EntityKB.open_or_build(kb_source, index_dir, progress=False))
     return cls(kb, NameResolver(kb, bm25=TitleBM25.open_or_build(kb._kb)))  # pylint: disable=protected-access

@@ -18,6 +18,7 @@ import json
 import os
 from typing import Any, Mapping, Sequence
 
+from rew_jax import storage
 from rew_jax.curation.core import BAD_IMAGE, EVAL_DUPLICATE, Item, Outcome
 
 LABELLED = ("kept", "corrected", "candidate")
@@ -29,11 +30,10 @@ def _pct(a: int, b: int) -> float:
 
 def _read_truth(path: str) -> dict[str, tuple[str, str]]:
   """image id → (true entity id, caption noise kind or "")."""
-  if not path or not os.path.isfile(path):
+  if not path or not storage.isfile(path):
     return {}
-  with open(path, encoding="utf-8") as f:
-    return {r["image_id"]: (r["entity_id"], r.get("caption_kind") or "")
-            for r in map(json.loads, f) if r}
+  return {r["image_id"]: (r["entity_id"], r.get("caption_kind") or "")
+          for r in map(json.loads, storage.read_text(path).splitlines()) if r}
 
 
 class ReportBuilder:
@@ -169,11 +169,13 @@ def summary_line(report: Mapping[str, Any]) -> str:
   return line
 
 
-def _thumbnail(image: bytes, path: str, size: int = 96) -> None:
+def _thumbnail(image: bytes, size: int = 96) -> bytes:
   from PIL import Image  # pylint: disable=g-import-not-at-top
   img = Image.open(io.BytesIO(image)).convert("RGB")
   img.thumbnail((size, size))
-  img.save(path, format="PNG")
+  out = io.BytesIO()
+  img.save(out, format="PNG")
+  return out.getvalue()
 
 
 def _md_escape(text: str) -> str:
@@ -182,17 +184,19 @@ def _md_escape(text: str) -> str:
 
 def write(report: dict, directory: str, examples: Sequence[tuple[Item, Outcome]],
           image_root: str) -> None:
-  """report.json + report.md (+ thumbs/) with the given (item, outcome) examples."""
+  """report.json + report.md (+ thumbs/) with the given (item, outcome) examples, in
+  `directory` (local or gs://)."""
   from rew_jax.curation import inputs  # pylint: disable=g-import-not-at-top
-  os.makedirs(os.path.join(directory, "thumbs"), exist_ok=True)
-  chosen = examples
+  storage.makedirs(os.path.join(directory, "thumbs"))
   rows = []
-  for it, out in chosen:
+  for it, out in examples:
     thumb = os.path.join("thumbs", f"{it.image_id}.png")
     try:
-      _thumbnail(inputs.load_image(it, image_root)[0], os.path.join(directory, thumb))
+      png = _thumbnail(inputs.load_image(it, image_root)[0])
     except Exception:  # A thumbnail is decoration: never fail the report for it.
       thumb = ""
+    else:
+      storage.write_bytes(os.path.join(directory, thumb), png)
     rows.append({"image_id": it.image_id, "caption": it.caption, "status": out.status,
                  "entity_id": out.entity_id, "entity_name": out.entity_name,
                  "answer": out.answer, "reason": out.reason,
@@ -200,8 +204,8 @@ def write(report: dict, directory: str, examples: Sequence[tuple[Item, Outcome]]
                  "rationale": out.rationale, "qa": out.qa, "thumbnail": thumb})
   examples = rows
   report = dict(report, examples=examples)
-  with open(os.path.join(directory, "report.json"), "w", encoding="utf-8") as f:
-    json.dump(report, f, indent=1, ensure_ascii=False)
+  storage.write_text(os.path.join(directory, "report.json"),
+                     json.dumps(report, indent=1, ensure_ascii=False))
   lines = [f"# Curation report ({report['backend']}, {report['mode']})", "",
            f"{report['records']} records in {report['shards']} shards "
            f"(config {report['config_hash']}), {report['seconds']} s.", "",
@@ -261,5 +265,4 @@ def write(report: dict, directory: str, examples: Sequence[tuple[Item, Outcome]]
     for qa in ex["qa"]:
       lines.append(f"- Q: {_md_escape(qa['question'])} A: {_md_escape(qa['answer'])}")
     lines.append("")
-  with open(os.path.join(directory, "report.md"), "w", encoding="utf-8") as f:
-    f.write("\n".join(lines) + "\n")
+  storage.write_text(os.path.join(directory, "report.md"), "\n".join(lines) + "\n")

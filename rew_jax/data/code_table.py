@@ -1,5 +1,5 @@
 """The ALD codes file (`ald_codes.npz`, written next to the KB index by `rew_jax.kb.codes`):
-entity ids and their codes in KB row order. Training reads it (`data.tasks`, entity_target
+entity ids and their codes in KB row order. Training reads it (`data.tasks`, entity.target
 'ald') and so does evaluation (`evaluators.mapping`, mode 'codes'); one format for both.
 
   ids      bytes [N]        entity ids (Wikidata ids), KB row order

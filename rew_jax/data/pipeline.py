@@ -39,7 +39,7 @@ Every batch holds: `image` float32 [B, H, W, 3], the pp outputs (e.g. `prompt`, 
 int32 [B, L], and from the `pad` op `target_truncated` int32 [B]: 1 where the target was cut
 at its task's length), `task_id` int32 [B], `mask` int32 [B] (1 = real example), `skipped`
 int32 [B]. Records keep their full texts; truncation happens here, per task
-(`tasks.target_len`), and is counted: the train loop logs `truncated` and
+(`tasks.TASK.target_len`), and is counted: the train loop logs `truncated` and
 `truncated/<task>` in metrics.jsonl, `SkipReport` sums it over an epoch.
 """
 
@@ -449,5 +449,5 @@ class SkipReport:
     if self.skipped:
       text += f", {self.skipped} bad records skipped (masked; see the warnings for which)"
     if self.truncated:
-      text += f", {self.truncated} targets cut at their task's length (tasks.target_len)"
+      text += f", {self.truncated} targets cut at their task's length (tasks.TASK.target_len)"
     return text

@@ -11,7 +11,11 @@ Cars, CUB, ImageNet, Places and Dogs, all in TFDS (ImageNet needs its manual dow
 
     source = open_source("flowers", data_dir=DIR)      # len, [i] → {"image", "label"}
     names = class_names("flowers")                     # ["pink primrose", ...]
-    ds = eval_dataset("flowers", batch_size=64, pp="decode|resize_crop(224)|normalize('clip')")
+    batches, n = pipeline.eval_input(source, "decode|resize_crop(224)|normalize('clip')",
+                                     batch_size=64)   # rew_jax.data.pipeline's eval input
+
+A source is a random-access Grain source (`len`, `[i]`, `where(i)`), so the evaluators read
+it through the one evaluation input, `rew_jax.data.pipeline.eval_input`.
 """
 
 from __future__ import annotations
@@ -19,11 +23,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import grain
 import numpy as np
 
-from rew_jax.data import ops as ops_lib
-from rew_jax.data import pipeline
 from rew_jax.errors import UnknownNameError, UserError
 
 
@@ -125,40 +126,3 @@ class ClassificationSource:
 def open_source(name: str, split: str | None = None,
                 data_dir: str | None = None) -> ClassificationSource:
   return ClassificationSource(name, split, data_dir)
-
-
-class ClassificationToExample(grain.transforms.RandomMap):
-  """(where, {"image", "label"}) → preprocessed {"image", "label", "mask"}; padding masked."""
-
-  def __init__(self, pp: str, on_error: str = "raise"):
-    self.pp = ops_lib.get_preprocess(pp)
-    self.on_error = on_error
-
-  def random_map(self, item, rng: np.random.Generator):
-    where, ex = item
-    if ex is None:
-      example = {"image": b"", "label": np.int32(-1), "_placeholder": 1}
-    else:
-      example = {"image": ex["image"], "label": ex["label"], "_where": where}
-    example["_on_error"] = self.on_error
-    example = self.pp(example, rng)
-    skipped = int(bool(example.get("_skipped")))
-    masked = skipped or bool(example.get("_placeholder"))
-    out = {k: np.asarray(v) for k, v in example.items() if not k.startswith("_")}
-    out["mask"] = np.int32(not masked)
-    out["skipped"] = np.int32(skipped)
-    return out
-
-
-def eval_dataset(name: str, *, batch_size: int, pp: str, split: str | None = None,
-                 data_dir: str | None = None, on_error: str = "raise", num_threads: int = 8,
-                 process_index: int | None = None, process_count: int | None = None,
-                 source: ClassificationSource | None = None) -> grain.IterDataset:
-  """Every example of the split once, host-sliced, last batch padded with mask 0."""
-  p, n_proc = pipeline.resolve_processes(process_index, process_count)
-  local = pipeline.local_batch_size(batch_size, n_proc)
-  source = source or open_source(name, split, data_dir)
-  length = pipeline.eval_num_batches(len(source), batch_size, n_proc) * local
-  ds = grain.MapDataset.source(pipeline.PaddedHostSource(source, p, n_proc, length))
-  ds = ds.random_map(ClassificationToExample(pp, on_error), seed=0).batch(local)
-  return ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=2))

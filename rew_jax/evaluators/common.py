@@ -7,10 +7,20 @@ its data, and `run(params)` yields `(metric_name, value)` pairs:
     for name, value in evaluator.run(params, step=1000):
       writer.scalar(name, value, step)
 
-On several processes (hosts), `predict_all` gives each process its share of the examples
-(p, p+P, ...), runs the prediction on global batches over the parameters' mesh, and gathers
-the outputs so that every process holds all of them in example order; only process 0
-writes files (`output_dir` is None elsewhere). Metrics are computed the same everywhere.
+Each evaluator declares its options once, as a dataclass (`Options`, extending
+`InputOptions`: pp spec, batch size, Grain threads and workers); `default_config()` lists
+them with their defaults, and a key it does not list is a ConfigError naming the closest
+valid keys, whether it comes from a config block or a Python call.
+
+Data: an evaluator reads a random-access source (OVEN questions, TFDS or on-disk sets, REW
+records, a list of examples) through the one evaluation input,
+`rew_jax.data.pipeline.eval_input`: Grain threads read, decode and preprocess (the `pp` spec,
+the ops of training) ahead of the prediction, into fixed-shape batches. `predict_all`
+consumes those batches. On several processes (hosts) each reads its share of the examples
+(p, p+P, ...), the prediction runs on global batches over the parameters' mesh, and the
+outputs are gathered so that every process holds all of them in example order; only
+process 0 writes files (`output_dir` is None elsewhere). Metrics are computed the same
+everywhere.
 
 `predict_fn(params, batch, **kw) -> outputs` is a pure function of the parameters and a
 batch of numpy arrays (`mask` int32 [B] marks real examples; padding examples repeat a real
@@ -26,26 +36,29 @@ A training config holds its evaluators as a dict of blocks:
 `from_config(config.evals, predict_fns, workdir=...)` builds them; `pred` names an entry of
 `predict_fns`; `type` names a registered evaluator; `every` (steps) is for the train loop and
 is not passed on (0: never during training, only by `python -m rew_jax eval`: a test
-split's evaluator); every other key is a keyword argument of the evaluator's constructor, so
-an unknown key fails there, loudly. `from_train_config(config, model, workdir=...)` does the
-same for a train config, with the registered model's prediction functions (configured by
-`config.predict`), and pairs each evaluator with its `every`.
+split's evaluator); every other key is one of the evaluator's options, checked against its
+`default_config()`. `from_train_config(config, model, workdir=...)` does the same for a train
+config, with the registered model's prediction functions (configured by `config.predict`),
+and pairs each evaluator with its `every`.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import os
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Callable, ClassVar, Iterable, Iterator, Mapping, Sequence
 
 import jax
 from jax.experimental import multihost_utils
 import numpy as np
 
+from rew_jax import config as config_lib
 from rew_jax import sharding
 from rew_jax import storage
+from rew_jax.data import pipeline
 from rew_jax.errors import ConfigError
 from rew_jax.registry import EVALUATORS
 
@@ -54,11 +67,41 @@ PredictFn = Callable[..., Mapping[str, Any]]
 LOOP_KEYS = ("type", "pred", "every")
 
 
+@dataclasses.dataclass
+class InputOptions:
+  """How an evaluator reads its examples (`rew_jax.data.pipeline.eval_input`)."""
+  pp: str = ""               # The pp spec (rew_jax/data/ops.py); each evaluator has its own.
+  batch_size: int = 32       # Examples per process in a batch (global: × processes).
+  max_examples: int = 0      # 0: every example; else the first ones (see each evaluator).
+  num_threads: int = 0       # Grain threads reading and preprocessing; 0: one per core.
+  num_workers: int = 0       # Grain worker processes; 0: none; -1: from the core count.
+
+
 class Evaluator:
-  """Base class: subclasses implement `run`. `name` prefixes metric names and file paths."""
+  """Base class: subclasses declare `Options` and implement `run`. `name` prefixes metric
+  names and file paths."""
 
   name: str = "eval"
   workdir: str | None = None
+  # The evaluator's options and their defaults, a dataclass (None: it takes none).
+  Options: ClassVar[type | None] = None
+  # Options that `from_config`'s shared keyword arguments may fill (e.g. a tokenizer).
+  SHARED_KWARGS: ClassVar[Sequence[str]] = ()
+
+  def __init__(self, predict_fn: PredictFn, *, name: str | None = None,
+               workdir: str | None = None, **options):
+    self.predict_fn, self.workdir = predict_fn, workdir
+    self.name = name or self.name
+    config_lib.check_keys(options, self.default_config(), self.name)
+    self.options = self.Options(**options) if self.Options else None
+
+  @classmethod
+  def default_config(cls) -> dict[str, Any]:
+    """option → default, every option this evaluator takes."""
+    if cls.Options is None:
+      return {}
+    return {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            for f in dataclasses.fields(cls.Options)}
 
   def run(self, params, *, step: int | None = None) -> Iterator[tuple[str, float]]:
     raise NotImplementedError
@@ -78,6 +121,8 @@ def from_config(evals: Mapping[str, Any], predict_fns: Mapping[str, PredictFn], 
                 workdir: str | None = None, **shared) -> dict[str, Evaluator]:
   """name → evaluator for every block of `evals` (see the module docstring).
 
+  A block's keys, less `type`, `pred` and `every`, are checked against the evaluator's
+  `default_config()` (a ConfigError naming `evals.NAME.KEY` and the closest valid keys).
   `shared` keyword arguments (e.g. a tokenizer) go to every evaluator that accepts them.
   """
   out = {}
@@ -91,12 +136,11 @@ def from_config(evals: Mapping[str, Any], predict_fns: Mapping[str, PredictFn], 
       raise ConfigError(f"evals.{name}.pred={pred!r} is not a prediction function of this "
                         f"model; known: {', '.join(sorted(predict_fns)) or '(none)'}")
     kwargs = {k: v for k, v in block.items() if k not in LOOP_KEYS}
+    if hasattr(cls, "default_config"):
+      config_lib.check_keys(kwargs, cls.default_config(), f"evals.{name}")
     accepted = getattr(cls, "SHARED_KWARGS", ())
     kwargs.update({k: v for k, v in shared.items() if k in accepted and k not in kwargs})
-    try:
-      out[name] = cls(predict_fns[pred], name=name, workdir=workdir, **kwargs)
-    except TypeError as e:
-      raise ConfigError(f"evals.{name} ({block['type']}): {e}") from None
+    out[name] = cls(predict_fns[pred], name=name, workdir=workdir, **kwargs)
   return out
 
 
@@ -135,80 +179,73 @@ def from_train_config(config, model, *, workdir: str | None = None, training: bo
 
 
 # --------------------------------------------------------------------------------------------
-# Batching: fixed-shape batches of preprocessed examples, padding marked by `mask`.
+# Prediction over the evaluation input.
 # --------------------------------------------------------------------------------------------
 
 
-def batches(examples: Sequence[Any], batch_size: int, load: Callable[[Any], dict[str, Any]]
-            ) -> Iterator[tuple[list[Any], dict[str, np.ndarray]]]:
-  """Yields (the batch's source items, stacked arrays) with every batch `batch_size` long.
+def predict_source(predict_fn: PredictFn, params, source, options: InputOptions, *,
+                   example_fn: Callable[[Any, str], dict] | None = None,
+                   **kwargs) -> dict[str, np.ndarray]:
+  """`predict_fn`'s outputs for every example of `source`, in source order: the examples
+  read through `pipeline.eval_input` with `options` (pp, per-process batch size, threads,
+  workers), predicted by `predict_all`."""
+  batches, _ = pipeline.eval_input(
+      source, options.pp, batch_size=options.batch_size * jax.process_count(),
+      example_fn=example_fn, num_threads=options.num_threads, num_workers=options.num_workers)
+  return predict_all(predict_fn, params, batches, **kwargs)
 
-  `load(item)` returns one preprocessed example; its array-valued keys are stacked, the
-  rest (strings) dropped. The last batch is padded with copies of its first example and
-  `mask` 0, so the prediction function sees one shape only.
+
+def predict_all(predict_fn: PredictFn, params, batches: Iterable[Mapping[str, np.ndarray]],
+                **kwargs) -> dict[str, np.ndarray]:
+  """`predict_fn`'s outputs for every example of this host's `batches` of
+  `pipeline.eval_input`, in example order, as host numpy arrays.
+
+  The batch's `_index` (each row's position in the source, -1 for padding) never reaches
+  `predict_fn`; it puts the outputs back in order. One process: the batches as they are.
+  Several: each batch becomes a global array over the mesh of `params` (every process yields
+  the same number of batches, padding masked), and the outputs of all processes are
+  gathered onto every process.
   """
-  if batch_size < 1:
-    raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
-  for start in range(0, len(examples), batch_size):
-    items = list(examples[start:start + batch_size])
-    loaded = [load(item) for item in items]
-    keys = [k for k, v in loaded[0].items()
-            if isinstance(v, (np.ndarray, np.generic, int, float)) and not k.startswith("_")]
-    pad = batch_size - len(loaded)
-    loaded += [loaded[0]] * pad
-    batch = {k: np.stack([np.asarray(ex[k]) for ex in loaded]) for k in keys}
-    batch["mask"] = np.array([1] * len(items) + [0] * pad, np.int32)
-    yield items, batch
-
-
-def predict_all(predict_fn: PredictFn, params, examples: Sequence[Any], batch_size: int,
-                load: Callable[[Any], dict[str, Any]], **kwargs) -> dict[str, np.ndarray]:
-  """`predict_fn`'s outputs for every example, in example order, as host numpy arrays.
-
-  One process: fixed-shape batches of `batch_size` (see `batches`). Several: process p
-  predicts examples p, p+P, ... in batches of `batch_size` (every process the same number
-  of batches, padding masked), each batch a global array over the mesh of `params`, and the
-  outputs of all processes are gathered onto every process.
-  """
-  if jax.process_count() == 1:
-    parts = [to_numpy(predict_fn(params, batch, **kwargs), len(items))
-             for items, batch in batches(examples, batch_size, load)]
-    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if parts else {}
-  p, count = jax.process_index(), jax.process_count()
-  mine = list(range(p, len(examples), count))
-  num_batches = max(1, -(-(-(-len(examples) // count)) // batch_size))
-  meshes = [x.sharding.mesh for x in jax.tree.leaves(params)
-            if isinstance(getattr(x, "sharding", None), jax.sharding.NamedSharding)]
-  if not meshes:
-    raise ValueError("predicting on several processes needs parameters placed on a mesh "
-                     "(jax.Arrays with a NamedSharding, as model_setup places them)")
-  mesh = meshes[0]
+  mesh = None
+  if jax.process_count() > 1:
+    mesh = params_mesh(params)
+    if mesh is None:
+      raise ValueError("predicting on several processes needs parameters placed on a mesh "
+                       "(jax.Arrays with a NamedSharding, as model_setup places them)")
   rows: dict[str, list] = {}
   order = []
-  for b in range(num_batches):
-    index = mine[b * batch_size:(b + 1) * batch_size]
-    # A process with no examples left still joins the collective, on a masked example.
-    _, batch = next(batches([examples[i] for i in index] or [examples[0]], batch_size, load))
-    ids = np.full(batch_size, -1, np.int32)
-    ids[:len(index)] = index
-    batch["_index"] = ids
-    global_batch = sharding.host_batch_to_global(batch, mesh)
-    ids = global_batch.pop("_index")
-    outputs = predict_fn(params, global_batch, **kwargs)
-    # Gathered whole onto every process, rows in the global batch's order.
-    gathered = multihost_utils.process_allgather({"_index": ids, **outputs}, tiled=True)
-    order.append(np.asarray(gathered.pop("_index")))
-    for key, value in gathered.items():
-      rows.setdefault(key, []).append(np.asarray(value))
-  order = np.concatenate(order)
-  keep = order >= 0
-  position = np.argsort(order[keep], kind="stable")
-  return {k: np.concatenate(v)[keep][position] for k, v in rows.items()}
+  iterator = iter(batches)
+  try:
+    for batch in iterator:
+      batch = dict(batch)
+      if mesh is None:
+        index = np.asarray(batch.pop(pipeline.INDEX_KEY))
+        outputs = predict_fn(params, batch, **kwargs)
+      else:
+        global_batch = sharding.host_batch_to_global(batch, mesh)
+        ids = global_batch.pop(pipeline.INDEX_KEY)
+        outputs = predict_fn(params, global_batch, **kwargs)
+        # Gathered whole onto every process, rows in the global batch's order.
+        outputs = multihost_utils.process_allgather({pipeline.INDEX_KEY: ids, **outputs},
+                                                    tiled=True)
+        index = np.asarray(outputs.pop(pipeline.INDEX_KEY))
+      keep = index >= 0
+      order.append(index[keep])
+      for key, value in outputs.items():
+        rows.setdefault(key, []).append(np.asarray(value)[keep])
+  finally:
+    if hasattr(iterator, "close"):
+      iterator.close()  # Stops the prefetch threads (or workers) of an unfinished input.
+  position = np.argsort(np.concatenate(order), kind="stable")
+  return {k: np.concatenate(v)[position] for k, v in rows.items()}
 
 
-def to_numpy(outputs: Mapping[str, Any], n: int) -> dict[str, np.ndarray]:
-  """Device outputs → host numpy, cut to the `n` real (leading) examples of the batch."""
-  return {k: np.asarray(v)[:n] for k, v in outputs.items()}
+def params_mesh(params) -> jax.sharding.Mesh | None:
+  """The mesh of the first parameter placed with a NamedSharding, or None."""
+  for x in jax.tree.leaves(params):
+    if isinstance(getattr(x, "sharding", None), jax.sharding.NamedSharding):
+      return x.sharding.mesh
+  return None
 
 
 # --------------------------------------------------------------------------------------------

@@ -25,14 +25,18 @@ Memory images without a label in a labelling (an abstained curation) are left ou
 
 `predict_fn(params, batch) -> {"embedding": [B, D]}` (or the array itself): any image
 encoder, e.g. our ViT's pooled output or converted CLIP weights, on batches of
-`image` float32 [B, H, W, 3] made by the `pp` spec from {"image": encoded bytes}.
+`image` float32 [B, H, W, 3] made by the `pp` spec from {"image": encoded bytes}: the memory
+and the queries are random-access sources (`Images`) read through
+`rew_jax.data.pipeline.eval_input`, decoded in Grain threads ahead of the encoder. The
+options are `Options` (`Evaluator.default_config()`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -41,7 +45,6 @@ import numpy as np
 from rew_jax import records as records_lib
 from rew_jax import storage
 from rew_jax import workdir as workdir_lib
-from rew_jax.data import ops as ops_lib
 from rew_jax.data import oven_files
 from rew_jax.errors import ConfigError, UserError
 from rew_jax.evaluators import common
@@ -145,50 +148,86 @@ def queries_from_set(data: finegrained.LabelledSet,
   return out
 
 
+class Images:
+  """Memory or query items as a random-access source: [i] → {"image": the encoded bytes
+  (read from the item's `image_path` when it holds none)}; picklable (Grain workers)."""
+
+  def __init__(self, items: Sequence[Mapping[str, Any]]):
+    self.items = items
+
+  def __len__(self) -> int:
+    return len(self.items)
+
+  def __getitem__(self, index: int) -> dict[str, Any]:
+    item = self.items[index]
+    image = item.get("image")
+    if image is None:
+      image = storage.read_bytes(item["image_path"])
+    where = item.get("query_id") or item.get("image_id", "?")
+    return {"image": image, "_where": f"kNN item {where}"}
+
+
+@dataclasses.dataclass
+class Options(common.InputOptions):
+  """The kNN evaluator's options (a config block's keys besides type, pred and every)."""
+  memory: Sequence[Mapping[str, Any]] | None = None  # Injected memory items.
+  memory_records: str = ""               # Or a records dir ("": the workdir's records).
+  labellings: Sequence[str] = LABELLINGS  # Some of "candidate", "curated".
+  queries: Sequence[Mapping[str, Any]] | None = None  # Injected query items.
+  query_references: str | Sequence[str] = ()  # Or OVEN reference files ...
+  image_dir: str = ""                    # ... and their images,
+  query_set: str = ""                    # or a fine-grained set (finegrained.SETS),
+  query_split: str = ""                  # its split ("": the evaluation split),
+  data_dir: str | None = None            # its TFDS data directory,
+  query_root: str = ""                   # or its folder (on-disk sets).
+  kb_dir: str = ""                       # The KB of the class maps ("": the workdir's).
+  class_map_dir: str = ""                # "": <workdir>/eval/<name>/class_maps.
+  k: int = 10                            # Neighbours.
+  weighting: str = "uniform"             # "uniform" | "similarity".
+  chunk: int = 8192                      # Memory rows per search step.
+  pp: str = DEFAULT_PP
+  batch_size: int = 64
+
+
 @EVALUATORS.register("knn_matching")
 class Evaluator(common.Evaluator):
   """Top-1 of kNN under each labelling of the memory, and the gain (percent points) of
   curated over candidate labels when both are evaluated."""
 
-  def __init__(self, predict_fn: Callable[..., Any], *,
-               memory: Sequence[Mapping[str, Any]] | None = None, memory_records: str = "",
-               labellings: Sequence[str] = LABELLINGS,
-               queries: Sequence[Mapping[str, Any]] | None = None,
-               query_references: str | Sequence[str] = (), image_dir: str = "",
-               query_set: str = "", query_split: str = "", data_dir: str | None = None,
-               query_root: str = "", kb_dir: str = "", class_map_dir: str = "",
-               k: int = 10, weighting: str = "uniform", pp: str = DEFAULT_PP,
-               batch_size: int = 64, max_examples: int = 0, chunk: int = 8192,
-               name: str = "knn", workdir: str | None = None):
-    self.predict_fn, self.name, self.workdir = predict_fn, name, workdir
-    labellings = tuple(labellings)
+  name = "knn"
+  Options = Options
+
+  def __init__(self, predict_fn, **options):
+    super().__init__(predict_fn, **options)
+    o = self.options
+    labellings = tuple(o.labellings)
     if not labellings or set(labellings) - set(LABELLINGS):
       raise ConfigError(f"knn_matching labellings {labellings}: some of {LABELLINGS}")
     self.labellings = labellings
+    memory, queries, memory_records = o.memory, o.queries, o.memory_records
     if memory is None:
       if not memory_records:
-        if not workdir:
+        if not self.workdir:
           raise ConfigError("knn_matching needs memory items or memory_records (a records dir)")
-        memory_records = workdir_lib.Workdir(workdir).records()
+        memory_records = workdir_lib.Workdir(self.workdir).records()
       memory = memory_from_records(memory_records)
     if queries is None:
-      if query_set:
-        queries = self._set_queries(query_set, query_split, data_dir, query_root, kb_dir,
-                                    class_map_dir, max_examples)
-      elif query_references and image_dir:
-        queries = queries_from_oven(query_references, image_dir, max_examples=max_examples)
+      if o.query_set:
+        queries = self._set_queries(o.query_set, o.query_split, o.data_dir, o.query_root,
+                                    o.kb_dir, o.class_map_dir, o.max_examples)
+      elif o.query_references and o.image_dir:
+        queries = queries_from_oven(o.query_references, o.image_dir,
+                                    max_examples=o.max_examples)
       else:
         raise ConfigError("knn_matching needs query items, query_set (a fine-grained set), or "
                           "query_references and image_dir (OVEN)")
     if not memory or not queries:
       raise UserError(f"knn_matching: {len(memory)} memory images and {len(queries)} queries; "
                       "both must be non-empty")
-    if weighting not in ("uniform", "similarity"):
-      raise ConfigError(f"weighting {weighting!r}: expected 'uniform' or 'similarity'")
+    if o.weighting not in ("uniform", "similarity"):
+      raise ConfigError(f"weighting {o.weighting!r}: expected 'uniform' or 'similarity'")
     self.memory, self.queries = list(memory), list(queries)
-    self.k, self.weighting, self.chunk = k, weighting, chunk
-    self.pp = ops_lib.get_preprocess(pp)
-    self.batch_size = batch_size
+    self.k, self.weighting, self.chunk = o.k, o.weighting, o.chunk
 
   def _set_queries(self, query_set, split, data_dir, root, kb_dir, class_map_dir,
                    max_examples):
@@ -212,20 +251,13 @@ class Evaluator(common.Evaluator):
       class_map = finegrained.resolve_classes(data.class_names, resolver_fn(), kb)
     return queries_from_set(data, class_map, max_examples=max_examples)
 
-  def _load(self, item: Mapping[str, Any]) -> dict[str, Any]:
-    image = item.get("image")
-    if image is None:
-      image = storage.read_bytes(item["image_path"])
-    where = item.get("query_id") or item.get("image_id", "?")
-    return self.pp({"image": image, "_where": f"kNN item {where}"})
-
   def embed(self, params, items: Sequence[Mapping[str, Any]]) -> np.ndarray:
     def predict(p, batch):
       emb = self.predict_fn(p, batch)
       return {"embedding": emb["embedding"] if isinstance(emb, Mapping) else emb}
 
     # Several processes: each embeds its share, all get every embedding.
-    out = common.predict_all(predict, params, items, self.batch_size, self._load)
+    out = common.predict_source(predict, params, Images(items), self.options)
     return np.asarray(out["embedding"], np.float32)
 
   def classify(self, query_emb: np.ndarray, memory_emb: np.ndarray,
@@ -245,9 +277,7 @@ class Evaluator(common.Evaluator):
     memory_emb = self.embed(params, self.memory)
     query_emb = self.embed(params, self.queries)
     # The search runs on the parameters' mesh when they have one (the model's mesh context).
-    meshes = [x.sharding.mesh for x in jax.tree.leaves(params)
-              if isinstance(getattr(x, "sharding", None), jax.sharding.NamedSharding)]
-    preds = self.classify(query_emb, memory_emb, meshes[0] if meshes else None)
+    preds = self.classify(query_emb, memory_emb, common.params_mesh(params))
     truth = [q["entity_id"] for q in self.queries]
     metrics = {}
     for labelling in self.labellings:

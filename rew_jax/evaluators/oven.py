@@ -6,10 +6,13 @@ files, score them with the official conventions (`oven_metric`).
                           image_dir=".../images", mapping=dict(mode="rows", kb_dir=...))
     dict(evaluator.run(params))  # {"oven/entity_seen": .., ..., "oven/final_score": ..}
 
-Batches hold `image` float32 [B, H, W, 3], `prompt` int32 [B, P] (the question, BOS first,
-0-padded) and `mask` int32 [B], as produced by the `pp` spec from {"image": bytes,
-"prompt": question}. `predict_fn(params, batch, **predict_kwargs)` returns the keys that
-the mapping mode reads (see `mapping`). Images are found in the OVEN layout
+The references are a random-access source (`Questions`) read through
+`rew_jax.data.pipeline.eval_input`: Grain threads read each image, decode and preprocess it
+ahead of the prediction. Batches hold `image` float32 [B, H, W, 3], `prompt` int32 [B, P]
+(the question, BOS first, 0-padded) and `mask` int32 [B], as produced by the `pp` spec from
+{"image": bytes, "prompt": question}; the options are `Options`
+(`Evaluator.default_config()`). `predict_fn(params, batch, **predict_kwargs)` returns the
+keys that the mapping mode reads (see `mapping`). Images are found in the OVEN layout
 `<image_dir>/<id.split('_')[-1][:2]>/<id>.<ext>` (or flat `<image_dir>/<id>.<ext>`), or
 through an explicit `image_paths` {image_id: path} map.
 
@@ -30,10 +33,10 @@ predictions, and process 0 alone writes the files.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import os
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
-from rew_jax.data import ops as ops_lib
 from rew_jax.data import oven_files
 from rew_jax.data.oven_files import OvenFormatError
 from rew_jax import storage
@@ -44,62 +47,86 @@ from rew_jax.registry import EVALUATORS
 
 DEFAULT_PP = ("decode|resize_crop(224)|normalize('clip')|"
               "tokenize(key='prompt', bos=True, max_len=20)|pad(20, key='prompt')")
-@EVALUATORS.register("oven")
-class Evaluator(common.Evaluator):
-  """OVEN top-1 accuracy (seen/unseen), split HMs and the final HM; see the module docstring."""
 
-  SHARED_KWARGS = ("mapper", "tokenizer", "kb")
 
-  def __init__(self, predict_fn: Callable[..., Mapping[str, Any]], *,
-               references: str | Sequence[str], image_dir: str = "",
-               image_paths: Mapping[str, str] | None = None,
-               mapping: Mapping[str, Any] | None = None, mapper=None, kb=None, tokenizer=None,
-               pp: str = DEFAULT_PP, batch_size: int = 32, max_examples: int = 0,
-               predict_kwargs: Mapping[str, Any] | None = None,
-               name: str = "oven", workdir: str | None = None):
-    self.predict_fn, self.name, self.workdir = predict_fn, name, workdir
-    self.references = oven_files.read_references(references, required=oven_files.QUERY_KEYS)
-    if max_examples:
-      self.references = self.references[:max_examples]
-    if not self.references:
-      raise OvenFormatError(f"no references in {references}")
-    kinds = sorted({oven_files.split_kind(r) for r in self.references})
-    if "test" in kinds and len(kinds) > 1:
-      raise OvenFormatError(f"references {references} mix the splits {kinds}: evaluate the test "
-                            "split in an evaluator of its own, so that selection never sees it")
-    # A test split (or any unlabeled reference) is for reporting only: the train loop refuses
-    # to run this evaluator (evaluators/common.py), so it never drives early stopping.
-    self.holds_test = "test" in kinds or not all(map(oven_files.is_labeled, self.references))
-    if not image_dir and image_paths is None:
-      raise OvenFormatError("the OVEN evaluator needs image_dir or image_paths")
-    self.image_dir, self.image_paths = image_dir, image_paths
-    if mapper is None:
-      mapping = dict(mapping or {"mode": "rows"})
-      mapper = mapping_lib.from_config(mapping.pop("mode", "rows"), kb=kb, tokenizer=tokenizer,
-                                       **mapping)
-    self.mapper = mapper
-    self.pp = ops_lib.get_preprocess(pp)
-    self.batch_size = batch_size
-    self.predict_kwargs = dict(predict_kwargs or {})
+class Questions:
+  """OVEN references as a random-access source: [i] → {"image": the image's bytes, "prompt":
+  the question, "image_id"}, read when Grain's threads ask for it; picklable (workers)."""
 
-  def _path(self, image_id: str) -> str:
+  def __init__(self, references: Sequence[Mapping[str, Any]], image_dir: str = "",
+               image_paths: Mapping[str, str] | None = None):
+    self.references, self.image_dir, self.image_paths = references, image_dir, image_paths
+
+  def __len__(self) -> int:
+    return len(self.references)
+
+  def path(self, image_id: str) -> str:
     if self.image_paths is not None:
       if image_id not in self.image_paths:
         raise OvenFormatError(f"image {image_id!r} is not in the image_paths map")
       return self.image_paths[image_id]
     return oven_files.image_path(self.image_dir, image_id)
 
-  def _load(self, ref: Mapping[str, Any]) -> dict[str, Any]:
-    image = storage.read_bytes(self._path(ref["image_id"]))
-    example = {"image": image, "prompt": ref["question"], "image_id": ref["image_id"],
-               "_where": f"OVEN {ref['data_id']} (image {ref['image_id']})"}
-    return self.pp(example)
+  def __getitem__(self, index: int) -> dict[str, Any]:
+    ref = self.references[index]
+    return {"image": storage.read_bytes(self.path(ref["image_id"])), "prompt": ref["question"],
+            "image_id": ref["image_id"],
+            "_where": f"OVEN {ref['data_id']} (image {ref['image_id']})"}
+
+
+@dataclasses.dataclass
+class Options(common.InputOptions):
+  """The OVEN evaluator's options (a config block's keys besides type, pred and every)."""
+  references: str | Sequence[str] = ()    # OVEN reference files (JSONL).
+  image_dir: str = ""                     # Images in the OVEN layout (or flat).
+  image_paths: Mapping[str, str] | None = None  # Or an explicit {image_id: path} map.
+  mapping: Mapping[str, Any] | None = None  # dict(mode=rows|codes|text, ...); None: rows.
+  mapper: Any = None                      # Or a mapper object (mapping.py).
+  kb: Any = None                          # The KB object the mapping may use.
+  tokenizer: Any = None                   # The tokenizer the text mapping may use.
+  pp: str = DEFAULT_PP
+  predict_kwargs: Mapping[str, Any] | None = None  # Keyword arguments of predict_fn.
+
+
+@EVALUATORS.register("oven")
+class Evaluator(common.Evaluator):
+  """OVEN top-1 accuracy (seen/unseen), split HMs and the final HM; see the module docstring."""
+
+  name = "oven"
+  Options = Options
+  SHARED_KWARGS = ("mapper", "tokenizer", "kb")
+
+  def __init__(self, predict_fn, **options):
+    super().__init__(predict_fn, **options)
+    o = self.options
+    self.references = oven_files.read_references(o.references, required=oven_files.QUERY_KEYS)
+    if o.max_examples:
+      self.references = self.references[:o.max_examples]
+    if not self.references:
+      raise OvenFormatError(f"no references in {o.references}")
+    kinds = sorted({oven_files.split_kind(r) for r in self.references})
+    if "test" in kinds and len(kinds) > 1:
+      raise OvenFormatError(f"references {o.references} mix the splits {kinds}: evaluate the "
+                            "test split in an evaluator of its own, so that selection never "
+                            "sees it")
+    # A test split (or any unlabeled reference) is for reporting only: the train loop refuses
+    # to run this evaluator (evaluators/common.py), so it never drives early stopping.
+    self.holds_test = "test" in kinds or not all(map(oven_files.is_labeled, self.references))
+    if not o.image_dir and o.image_paths is None:
+      raise OvenFormatError("the OVEN evaluator needs image_dir or image_paths")
+    self.questions = Questions(self.references, o.image_dir, o.image_paths)
+    self.mapper = o.mapper
+    if self.mapper is None:
+      mapping = dict(o.mapping or {"mode": "rows"})
+      self.mapper = mapping_lib.from_config(mapping.pop("mode", "rows"), kb=o.kb,
+                                            tokenizer=o.tokenizer, **mapping)
+    self.predict_kwargs = dict(o.predict_kwargs or {})
 
   def predict(self, params) -> list[tuple[dict, mapping_lib.Mapped]]:
     """(reference, mapped prediction) for every reference, in reference order; on several
     processes each predicts its share and every process gets all (`common.predict_all`)."""
-    outputs = common.predict_all(self.predict_fn, params, self.references, self.batch_size,
-                                 self._load, **self.predict_kwargs)
+    outputs = common.predict_source(self.predict_fn, params, self.questions, self.options,
+                                    **self.predict_kwargs)
     mapped = self.mapper(outputs)
     if len(mapped) != len(self.references):
       raise ValueError(f"mapper returned {len(mapped)} entities for "

@@ -24,20 +24,22 @@ Metrics per set and over sets: `<name>/<set>/top1`, `<name>/<set>/unmapped_class
 `<workdir>/eval/<name>/[step_<s>/]<set>/` (table.tsv, metrics.json); class maps under
 `class_map_dir` (default `<workdir>/eval/<name>/class_maps/<set>.jsonl`), kept across runs.
 
-Batches hold `image` float32 [B, H, W, 3] (images may be decoded arrays, as TFDS gives, or
-encoded bytes), `prompt` int32 [B, P] (the fixed question) and `mask`.
+Each set's examples are a random-access source (`SetExamples`: images may be decoded arrays,
+as TFDS gives, or encoded bytes, which the `decode` op decodes) read through
+`rew_jax.data.pipeline.eval_input`, in Grain threads ahead of the prediction. Batches hold
+`image` float32 [B, H, W, 3], `prompt` int32 [B, P] (the fixed question) and `mask`; the
+options are `Options` (`Evaluator.default_config()`).
 """
 
 from __future__ import annotations
 
-import io
+import dataclasses
 import logging
 import os
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import jax
 import numpy as np
-from PIL import Image
 
 from rew_jax import storage
 from rew_jax.data import code_table
@@ -52,6 +54,30 @@ DEFAULT_PP = ("resize_crop(224)|normalize('clip')|"
               "tokenize(key='prompt', bos=True, max_len=20)|pad(20, key='prompt')")
 MODES = ("trie", "likelihood")
 ENTITY_TARGETS = ("name", "ald")
+
+
+_DECODE = ops_lib.get_decode()  # Encoded bytes → RGB pixels, the pp op (simplejpeg or PIL).
+
+
+class SetExamples:
+  """The first `n` examples of a set as the pp's inputs, {"image": RGB pixels (a grey image
+  repeated to 3 channels), "prompt": the fixed question}; picklable (Grain workers)."""
+
+  def __init__(self, data: finegrained.LabelledSet, n: int, prompt: str):
+    self.data, self.n, self.prompt = data, n, prompt
+
+  def __len__(self) -> int:
+    return self.n
+
+  def __getitem__(self, index: int) -> dict[str, Any]:
+    where = f"{self.data.name} example {index}"
+    image = self.data[index]["image"]
+    if isinstance(image, (bytes, bytearray)):
+      image = _DECODE({"image": bytes(image), "_where": where}, None)["image"]
+    image = np.asarray(image)
+    if image.ndim == 2:
+      image = np.repeat(image[..., None], 3, axis=-1)
+    return {"image": image, "prompt": self.prompt, "_where": where}
 
 
 def class_token_table(sequences: Sequence[Sequence[int]], eos_id: int) -> np.ndarray:
@@ -87,12 +113,13 @@ def entity_sequences(entity_target: str, entity_ids: Sequence[str], names: Seque
 class _SetRun:
   """One set's examples, class map and restricted answer space."""
 
-  def __init__(self, data: finegrained.LabelledSet, class_map, max_examples: int):
+  def __init__(self, data: finegrained.LabelledSet, class_map, max_examples: int, prompt: str):
     self.data, self.class_map = data, class_map
     n = len(data)
     self.indices = list(range(min(n, max_examples) if max_examples else n))
     if not self.indices:
       raise UserError(f"zeroshot {data.name}: the data source is empty")
+    self.examples = SetExamples(data, len(self.indices), prompt)
     # The answer space: each mapped entity once, in the order of its first class.
     self.entity_ids = list(dict.fromkeys(c.entity_id for c in class_map if c.entity_id))
     if not self.entity_ids:  # Reported as 0 % with every class unmapped, not skipped.
@@ -108,6 +135,28 @@ class _SetRun:
     self.shared = sorted(c.class_name for c in class_map if counts.get(c.entity_id, 0) > 1)
 
 
+@dataclasses.dataclass
+class Options(common.InputOptions):
+  """The zero-shot evaluator's options (a config block's keys besides type, pred, every)."""
+  datasets: Sequence[str] | str = ()      # Names of finegrained.SETS (or "a,b").
+  split: str = ""                         # "": each set's evaluation split.
+  data_dir: str | None = None             # TFDS data directory.
+  roots: Mapping[str, str] | None = None  # {set: folder} of the on-disk sets.
+  sets: Mapping[str, finegrained.LabelledSet] | None = None  # Or injected sets.
+  class_maps: Mapping[str, Sequence[finegrained.ClassEntity]] | None = None  # Or injected.
+  class_map_dir: str = ""                 # "": <workdir>/eval/<name>/class_maps.
+  kb_dir: str = ""                        # The KB index the classes are mapped onto.
+  entity_target: str = "name"             # What the model emits: "name" | "ald".
+  codes_path: str = ""                    # ALD codes ("": the KB index's ald_codes.npz).
+  mode: str = "trie"                      # "trie" | "likelihood".
+  prompt: str = "what is this?"
+  tokenizer: Any = None                   # Or a tokenizer of tokenizer_kind/path.
+  tokenizer_kind: str = "bert"
+  tokenizer_path: str | None = None
+  pp: str = DEFAULT_PP
+  predict_kwargs: Mapping[str, Any] | None = None  # Keyword arguments of predict_fn.
+
+
 @EVALUATORS.register("zeroshot")
 class Evaluator(common.Evaluator):
   """Top-1 of choosing each image's class entity; see the module docstring.
@@ -118,34 +167,29 @@ class Evaluator(common.Evaluator):
   `class_maps` {name: [ClassEntity]}.
   """
 
+  name = "zeroshot"
+  Options = Options
   SHARED_KWARGS = ("tokenizer",)
 
-  def __init__(self, predict_fn: Callable[..., Mapping[str, Any]], *,
-               datasets: Sequence[str] | str = (), split: str = "",
-               data_dir: str | None = None, roots: Mapping[str, str] | None = None,
-               sets: Mapping[str, finegrained.LabelledSet] | None = None,
-               class_maps: Mapping[str, Sequence[finegrained.ClassEntity]] | None = None,
-               class_map_dir: str = "", kb_dir: str = "", entity_target: str = "name",
-               codes_path: str = "", mode: str = "trie", prompt: str = "what is this?",
-               tokenizer=None, tokenizer_kind: str = "bert", tokenizer_path: str | None = None,
-               pp: str = DEFAULT_PP, batch_size: int = 32, max_examples: int = 0,
-               predict_kwargs: Mapping[str, Any] | None = None, name: str = "zeroshot",
-               workdir: str | None = None):
-    if mode not in MODES:
-      raise ConfigError(f"zeroshot mode {mode!r}: expected one of {', '.join(MODES)}")
-    if entity_target not in ENTITY_TARGETS:
-      raise ConfigError(f"zeroshot entity_target {entity_target!r}: expected one of "
+  def __init__(self, predict_fn, **options):
+    super().__init__(predict_fn, **options)
+    o = self.options
+    if o.mode not in MODES:
+      raise ConfigError(f"zeroshot mode {o.mode!r}: expected one of {', '.join(MODES)}")
+    if o.entity_target not in ENTITY_TARGETS:
+      raise ConfigError(f"zeroshot entity_target {o.entity_target!r}: expected one of "
                         f"{', '.join(ENTITY_TARGETS)}")
-    self.predict_fn, self.name, self.workdir, self.mode = predict_fn, name, workdir, mode
+    self.mode, name, workdir = o.mode, self.name, self.workdir
+    datasets, sets, kb_dir, class_maps = o.datasets, o.sets, o.kb_dir, o.class_maps
     if isinstance(datasets, str):
       datasets = [d for d in datasets.split(",") if d]
     if sets is None:
       if not datasets:
         raise ConfigError("zeroshot needs `datasets` (some of "
                           f"{', '.join(finegrained.SETS)}) or injected `sets`")
-      roots = dict(roots or {})
-      sets = {d: finegrained.open_set(d, split=split, data_dir=data_dir, root=roots.get(d, ""))
-              for d in datasets}
+      roots = dict(o.roots or {})
+      sets = {d: finegrained.open_set(d, split=o.split, data_dir=o.data_dir,
+                                      root=roots.get(d, "")) for d in datasets}
     kb = None
     if kb_dir:
       from rew_jax.kb.wiki6m import EntityKB  # pylint: disable=g-import-not-at-top
@@ -154,8 +198,8 @@ class Evaluator(common.Evaluator):
       if kb is None:
         raise ConfigError("zeroshot needs kb_dir (to map classes to entities) or injected "
                           "class_maps")
-      map_dir = class_map_dir or (os.path.join(workdir, "eval", name, "class_maps")
-                                  if workdir else "")
+      map_dir = o.class_map_dir or (os.path.join(workdir, "eval", name, "class_maps")
+                                    if workdir else "")
       resolver_fn = lambda: make_resolver(kb)
       class_maps = {}
       for set_name, data in sets.items():
@@ -164,15 +208,17 @@ class Evaluator(common.Evaluator):
             finegrained.load_class_map(path, data.class_names, kb, resolver_fn,
                                        write=jax.process_index() == 0)
             if path else finegrained.resolve_classes(data.class_names, resolver_fn(), kb))
-    self.runs = {s: _SetRun(data, class_maps[s], max_examples) for s, data in sets.items()}
+    self.runs = {s: _SetRun(data, class_maps[s], o.max_examples, o.prompt)
+                 for s, data in sets.items()}
+    tokenizer = o.tokenizer
     if tokenizer is None:
       from rew_jax.data.tokenizers import load_tokenizer  # pylint: disable=g-import-not-at-top
-      tokenizer = load_tokenizer(tokenizer_kind, tokenizer_path)
+      tokenizer = load_tokenizer(o.tokenizer_kind, o.tokenizer_path)
     for run in self.runs.values():
       if not run.entity_ids:
         continue
-      seqs = entity_sequences(entity_target, run.entity_ids, run.entity_names,
-                              tokenizer=tokenizer, kb=kb, codes_path=codes_path)
+      seqs = entity_sequences(o.entity_target, run.entity_ids, run.entity_names,
+                              tokenizer=tokenizer, kb=kb, codes_path=o.codes_path)
       empty = [n for n, s in zip(run.entity_names, seqs) if not s]
       if empty:
         raise ConfigError(f"zeroshot {run.data.name}: entities that tokenize to nothing: "
@@ -180,22 +226,8 @@ class Evaluator(common.Evaluator):
       # Entities with one sequence cannot be told apart: the trie keeps the first, the
       # likelihood mode scores them equal (argmax: the first as well).
       run.class_tokens = class_token_table(seqs, tokenizer.eos_id)
-      run.trie = trie_lib.build_trie(seqs, tokenizer.eos_id) if mode == "trie" else None
-    self.prompt = prompt
-    self.pp = ops_lib.get_preprocess(pp)
-    self.batch_size = batch_size
-    self.predict_kwargs = dict(predict_kwargs or {})
-
-  def load(self, run: _SetRun, index: int) -> dict[str, Any]:
-    image = run.data[index]["image"]
-    if isinstance(image, (bytes, bytearray)):
-      with Image.open(io.BytesIO(image)) as img:
-        image = np.asarray(img.convert("RGB"))
-    image = np.asarray(image)
-    if image.ndim == 2:
-      image = np.repeat(image[..., None], 3, axis=-1)
-    return self.pp({"image": image, "prompt": self.prompt,
-                    "_where": f"{run.data.name} example {index}"})
+      run.trie = trie_lib.build_trie(seqs, tokenizer.eos_id) if o.mode == "trie" else None
+    self.predict_kwargs = dict(o.predict_kwargs or {})
 
   def predict(self, params, run: _SetRun) -> list[int]:
     """Entity index (into run.entity_ids) per example, -1 for none."""
@@ -207,8 +239,7 @@ class Evaluator(common.Evaluator):
     else:
       kwargs["class_tokens"] = run.class_tokens
     # Several processes: each predicts its share, all get every prediction.
-    out = common.predict_all(self.predict_fn, params, run.indices, self.batch_size,
-                             lambda i: self.load(run, i), **kwargs)
+    out = common.predict_source(self.predict_fn, params, run.examples, self.options, **kwargs)
     if self.mode == "trie":
       rows = out["rows"]
       return (rows[:, 0] if rows.ndim == 2 else rows).astype(int).tolist()

@@ -22,7 +22,7 @@ steps.
 Files written in the KB index directory:
   ald_codes.npz    `ids` bytes [N] (entity ids, KB row order), `codes` int32 [N, length + 2]
                    (code tokens, EOS, then PAD=0), `length`, `eos_id`, `seed`, `format`:
-                   the one file that training (`data.tasks`, entity_target='ald') and
+                   the one file that training (`data.tasks`, entity.target='ald') and
                    evaluation (`evaluators.mapping`, mode 'codes') read
   name_trie.npz    `trie.save` of the names' tokens (no [CLS]; EOS=[SEP] appended by the trie)
   code_trie.npz    the same over the ALD codes, for decoding codes under a KB constraint

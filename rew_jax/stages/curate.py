@@ -23,31 +23,26 @@ import os
 from typing import Sequence
 
 from rew_jax import config as config_lib
-from rew_jax import registry
 from rew_jax import storage
 from rew_jax import workdir as workdir_lib
 from rew_jax.curation import beam_options
 from rew_jax.curation import report as report_lib
 from rew_jax.curation import run as run_lib
+from rew_jax.curation import section as section_lib
 from rew_jax.errors import ConfigError
 from rew_jax.stages import base
 from rew_jax.stages import candidates as candidates_stage
 
-ConfigDict = config_lib.ConfigDict
-
-SECTION = "curation"
+SECTION = section_lib.NAME
 RUNNERS = ("local",) + beam_options.RUNNERS
 
 
 def resolve(config):
-  """The checked `curation` section. Besides the runner's keys it may hold one options
-  group per backend (`curation.gemini`, `curation.simulated`), checked by the backend."""
+  """The checked `curation` section: the runner's keys and one options group per backend it
+  names (`curation.gemini`, `curation.simulated`), each checked against the schema its
+  component declares (`rew_jax.curation.section.schema`)."""
   section = config_lib.section(config, SECTION, None)
-  schema = run_lib.default_config()
-  for key, value in section.items():
-    if key not in schema and isinstance(value, ConfigDict) and key in registry.CURATION_BACKENDS:
-      schema[key] = ConfigDict()
-  config_lib.check_keys(section, schema, SECTION)
+  config_lib.check_keys(section, section_lib.schema(section), SECTION)
   if "beam" in config:
     config_lib.check_keys(config.beam, beam_options.default_config(), "beam")
   return section
@@ -71,7 +66,7 @@ def run(config, wd: workdir_lib.Workdir, *, runner: str = "local", restart: bool
                        dry_run=True)
   logging.getLogger("bm25s").setLevel(logging.WARNING)  # Its index build logs at DEBUG.
   section = resolve(config)
-  paths = run_lib.paths_of(section, wd.root)
+  paths = section_lib.paths_of(section, wd.root)
   if candidates_stage.SECTION in config:
     candidates_stage.ensure(config, wd, progress=progress)
   elif not storage.isfile(os.path.join(paths["candidates"], "manifest.json")):
@@ -119,6 +114,6 @@ def main(argv: Sequence[str]) -> int:
     print(report["dry_run"])
     return 0
   print(report_lib.summary_line(report))
-  paths = run_lib.paths_of(config.curation, wd.root)
+  paths = section_lib.paths_of(config.curation, wd.root)
   print(f"records: {paths['out']}; report: {os.path.join(paths['curation'], 'report.md')}")
   return 0

@@ -3,7 +3,7 @@
 import os
 
 from rew_jax import config as config_lib
-from rew_jax.curation import run
+from rew_jax.curation import section
 from rew_jax.data import synthetic
 from rew_jax.kb import candidates
 
@@ -25,13 +25,12 @@ def world_config(**overrides):
 def curate_config(backend="simulated", **curation):
   """A full curate config for the fixture world (no `world` section: it exists)."""
   config = config_lib.ConfigDict()
-  config.curation = run.default_config()
+  config.curation = section.default_config("simulated")
   config.curation.backend = backend
   config.curation.backoff_initial_s = 0.001
   config.curation.backoff_max_s = 0.01
   config.curation.concurrency = 4
-  config.curation.simulated = config_lib.ConfigDict(dict(
-      seed=0, kb_path="", malformed=0.1, refusal=0.05, latency_s=0.0))
+  config.curation.simulated.update(dict(malformed=0.1, refusal=0.05))
   for k, v in curation.items():
     config.curation[k] = v
   return config

@@ -15,7 +15,7 @@ import pytest
 
 from rew_jax import config as config_lib
 from rew_jax import records
-from rew_jax.curation import inputs, run
+from rew_jax.curation import inputs, run, section, shards
 from rew_jax.curation.backends.base import Backend, Reply, TransientError
 
 from curationcase import NUM_IMAGES, curate_config, link_inputs
@@ -199,10 +199,10 @@ def test_dead_letters_and_a_rerun_retries_only_the_failed(world, tmp_path, monke
   shard2.write_text("\n".join([json.dumps(row)] + lines[1:]) + "\n")
   failing = ["web_00000003", "web_00000030"]  # In shards 0 and 1.
   backend = Scripted(failing, unknown_ids=["web_00000005"])
-  monkeypatch.setattr(run, "make_backend", lambda *a, **k: backend)
+  monkeypatch.setattr(section, "backend_from_config", lambda *a, **k: backend)
   config = beam_config(num_workers=1, direct_running_mode="in_memory")
   config.curation.max_attempts = 3
-  with pytest.raises(run.IncompleteRunError, match="2 records still failed"):
+  with pytest.raises(shards.IncompleteRunError, match="2 records still failed"):
     beam_curation.curate(config, str(work), runner="direct")
   assert _committed(str(work)) == ["rew-00002.array_record"]  # Shards 0 and 1 wait.
   assert not os.path.exists(work / "records" / "manifest.json")
@@ -306,7 +306,7 @@ def test_http_backends_in_the_pipeline_throttled_and_dead_lettered(world, tmp_pa
       config.curation.openai = dict(base_url=stub.url + "/v1", model="m", api_key_env="STUB_KEY")
     else:
       config.curation.gemini = dict(base_url=stub.url, api_key_env="STUB_KEY")
-    with pytest.raises(run.IncompleteRunError, match="1 records still failed"):
+    with pytest.raises(shards.IncompleteRunError, match="1 records still failed"):
       beam_curation.curate(config, work, runner="direct")
     assert state["max_in_flight"] >= 2  # Calls of one worker overlap.
     assert state["asked"].count(victim.caption) == 4  # max_attempts, then a dead letter.
@@ -326,13 +326,15 @@ def test_http_backends_in_the_pipeline_throttled_and_dead_lettered(world, tmp_pa
         assert KEY.encode() not in fh.read(), f
 
 
-def test_a_bucket_workdir_equals_local_disk(world, local, gcs, tmp_path, monkeypatch):
+@pytest.mark.parametrize("runner", ["local", "direct"])
+def test_a_bucket_workdir_equals_local_disk(world, local, gcs, tmp_path, monkeypatch, runner):
   """Candidates, images, the KB index, records and curation state all in gs:// (a local GCS
-  emulator), the records in a custom `curation.out_dir`: the records equal the local
-  runner's, the state lies beside them, and nothing lands on the local disk."""
+  emulator), the records in a custom `curation.out_dir`: with either executor of the shard
+  engine, the records equal the local runner's on local disk, the state lies beside them,
+  and nothing lands on the local disk. A lost shard is rewritten from the bucket's journal."""
   from etils import epath  # pylint: disable=g-import-not-at-top
   from rew_jax import storage  # pylint: disable=g-import-not-at-top
-  root = gcs.url("beam")
+  root = gcs.url(f"curate_{runner}")
   work = f"{root}/W"
   kb = os.path.join(world, "kb")
   for d, _, files in os.walk(kb):  # The index, built by the fixture.
@@ -356,16 +358,30 @@ def test_a_bucket_workdir_equals_local_disk(world, local, gcs, tmp_path, monkeyp
   config.curation.truth_path = os.path.join(world, "world", "truth", "web_truth.jsonl")
   config.curation.out_dir = f"{root}/recs/"
   monkeypatch.setenv("REW_JAX_CACHE_DIR", str(tmp_path / "cache"))  # Staged KB index.
-  report = beam_curation.curate(config, work, runner="direct")
-  assert [records.encode(r) for r in records.read_records(f"{root}/recs",
-                                                          check_hashes=True)] == encoded(local[0])
+  def curate():
+    if runner == "local":
+      return run.curate(config, work, verbose=False)
+    return beam_curation.curate(config, work, runner="direct")
+  report = curate()
+  in_bucket = lambda: [records.encode(r) for r in records.read_records(f"{root}/recs",
+                                                                       check_hashes=True)]
+  assert in_bucket() == encoded(local[0])
   remote = json.loads(storage.read_text(f"{root}/recs/manifest.json"))
   assert ({**remote, "curation_config_hash": ""} ==
           {**manifest(local[0]), "curation_config_hash": ""})
   assert report["accuracy_vs_truth"] == local[1]["accuracy_vs_truth"]
   assert storage.exists(f"{root}/recs_curation/report.md")
+  first = os.path.basename(inputs.candidate_shards(os.path.join(world, "candidates"))[0])
+  journal = storage.read_text(f"{root}/recs_curation/journal/{first}").splitlines()
+  assert len(journal) == len(storage.read_text(f"{work}/candidates/{first}").splitlines())
+  # Shard 0 lost after its journal was written: the rerun rewrites it from the journal.
+  storage.remove(f"{root}/recs/rew-00000.array_record")
+  storage.remove(f"{root}/recs/manifest.json")
+  curate()
+  assert in_bucket() == encoded(local[0])
   assert os.listdir(cwd) == []  # No "gs:" folder made by a path gone through os.path.
-  assert len(os.listdir(tmp_path / "cache" / "kb_index")) == 1  # Staged once.
+  # The index copied once: to each worker's cache (Beam), to a local mirror (local runner).
+  assert len(os.listdir(tmp_path / "cache" / ("mirror" if runner == "local" else "kb_index"))) == 1
 
 
 @pytest.mark.slow

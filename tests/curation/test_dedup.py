@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from rew_jax import records
-from rew_jax.curation import dedup, inputs, run
+from rew_jax.curation import dedup, inputs, run, section
 from rew_jax.data import oven_files
 from rew_jax.errors import ConfigError
 
@@ -91,9 +91,9 @@ def test_curation_removes_and_counts_the_copies(world, tmp_path):
   (evals / "smaller.jpg").write_bytes(_resized_reencoded(_image(world, rows[1]), 0.6, 60))
   work = link_inputs(world, tmp_path / "w")
   config = curate_config(backend="top1_candidate")
-  plain_hash = run.curation_hash(config)
+  plain_hash = section.curation_hash(config)
   config.curation.dedup.image_dirs = (str(evals),)
-  assert run.curation_hash(config) != plain_hash  # The records depend on it.
+  assert section.curation_hash(config) != plain_hash  # The records depend on it.
 
   report = run.curate(config, work, verbose=False)
   removed = {rows[0]["image_id"], rows[1]["image_id"]}
@@ -123,7 +123,7 @@ def test_no_dedup_keeps_older_curation_hashes():
   without = config.curation.to_dict()
   for key in ("dedup", "context"):
     without.pop(key)
-  assert run.curation_hash(config) == records.config_hash(
+  assert section.curation_hash(config) == records.config_hash(
       {k: v for k, v in without.items() if k not in (
           "concurrency", "rate_limit_per_s", "report_examples", "timeout_s", "max_attempts",
           "backoff_initial_s", "backoff_max_s")})

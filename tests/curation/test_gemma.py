@@ -7,6 +7,7 @@ import pytest
 
 from rew_jax.curation.backends import base
 from rew_jax.curation.backends.gemma import GemmaLocal, MicroBatcher
+from rew_jax.errors import ConfigError
 
 HAS_GEMMA = importlib.util.find_spec("gemma") is not None
 
@@ -54,7 +55,8 @@ def test_without_the_extra_the_error_says_how_to_install():
 
 
 def test_gemma_options_are_checked():
-  with pytest.raises(base.BackendError, match="unknown options"):
+  with pytest.raises(ConfigError, match=r"curation.gemma.checkpoint; closest valid keys: "
+                     r"checkpoint_dir"):
     GemmaLocal(checkpoint="x")
 
 

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from rew_jax import records
-from rew_jax.curation import inputs, run
+from rew_jax.curation import inputs, run, section, shards
 from rew_jax.curation.backends.base import Backend, TransientError
 from rew_jax.curation.backends.simulated import SimulatedLLM
 from rew_jax.errors import ConfigError
@@ -47,7 +47,7 @@ def test_records_manifest_and_report(world, finished):
   manifest = records.Manifest.load(os.path.join(work, "records"))
   manifest.verify(os.path.join(work, "records"), check_hashes=True)
   assert manifest.total == NUM_IMAGES and len(manifest.shards) == 3
-  assert manifest.curation_config_hash == run.curation_hash(curate_config())
+  assert manifest.curation_config_hash == section.curation_hash(curate_config())
   counts = collections.Counter(r.curation_status for r in out)
   assert counts == collections.Counter(manifest.counts_by_status)
   assert set(counts) <= {"kept", "corrected", "abstained", "unresolved"}
@@ -147,7 +147,7 @@ def test_transient_failures_are_retried_then_left_for_the_rerun(world, finished,
 
   flaky.generate = generate
   where = rf"-00001-of-\d+\.jsonl:{30 % PER_SHARD + 1} \({ids[30]}\)"  # Shard 1, line 11.
-  with pytest.raises(run.IncompleteRunError,
+  with pytest.raises(shards.IncompleteRunError,
                      match=rf"1 records .*{where}: .*HTTP 429.*dead_letters\)"):
     run.curate(curate_config(max_attempts=4), work, backend=flaky, verbose=False)
   assert flaky.calls[ids[30]] == 4

@@ -12,7 +12,7 @@ import pytest
 
 from rew_jax.curation import perceiver, run
 from rew_jax.curation.backends import simulated
-from rew_jax.curation.backends.base import BackendError
+from rew_jax.errors import ConfigError
 from rew_jax.data import synthetic
 from rew_jax.data import synthetic_images as si
 
@@ -70,9 +70,10 @@ def test_summaries_and_names_are_read_back_into_looks():
 
 
 def test_options_know_nothing_of_the_world():
-  assert set(simulated.DEFAULTS) == {"seed", "kb_path", "malformed", "refusal", "latency_s"}
+  assert set(simulated.SimulatedLLM.default_config()) == {
+      "seed", "kb_path", "malformed", "refusal", "latency_s"}
   for old in ("world_dir", "wrong_pick", "hallucinate", "generic", "outside_recall"):
-    with pytest.raises(BackendError, match="unknown options"):
+    with pytest.raises(ConfigError, match=rf"unknown config key curation.simulated.{old}"):
       simulated.SimulatedLLM(**{old: 0})
 
 

@@ -325,7 +325,7 @@ def test_from_config(data_dir):
   cfg.pp = PP
   batch = next(iter(pipeline.from_config(cfg, process_index=0, process_count=1)))
   assert batch["image"].shape[0] == 4
-  with pytest.raises(ConfigError, match="unknown input config keys \\['batchsize'\\]"):
+  with pytest.raises(ConfigError, match="unknown config key input.batchsize; closest valid keys: batch_size"):
     pipeline.from_config({"batchsize": 3})
   with pytest.raises(ConfigError, match="on_error must be"):
     train(data_dir, on_error="ignore")

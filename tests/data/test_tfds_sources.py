@@ -1,4 +1,5 @@
-"""TFDS evaluation sources through tfds.data_source with mock data (no download, no TF)."""
+"""TFDS evaluation sources through tfds.data_source with mock data (no download, no TF),
+read by the eval input."""
 
 import sys
 
@@ -6,6 +7,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+from rew_jax.data import pipeline
 from rew_jax.data import tfds_sources
 from rew_jax.errors import UnknownNameError
 
@@ -28,13 +30,15 @@ def test_mock_sources(mock, name):
   assert source.where(3).endswith("/" + tfds_sources.SETS[name].split + " example 3")
 
 
-def test_eval_pipeline_keeps_every_example(mock):
-  labels = [int(tfds_sources.open_source("flowers")[i]["label"]) for i in range(7)]
+def test_the_eval_input_reads_a_source_whole(mock):
+  source = tfds_sources.open_source("flowers")
+  labels = [int(source[i]["label"]) for i in range(7)]
   got, masks = [], []
   for p in range(2):
-    batches = list(tfds_sources.eval_dataset("flowers", batch_size=4, pp=PP, process_index=p,
-                                             process_count=2, num_threads=2))
-    assert len(batches) == 2  # ceil(ceil(7/2) / 2)
+    ds, num_batches = pipeline.eval_input(source, PP, batch_size=4, process_index=p,
+                                          process_count=2, num_threads=2)
+    batches = list(ds)
+    assert len(batches) == num_batches == 2  # ceil(ceil(7/2) / 2)
     for b in batches:
       assert b["image"].shape == (2, 8, 8, 3) and b["image"].dtype == np.float32
       got += [int(l) for l, m in zip(b["label"], b["mask"]) if m]

@@ -103,8 +103,18 @@ def test_from_config_builds_and_rejects_unknown_keys(world):
   built = common.from_config(evals, {"rows": predict_rows},
                              mapper=mapping_lib.RowMapper(KB_IDS))
   assert dict(built["oven_val"].run({"offset": 0}))["oven_val/entity_seen"] == 66.67
-  with pytest.raises(Exception, match="evals.oven_val.*unexpected keyword argument 'bogus'"):
+  with pytest.raises(ConfigError, match="unknown config key evals.oven_val.bogus; valid keys"):
     common.from_config({"oven_val": dict(evals["oven_val"], bogus=1)}, {"rows": predict_rows})
+  # A misspelt option names the closest ones, from a block and from Python alike.
+  with pytest.raises(ConfigError, match="evals.oven_val.batchsize; closest valid keys: "
+                                        "batch_size"):
+    common.from_config({"oven_val": dict(evals["oven_val"], batchsize=4)}, {"rows": predict_rows})
+  with pytest.raises(ConfigError, match="unknown config key oven.image_di; closest valid keys: "
+                                        "image_dir"):
+    oven.Evaluator(predict_rows, references=world["refs"], image_di=world["image_dir"])
+  defaults = oven.Evaluator.default_config()
+  assert defaults["pp"] == oven.DEFAULT_PP and defaults["batch_size"] == 32
+  assert defaults["num_threads"] == 0 and defaults["num_workers"] == 0
   with pytest.raises(Exception, match="pred='nope'"):
     common.from_config({"oven_val": dict(evals["oven_val"], pred="nope")}, {"rows": predict_rows})
 

@@ -11,6 +11,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from rew_jax.data import code_table
+from rew_jax.data import ops
 from rew_jax.data import tfds_sources
 from rew_jax.data.tokenizers import load_tokenizer
 from rew_jax.evaluators import finegrained, zeroshot
@@ -223,7 +224,7 @@ def test_mock_tfds_flowers_through_the_kb(tok, kb, tmp_path):
     assert run.class_map[data.class_names.index("rose")].method == "normalized"
     expected = 0
     for i in range(5):
-      seen = _grey_class({"image": evaluator.load(run, i)["image"][None]}, 3)[0]
+      seen = _grey_class({"image": ops.get_preprocess(PP)(run.examples[i])["image"][None]}, 3)[0]
       expected += int(run.class_map[data[i]["label"]].entity_id == run.entity_ids[seen])
     metrics = dict(evaluator.run(None))
   assert metrics["zeroshot/flowers102/top1"] == 100.0 * expected / 5

@@ -12,6 +12,12 @@ get right is classifying failures:
   BackendError      the backend cannot work at all (401/403/404, a missing key or client
                     library): a UserError that stops the run with one clear line.
 
+Options. A backend declares its options once, with their defaults, in `default_config()`:
+that is the `curation.<name>` group of a config (`rew_jax.curation.section.schema` builds
+the section's schema from it) and what the constructor lays the given options over
+(`options`). An option the backend does not declare is a `ConfigError` naming it and the
+closest declared ones.
+
 API keys are read from an environment variable named in the config and are never logged,
 written to reports, or included in an exception message.
 """
@@ -20,7 +26,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from typing import Any, Mapping
 
+from rew_jax import config as config_lib
 from rew_jax.curation.prompts import Prompt
 from rew_jax.errors import UserError
 
@@ -50,25 +58,29 @@ class Reply:
 
 
 class Backend:
-  """Base class. Subclasses set `name` and implement `generate`."""
+  """Base class. Subclasses set `name`, declare `default_config` and implement `generate`."""
   name = "base"
   # False for label-only backends (top-1 candidate): the runner then makes no LLM call.
   uses_llm = True
+
+  @classmethod
+  def default_config(cls) -> config_lib.ConfigDict:
+    """Every option of the backend at its default (a config's `curation.<name>` group)."""
+    return config_lib.ConfigDict()
+
+  @classmethod
+  def options(cls, given: Mapping[str, Any]) -> dict[str, Any]:
+    """The defaults with `given` laid over them; an undeclared option is a ConfigError
+    naming `curation.<name>.<option>` and the closest declared options."""
+    defaults = cls.default_config()
+    config_lib.check_keys(config_lib.ConfigDict(dict(given)), defaults, f"curation.{cls.name}")
+    return {**defaults.to_dict(), **given}
 
   def generate(self, prompt: Prompt, timeout_s: float) -> Reply:
     raise NotImplementedError
 
   def close(self) -> None:
     pass
-
-
-def options(backend: str, defaults: dict, given: dict) -> dict:
-  """`defaults` updated with `given`; an option the backend does not know is an error."""
-  unknown = sorted(set(given) - set(defaults))
-  if unknown:
-    raise BackendError(f"curation backend {backend!r}: unknown options {unknown}; "
-                       f"known: {sorted(defaults)}")
-  return {**defaults, **given}
 
 
 def api_key(env_var: str, backend: str, required: bool = True) -> str:

@@ -16,13 +16,10 @@ loop is switched off (one attempt): the runner retries, identically for every ba
 
 from __future__ import annotations
 
+from rew_jax import config as config_lib
 from rew_jax import registry
 from rew_jax.curation.backends import base
 from rew_jax.curation.prompts import Prompt
-
-DEFAULTS = dict(model="gemini-2.5-flash", api_key_env="GEMINI_API_KEY", base_url="",
-                api_version="", temperature=0.0, max_output_tokens=1024,
-                structured_output=True, vertex_project="", vertex_location="")
 
 
 def _classify_exception(e: Exception, timeout_s: float) -> None:
@@ -38,8 +35,21 @@ def _classify_exception(e: Exception, timeout_s: float) -> None:
 class Gemini(base.Backend):
   name = "gemini"
 
+  @classmethod
+  def default_config(cls) -> config_lib.ConfigDict:
+    return config_lib.ConfigDict(dict(
+        model="gemini-2.5-flash",
+        api_key_env="GEMINI_API_KEY",  # The variable holding the key (Developer API).
+        base_url="",                   # "": Google's endpoint.
+        api_version="",
+        temperature=0.0,
+        max_output_tokens=1024,
+        structured_output=True,        # The prompt's pydantic model as response_schema.
+        vertex_project="",             # Both set: Vertex AI with ADC, no key.
+        vertex_location=""))
+
   def __init__(self, **kwargs):
-    self.cfg = base.options("gemini", DEFAULTS, kwargs)
+    self.cfg = self.options(kwargs)
     try:
       from google import genai  # pylint: disable=g-import-not-at-top
       from google.genai import errors, types  # pylint: disable=g-import-not-at-top

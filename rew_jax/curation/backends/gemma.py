@@ -25,12 +25,11 @@ import queue
 import threading
 from typing import Callable, Sequence
 
+from rew_jax import config as config_lib
 from rew_jax import registry
 from rew_jax.curation.backends import base
 from rew_jax.curation.prompts import Prompt
 
-DEFAULTS = dict(model="Gemma3_4B", checkpoint_dir="", tokenizer_path="", cache_length=1536,
-                max_new_tokens=512, batch_size=8, batch_wait_s=0.05, image_size=896, seed=0)
 _TURN = "<start_of_turn>user\n<start_of_image>{text}<end_of_turn>\n<start_of_turn>model\n"
 
 
@@ -101,9 +100,22 @@ def _import_gemma():
 class GemmaLocal(base.Backend):
   name = "gemma"
 
+  @classmethod
+  def default_config(cls) -> config_lib.ConfigDict:
+    return config_lib.ConfigDict(dict(
+        model="Gemma3_4B",      # The `gm.nn` class: Gemma3_4B, Gemma3_12B, Gemma3_27B.
+        checkpoint_dir="",      # Required: the released orbax checkpoint, a local path.
+        tokenizer_path="",      # Required: the Gemma 3 sentencepiece file, a local path.
+        cache_length=1536,      # Must exceed the prompt bucket plus 256 image tokens.
+        max_new_tokens=512,
+        batch_size=8,           # Prompts sampled together (keep curation.concurrency >= it).
+        batch_wait_s=0.05,      # How long a batch waits for more prompts.
+        image_size=896,
+        seed=0))
+
   def __init__(self, *, model_obj=None, params=None, tokenizer=None, **kwargs):
     """`model_obj`/`params`/`tokenizer` let tests pass a tiny in-memory model."""
-    self.cfg = c = base.options("gemma", DEFAULTS, kwargs)
+    self.cfg = c = self.options(kwargs)
     gm = _import_gemma()
     if model_obj is None:
       if not c["checkpoint_dir"] or not c["tokenizer_path"]:

@@ -22,20 +22,29 @@ import threading
 
 import requests
 
+from rew_jax import config as config_lib
 from rew_jax import registry
 from rew_jax.curation.backends import base
 from rew_jax.curation.prompts import Prompt
-
-DEFAULTS = dict(base_url="http://127.0.0.1:8000/v1", model="", api_key_env="",
-                temperature=0.0, max_tokens=1024, structured_output=True, system_prompt="")
 
 
 @registry.CURATION_BACKENDS.register("openai")
 class OpenAICompatible(base.Backend):
   name = "openai"
 
+  @classmethod
+  def default_config(cls) -> config_lib.ConfigDict:
+    return config_lib.ConfigDict(dict(
+        base_url="http://127.0.0.1:8000/v1",
+        model="",                # Required: the served model's name.
+        api_key_env="",          # The variable holding a key, if the server wants one.
+        temperature=0.0,
+        max_tokens=1024,
+        structured_output=True,  # False for servers without `json_schema` response formats.
+        system_prompt=""))
+
   def __init__(self, **kwargs):
-    self.cfg = base.options("openai", DEFAULTS, kwargs)
+    self.cfg = self.options(kwargs)
     if not self.cfg["model"]:
       raise base.BackendError("curation backend 'openai' needs a model name (openai.model)")
     self.url = self.cfg["base_url"].rstrip("/") + "/chat/completions"

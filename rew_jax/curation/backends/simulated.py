@@ -43,14 +43,13 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from rew_jax import config as config_lib
 from rew_jax import registry
 from rew_jax.curation import perceiver
-from rew_jax.curation.backends.base import Backend, BackendError, Reply, options
+from rew_jax.curation.backends.base import Backend, BackendError, Reply
 from rew_jax.curation.prompts import Prompt
 from rew_jax.data import synthetic
 from rew_jax.data import synthetic_images as si
-
-DEFAULTS = dict(seed=0, kb_path="", malformed=0.04, refusal=0.01, latency_s=0.0)
 
 CANDIDATE_PRIOR = 3.0  # Log-odds for an entity the retrieval proposed over one it did not.
 CAPTION_PRIOR = 2.0    # Log-odds for the entity the caption names.
@@ -240,8 +239,19 @@ class SimulatedLLM(Backend):
   """See the module docstring. `kb_path`: a Wiki6M jsonl(.gz) file the model knows."""
   name = "simulated"
 
+  @classmethod
+  def default_config(cls) -> config_lib.ConfigDict:
+    return config_lib.ConfigDict(dict(
+        seed=0,          # Seeds the form of the replies only (faults, wrapping, name case).
+        # The Wiki6M file it knows. "" in a config: the curation's KB (filled in by
+        # `section.backend_options`); "" or "none" here: none, names are composed.
+        kb_path="",
+        malformed=0.04,  # Share of replies with truncated or mistyped JSON, per attempt.
+        refusal=0.01,    # Share of refusals, per attempt.
+        latency_s=0.0))  # Sleep per call.
+
   def __init__(self, **kwargs):
-    self.cfg = options("simulated", DEFAULTS, kwargs)
+    self.cfg = self.options(kwargs)
     for key in ("malformed", "refusal"):
       if not 0.0 <= self.cfg[key] <= 1.0:
         raise BackendError(f"curation backend 'simulated': {key} must be in [0, 1]")

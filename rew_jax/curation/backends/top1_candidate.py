@@ -7,7 +7,7 @@ curation_status "candidate", no rationale and no QA, and train the baseline mode
 from __future__ import annotations
 
 from rew_jax import registry
-from rew_jax.curation.backends.base import Backend, BackendError
+from rew_jax.curation.backends.base import Backend
 
 
 @registry.CURATION_BACKENDS.register("top1_candidate")
@@ -16,6 +16,4 @@ class Top1Candidate(Backend):
   uses_llm = False
 
   def __init__(self, **kwargs):
-    if kwargs:
-      raise BackendError(f"curation backend 'top1_candidate' takes no options, got "
-                         f"{sorted(kwargs)}")
+    self.options(kwargs)  # It declares none: any is an error.
