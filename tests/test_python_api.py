@@ -19,8 +19,7 @@ from rew_jax.errors import ConfigError
 HERE = os.path.dirname(os.path.abspath(__file__))
 DOC = os.path.join(os.path.dirname(HERE), "docs", "python_api.md")
 STEPS = 4
-WORLD = ["--config", "configs/demo.py:runlocal", "--config.world.num_entities=12",
-         "--config.world.num_web_images=40", "--config.world.contact_sheet=False"] + [
+WORLD = ["--config.world.num_entities=12", "--config.world.num_web_images=40"] + [
     f"--config.world.oven.{split}={n}" for split, n in (
         ("entity_train", 8), ("entity_val", 12), ("entity_test", 4), ("query_train", 4),
         ("query_val", 6), ("query_test", 4))]
@@ -37,10 +36,9 @@ def demo(tmp_path_factory):
   deleted after training."""
   root = tmp_path_factory.mktemp("python_api")
   w = str(root / "runs" / "demo")
-  assert cli.main(["world", "--workdir", w] + WORLD) == 0
-  assert cli.main(["candidates", "--config", "configs/candidates_demo.py", "--workdir", w,
-                   f"--config.candidates.data.path={w}/world"]) == 0
-  assert cli.main(["curate", "--config", "configs/curate_demo.py", "--workdir", w]) == 0
+  # The curate recipe makes the world and its candidates first (a smaller world here).
+  assert cli.main(["curate", "--config", "configs/curate_demo.py:runlocal", "--workdir", w,
+                   "--quiet"] + WORLD) == 0
   config = str(root / "my_recipe.py")
   text = open(os.path.join(HERE, "tiny_train_config.py")).read()
   open(config, "w").write(text.replace('evals["oven"]', 'evals["oven_val"]'))
@@ -81,7 +79,9 @@ def test_eval_needs_no_config_file_and_load_run_predicts_what_eval_predicts(demo
   step_dir = os.path.join(demo["run_dir"], "eval", "oven_val", f"step_{STEPS}")
   for name in sorted(os.listdir(cli_eval)):
     assert open(os.path.join(step_dir, name)).read() == open(os.path.join(cli_eval, name)).read()
-  assert metrics == pytest.approx(json.load(open(os.path.join(step_dir, "metrics.json"))))
+  scored = json.load(open(os.path.join(step_dir, "metrics.json")))
+  assert metrics["oven_val/final_score"] == scored["final_score"]
+  assert metrics["oven_val/entity_score"] == scored["entity_score"]
 
 
 def test_another_model_section_is_refused_naming_the_keys(demo):

@@ -21,44 +21,31 @@ and the call counts. A new backend subclasses `curation.Backend` (see
 (extra `beam`); the modules are listed in docs/curation.md.
 """
 
-import importlib
+from rew_jax import registry as _registry
 
-# Public name → the submodule that defines it. Resolved by name on first access (PEP 562):
-# the submodules import each other, never this module's names, so no cycle arises.
-_WHERE = {
-    "curate": "run",
-    "curate_items": "run",
-    "Curator": "core",
-    "Item": "core",
-    "Outcome": "core",
-    "RateLimiter": "core",
-    "Settings": "core",
-    "to_record": "core",
-    "KBLookup": "inputs",
-    "candidate_shards": "inputs",
-    "read_items": "inputs",
-    "default_config": "section",
-    "make_backend": "section",
-    "FAILED": "shards",
-    "IncompleteRunError": "shards",
-    "Prompt": "prompts",
-    "Backend": "backends.base",
-    "BackendError": "backends.base",
-    "Reply": "backends.base",
-    "RequestRejected": "backends.base",
-    "TransientError": "backends.base",
+# Public name → the submodule that defines it.
+_NAMES = {
+    "curate": ".run",
+    "curate_items": ".run",
+    "Curator": ".core",
+    "Item": ".core",
+    "Outcome": ".core",
+    "RateLimiter": ".core",
+    "Settings": ".core",
+    "to_record": ".core",
+    "KBLookup": ".inputs",
+    "candidate_shards": ".inputs",
+    "read_items": ".inputs",
+    "default_config": ".section",
+    "make_backend": ".section",
+    "FAILED": ".shards",
+    "IncompleteRunError": ".shards",
+    "Prompt": ".prompts",
+    "Backend": ".backends.base",
+    "BackendError": ".backends.base",
+    "Reply": ".backends.base",
+    "RequestRejected": ".backends.base",
+    "TransientError": ".backends.base",
 }
-
-__all__ = sorted(_WHERE)
-
-
-def __getattr__(name: str):
-  if name not in _WHERE:
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-  value = getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
-  globals()[name] = value
-  return value
-
-
-def __dir__() -> list[str]:
-  return sorted(set(globals()) | set(_WHERE))
+__all__ = sorted(_NAMES)
+__getattr__, __dir__ = _registry.lazy_names(__name__, _NAMES)

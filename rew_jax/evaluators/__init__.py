@@ -13,36 +13,22 @@ and so on. `rew_jax.registry.EVALUATORS` resolves the same classes by their conf
 ("oven", "zeroshot", "knn_matching").
 """
 
-from __future__ import annotations
+from rew_jax import registry as _registry
 
-import importlib
-from typing import Any
-
-# name → (module, attribute).
-_PUBLIC = {
-    "OvenEvaluator": ("rew_jax.evaluators.oven", "Evaluator"),
-    "ZeroshotEvaluator": ("rew_jax.evaluators.zeroshot", "Evaluator"),
-    "KnnMatchingEvaluator": ("rew_jax.evaluators.knn_matching", "Evaluator"),
-    "score": ("rew_jax.evaluators.oven_metric", "score"),
-    "score_files": ("rew_jax.evaluators.oven_metric", "score_files"),
-    "Evaluator": ("rew_jax.evaluators.common", "Evaluator"),
-    "InputOptions": ("rew_jax.evaluators.common", "InputOptions"),
-    "from_config": ("rew_jax.evaluators.common", "from_config"),
-    "from_train_config": ("rew_jax.evaluators.common", "from_train_config"),
-    "predict_all": ("rew_jax.evaluators.common", "predict_all"),
-    "eval_input": ("rew_jax.data.pipeline", "eval_input"),
+# name → "module:attribute".
+_NAMES = {
+    "OvenEvaluator": ".oven:Evaluator",
+    "ZeroshotEvaluator": ".zeroshot:Evaluator",
+    "KnnMatchingEvaluator": ".knn_matching:Evaluator",
+    "score": ".oven_metric",
+    "score_files": ".oven_metric",
+    "Evaluator": ".common",
+    "InputOptions": ".common",
+    "from_config": ".common",
+    "from_train_config": ".common",
+    "predict_all": ".common",
+    "predict_source": ".common",
+    "eval_input": "rew_jax.data.pipeline",
 }
-__all__ = sorted(_PUBLIC)
-
-
-def __getattr__(name: str) -> Any:
-  if name not in _PUBLIC:
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-  module, attribute = _PUBLIC[name]
-  value = getattr(importlib.import_module(module), attribute)
-  globals()[name] = value  # Later lookups skip this function.
-  return value
-
-
-def __dir__() -> list[str]:
-  return sorted(set(globals()) | set(_PUBLIC))
+__all__ = sorted(_NAMES)
+__getattr__, __dir__ = _registry.lazy_names(__name__, _NAMES)
