@@ -30,3 +30,20 @@ def test_accelerator_script_dry_run_on_cpu(tmp_path):
   assert sorted(os.listdir(tmp_path)) == sorted(
       f"{step}.{ext}" for step in ("train_decode", "input_pipeline", "topk")
       for ext in ("log", "err", "json"))
+
+
+@pytest.mark.slow
+def test_eval_benchmark_prints_the_ratio_to_the_serial_loader():
+  """benchmarks/eval.py at toy size: both loaders predict the same, and the JSON line holds
+  questions/s of each and their ratio for both settings."""
+  proc = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "eval.py"), "--quick",
+                         "--questions", "64", "--batch-size", "32"], capture_output=True,
+                        text=True, env=dict(os.environ, PYTHONPATH=REPO), timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  result = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert result["benchmark"] == "eval" and sorted(result["settings"]) == ["224", "demo"]
+  for name, s in result["settings"].items():
+    assert s["same_predictions"] is True, name
+    assert s["ours"] > 0 and s["serial"] > 0 and s["predict_only_qps"] > 0
+    assert s["speedup"] == pytest.approx(s["ours"] / s["serial"], abs=0.01)
+  assert result["settings"]["224"]["questions"] == 32
