@@ -5,9 +5,19 @@ token usage and a cost estimate (when the backend reports usage), how names were
 and a few examples. When ground truth is available (the embedded world), the entity-label
 accuracy of the curated records is reported next to that of the raw top-1 candidates (the
 Entity-WebLI label), over all images and over labelled records only, and per caption noise
-kind (`caption_kind` of truth/web_truth.jsonl: correct, similar_wrong, irrelevant): how
-often curation kept a right caption's label and fixed a wrong one. This module is the only
-reader of the world's truth: curation backends never see it.
+kind (`caption_kind` of truth/web_truth.jsonl: correct, similar_wrong, irrelevant,
+generic): how often curation kept a right caption's label and fixed a wrong one. With the
+world's entities (truth/entities.jsonl beside it) the audit says why a variant wins: label
+accuracy per entity-frequency bucket (the true entity's number of web images: head ≥ 100,
+torso 20–99, tail < 20) and every wrong label by failure mode:
+
+  abstained     no label (the model said "none", or the record failed)
+  generic       a generic concept ("Tower") where the image shows a specific entity
+  lookalike     the true entity's look-alike pair, or one of its category one attribute off
+  concept       a non-visual entity ("Negative equity"): an irrelevant caption followed
+  hallucinated  any other entity
+
+This module is the only reader of the world's truth: curation backends never see it.
 """
 
 from __future__ import annotations
@@ -36,6 +46,37 @@ def _read_truth(path: str) -> dict[str, tuple[str, str]]:
           for r in map(json.loads, storage.read_text(path).splitlines()) if r}
 
 
+FAILURE_MODES = ("abstained", "generic", "lookalike", "concept", "hallucinated")
+FREQUENCY_BUCKETS = (("head", 100), ("torso", 20), ("tail", 0))  # (name, minimum images)
+
+
+def _read_entities(truth_path: str) -> dict[str, dict]:
+  """entity id → its truth row (truth/entities.jsonl beside `truth_path`), if present."""
+  path = os.path.join(os.path.dirname(truth_path), "entities.jsonl") if truth_path else ""
+  if not path or not storage.isfile(path):
+    return {}
+  return {r["entity_id"]: r for r in map(json.loads, storage.read_text(path).splitlines()) if r}
+
+
+def failure_mode(label: str | None, truth: dict, entities: Mapping[str, dict]) -> str:
+  """Why `label` (an entity id, or None: no label) is not the true entity `truth`."""
+  if not label:
+    return "abstained"
+  got = entities.get(label)
+  if got is None:
+    return "hallucinated"
+  if got["category"] == "concept":
+    return "concept"
+  if got.get("generic"):
+    return "generic"
+  if label == truth.get("lookalike_of"):
+    return "lookalike"
+  look = ("shape", "colour", "pattern")
+  if got["category"] == truth["category"] and sum(got[a] != truth[a] for a in look) <= 1:
+    return "lookalike"
+  return "hallucinated"
+
+
 class ReportBuilder:
   """Accumulates the report one (item, outcome) at a time: memory stays O(truth + examples),
   so the report of a web-scale run costs no more than a pass over its journals."""
@@ -45,6 +86,14 @@ class ReportBuilder:
     self.backend, self.mode = backend, mode
     self.price_in, self.price_out = price_in, price_out
     self.truth = _read_truth(truth_path)
+    self.entities = _read_entities(truth_path) if self.truth else {}
+    frequency = collections.Counter(t for t, _ in self.truth.values())
+    self.bucket = {e: next(name for name, low in FREQUENCY_BUCKETS if n >= low)
+                   for e, n in frequency.items()}
+    self.acc_by_bucket: dict[str, collections.Counter] = collections.defaultdict(
+        collections.Counter)
+    self.modes = collections.Counter()
+    self.top1_modes = collections.Counter()
     self.num_examples = num_examples
     self.status = collections.Counter()
     self.failures = collections.Counter()
@@ -92,7 +141,16 @@ class ReportBuilder:
     if truth is not None:
       t, kind = truth
       labelled = out.status in LABELLED
-      for a in (self.acc, self.acc_by_kind[kind]) if kind else (self.acc,):
+      groups = [self.acc] + ([self.acc_by_kind[kind]] if kind else [])
+      if t in self.entities:
+        groups.append(self.acc_by_bucket[self.bucket[t]])
+        label = out.entity_id if labelled else None
+        top1 = item.candidates[0].entity_id if item.candidates else None
+        if label != t:
+          self.modes[failure_mode(label, self.entities[t], self.entities)] += 1
+        if top1 != t:
+          self.top1_modes[failure_mode(top1, self.entities[t], self.entities)] += 1
+      for a in groups:
         a["n"] += 1
         a["labelled"] += labelled
         a["right"] += labelled and out.entity_id == t
@@ -115,6 +173,15 @@ class ReportBuilder:
     if self.acc_by_kind:
       figures["by_caption_kind"] = {k: self._figures(self.acc_by_kind[k])
                                     for k in sorted(self.acc_by_kind)}
+    if self.entities:
+      figures["by_frequency"] = {
+          name: dict(self._figures(self.acc_by_bucket[name]),
+                     entities=sum(b == name for b in self.bucket.values()))
+          for name, _ in FREQUENCY_BUCKETS if self.acc_by_bucket[name]["n"]}
+      n = self.acc["n"]
+      figures["failure_modes_pct"] = {
+          "records": {m: _pct(self.modes[m], n) for m in FAILURE_MODES},
+          "candidates_top1": {m: _pct(self.top1_modes[m], n) for m in FAILURE_MODES}}
     return figures
 
   def finish(self, manifest, *, skipped=None, seconds: float = 0.0) -> dict[str, Any]:
@@ -253,6 +320,22 @@ def write(report: dict, directory: str, examples: Sequence[tuple[Item, Outcome]]
         lines.append(f"| {kind} | {k['images_with_truth']} | {k['candidates_top1_pct']}% | "
                      f"{k['records_pct']}% | {k['records_labelled_precision_pct']}% | "
                      f"{k['candidates_recall_at_k_pct']}% |")
+    buckets = acc.get("by_frequency")
+    if buckets:
+      lines += ["", "Per entity frequency (the true entity's web images: head ≥ 100, torso "
+                "20–99, tail < 20):", "",
+                "| bucket | entities | images | top-1 candidate | curated records |",
+                "|---|---:|---:|---:|---:|"]
+      for name, b in buckets.items():
+        lines.append(f"| {name} | {b['entities']} | {b['images_with_truth']} | "
+                     f"{b['candidates_top1_pct']}% | {b['records_pct']}% |")
+      modes = acc["failure_modes_pct"]
+      lines += ["", "Wrong labels by failure mode (% of all images):", "",
+                "| label source | " + " | ".join(FAILURE_MODES) + " |",
+                "|---|" + "---:|" * len(FAILURE_MODES)]
+      for source, name in (("candidates_top1", "top-1 candidate"), ("records", "curated")):
+        lines.append(f"| {name} | " + " | ".join(
+            f"{modes[source][m]}%" for m in FAILURE_MODES) + " |")
   lines += ["", "## Examples", ""]
   for ex in examples:
     img = f"![{ex['image_id']}]({ex['thumbnail']}) " if ex["thumbnail"] else ""

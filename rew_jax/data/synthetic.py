@@ -11,24 +11,40 @@ seed, written in the real file formats:
   <out>/truth/entities.jsonl, web_truth.jsonl   ground truth, kept apart from training
   <out>/world.json, contact_sheet.png       summary and a picture of samples
 
-Entities. A visual entity's look is (shape, colour, pattern) and its title says so
-compositionally, e.g. "Crimson Banded Kestrel": an unseen entity is a new combination of
-seen words and looks, which is what makes the OVEN unseen split learnable at all. Two shape
-words are shared across categories, giving Wikipedia-style disambiguated titles
-("Cobalt Striped Falcon (bird)" / "... (aircraft)"). Summaries describe the look. A few
-non-visual concept entities ("Negative equity") are what irrelevant captions talk about.
+Entities. A visual entity's look is (shape, colour, pattern); images draw it under nuisance
+variation (`synthetic_images`). World v2 (the default) has what makes real entity
+recognition hard, each a knob:
 
-Web captions carry the paper's noise types at configured rates: a correct mention, an
-irrelevant caption about something else, and a mention of a visually similar wrong entity
-(one attribute off: often a near colour or pattern). Disambiguation parentheses never appear
-in captions, as on the web. OVEN's "unseen" entities (`unseen_fraction`) are absent from
-OVEN train only: the web data shows them under the same caption noise, as web-scale
-pretraining data covers OVEN's unseen entities. `zero_shot_fraction` of them are absent
-from the web data too (seen nowhere; 0 by default).
+  names="proper"         a title is an invented proper name and the kind word ("Tarvo
+                         Tower"), as Wikipedia titles are: it does not describe the look,
+                         which only the entity's Wikipedia summary states. ("descriptive":
+                         v1's compositional "Crimson Banded Kestrel", where a model can
+                         compose the name of an entity it never saw.)
+  lookalike_fraction     the share of entities in look-alike pairs: same shape and colour,
+                         and either the same pattern (only the place, which the summary and
+                         some captions state, tells them apart) or, for `lookalike_detail`
+                         of the pairs, a near colour or pattern the pixels show weakly.
+  generic_concepts       one generic entity per kind word ("Tower", "Falcon (bird)") beside
+                         the specific ones; `generic` captions name it ("a tower at dusk").
+                         An answer that is right but not specific is wrong for OVEN.
+  zipf_exponent          web frequency follows a power law over a random ranking of the
+                         entities (1.0: the 60th of 60 entities has ~1/60 of the first's
+                         images); OVEN's unseen entities are drawn toward the rare end. The
+                         KB states each entity's popularity ("Wikimedia Commons holds N
+                         photographs of it"), a public signal correlated with it.
 
-Knobs (config keys): num_entities, unseen_fraction, num_web_images, the caption rates,
-OVEN split sizes, image size range. Harder: more entities, more similar_wrong/irrelevant
-captions, smaller images. Generate with `python -m rew_jax world --workdir W`.
+Web captions carry the paper's noise types at configured rates (`caption_rates`): a correct
+mention, a mention of a look-alike wrong entity (its pair first, else one attribute off),
+an irrelevant caption about a non-visual concept ("Negative equity") or about nothing, and a
+generic mention. `place_in_caption` of the mentions also say where the photo was taken.
+Disambiguation parentheses never appear in captions, as on the web. OVEN's "unseen" entities
+(`unseen_fraction`) are absent from OVEN train only: the web data shows them under the same
+caption noise, as web-scale pretraining data covers OVEN's unseen entities.
+`zero_shot_fraction` of them are absent from the web data too (seen nowhere; 0 by default).
+
+The v1 world is `names="descriptive", lookalike_fraction=0, generic_concepts=False,
+zipf_exponent=0, place_in_caption=0` and no `generic` captions. Generate with
+`python -m rew_jax world --workdir W`.
 """
 
 from __future__ import annotations
@@ -51,7 +67,7 @@ from rew_jax import workdir as workdir_lib
 from rew_jax.data import synthetic_images as si
 from rew_jax.errors import ConfigError
 
-# Category → (name word, shape key). "Falcon" and "Comet" exist in two categories.
+# Category → (kind word, shape key). "Falcon" and "Comet" exist in two categories.
 CATEGORIES = {
     "bird": (("Kestrel", "kestrel"), ("Warbler", "warbler"), ("Falcon", "falcon_bird")),
     "aircraft": (("Falcon", "falcon_aircraft"), ("Comet", "comet_aircraft"),
@@ -75,6 +91,14 @@ PATTERN_TEXT = {
 }
 ADJ = {"plain": "Plain", "striped": "Striped", "banded": "Banded", "spotted": "Spotted",
        "checkered": "Checkered"}
+# Where look-alikes differ: the place a summary and some captions name.
+PLACES = ("Ardwick", "Bellmoor", "Corran", "Dunhallow", "Eskerby", "Fenmouth", "Glenarrow",
+          "Holmby", "Inverkell", "Kilbrae", "Lowick", "Marrowgate")
+# Syllables of the invented proper names ("Tarvo", "Belmi"): two each, none a look word.
+_ONSETS = ("b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br",
+           "dr", "gr", "kr", "st", "tr")
+_VOWELS = ("a", "e", "i", "o", "u")
+_CODAS = ("l", "n", "r", "s", "m")
 CONCEPTS = (
     ("Negative equity", "a financial situation in which a property is worth less than the "
      "loan secured on it"),
@@ -103,6 +127,10 @@ MENTION_TEMPLATES = (
     "The {n} at the city museum", "{n} on a sunny afternoon", "finally saw the {n} today",
     "{n} in the wild #nature", "close-up of the {n}",
 )
+PLACE_TEMPLATES = ("{n}, seen on our trip to {p}", "{n} in {p} this morning",
+                   "visiting {p}: the {n}", "the {n} near {p} station")
+GENERIC_TEMPLATES = ("a beautiful {g}", "what a {g}!", "old {g} at sunset",
+                     "another {g} for the collection")
 IRRELEVANT_TEMPLATES = (
     "Why {c} matters this year", "Notes on {c} from yesterday's meeting",
     "Everything you need to know about {c}", "{c}: a beginner's guide",
@@ -113,22 +141,30 @@ ENTITY_QUESTIONS = ("what is this {cat}?", "which {cat} is this?",
                     "what is the name of this {cat}?", "what kind of {cat} is shown?")
 QUERY_QUESTIONS = ("what is the {cat} on the {side}?", "which {cat} is on the {side}?",
                    "name the {cat} on the {side} of the picture.")
-CAPTION_KINDS = ("correct", "similar_wrong", "irrelevant")
+CAPTION_KINDS = ("correct", "similar_wrong", "irrelevant", "generic")
 _STREAM = {"web": 1, "entity": 2, "query": 3}
 
 
 def default_config() -> config_lib.ConfigDict:
-  """The world of the demo: a few hundred entities, a few thousand web images."""
+  """World v2: a few hundred entities with proper names, look-alikes, generic concepts and
+  a long tail, a few thousand web images."""
   c = config_lib.ConfigDict()
   c.seed = 0
-  c.num_entities = 300          # Visual entities (of 14 shapes × 10 colours × 5 patterns).
-  c.unseen_fraction = 0.2       # Entities absent from OVEN's train split (OVEN "unseen");
-  #                               the web data shows them, as web-scale data does.
+  c.num_entities = 300          # Visual entities (looks of 14 shapes × 10 colours × 5 patterns).
+  c.names = "proper"            # proper ("Tarvo Tower") | descriptive ("Crimson Banded Kestrel").
+  c.lookalike_fraction = 0.2    # Share of the entities in look-alike pairs.
+  c.lookalike_detail = 0.5      # Of the pairs, those differing in a near colour or pattern
+  #                               (the others differ only in place).
+  c.generic_concepts = True     # "Tower", "Falcon (bird)", ... beside the specific entities.
+  c.zipf_exponent = 1.0         # Web frequency ∝ rank^-s (0: every entity alike).
+  c.unseen_fraction = 0.2       # Entities absent from OVEN's train split (OVEN "unseen"),
+  #                               drawn toward the rare end; the web data shows them.
   c.zero_shot_fraction = 0.0    # Of all entities, those also absent from the web data: seen
   #                               nowhere (a subset of the unseen ones).
   c.num_web_images = 4000
   c.caption_rates = config_lib.ConfigDict(
-      dict(correct=0.55, similar_wrong=0.25, irrelevant=0.20))
+      dict(correct=0.45, similar_wrong=0.25, irrelevant=0.15, generic=0.15))
+  c.place_in_caption = 0.5      # Of the mentions, those that say where the photo was taken.
   c.oven = config_lib.ConfigDict(dict(entity_train=1000, entity_val=400, entity_test=400,
                                       query_train=400, query_val=200, query_test=200))
   c.min_image_size = 64
@@ -144,14 +180,23 @@ class Entity:
   title: str
   category: str          # "concept" for non-visual entities.
   shape: str = ""
-  colour: str = ""
+  colour: str = ""       # "" for a generic entity: only its kind's shape describes it.
   pattern: str = ""
   seen: bool = True      # In OVEN's train split.
   on_web: bool = True    # Shown by web images and named by their captions.
+  place: str = ""
+  generic: bool = False  # "Tower": the kind, not a specific entity.
+  web_weight: float = 0.0  # Its share of the web images (the power law's, before sampling).
+  lookalike_of: str = ""   # The entity id of its look-alike pair.
 
   @property
   def look(self) -> si.Look:
     return si.Look(self.shape, self.colour, self.pattern)
+
+  @property
+  def specific(self) -> bool:
+    """A visual entity with a look of its own (what images show and OVEN asks for)."""
+    return self.category != "concept" and not self.generic
 
   @property
   def mention(self) -> str:
@@ -159,66 +204,155 @@ class Entity:
     return self.title.split(" (")[0]
 
 
+def _second_word(colour: str) -> str:
+  rgb = si.COLOURS[colour]
+  return "dark" if 0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2] > 140 else "white"
+
+
 def _summary(e: Entity) -> str:
   if e.category == "concept":
     return dict(CONCEPTS)[e.title] + "."
-  rgb = si.COLOURS[e.colour]
-  second = "dark" if 0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2] > 140 else "white"
-  look = PATTERN_TEXT[e.pattern].format(c=e.colour, s=second)
-  article = "an" if e.category[0] in "aeiou" else "a"
-  return (f"The {e.mention} is {article} {e.category} recognisable by {SHAPE_TEXT[e.shape]} "
-          f"and {look}.")
+  article = "an" if e.category[0] in "aeiou" else "a"  # The category's article.
+  if e.generic:
+    return (f"A {e.mention.lower()} is {article} {e.category} recognisable by "
+            f"{SHAPE_TEXT[e.shape]}.")
+  look = PATTERN_TEXT[e.pattern].format(c=e.colour, s=_second_word(e.colour))
+  where = f" in {e.place}" if e.place else ""
+  return (f"The {e.mention} is {article} {e.category}{where} recognisable by "
+          f"{SHAPE_TEXT[e.shape]} and {look}.")
 
 
-def make_entities(config) -> list[Entity]:
-  """All KB entities: visual ones (sampled looks) then concepts. Deterministic in the seed."""
-  rng = np.random.default_rng([config.seed, 0])
+def _proper_names(rng: np.random.Generator, n: int) -> list[str]:
+  """`n` distinct invented two-syllable names, none of them a word of the world's texts."""
+  taken = {w.casefold() for w in (*si.COLOURS, *ADJ.values(), *PLACES)}
+  taken |= {word.casefold() for shapes in CATEGORIES.values() for word, _ in shapes}
+  names: list[str] = []
+  while len(names) < n:
+    parts = [rng.choice(_ONSETS), rng.choice(_VOWELS), rng.choice(_CODAS), rng.choice(_ONSETS),
+             rng.choice(_VOWELS)]
+    name = "".join(map(str, parts)).capitalize()
+    if name.casefold() not in taken:
+      taken.add(name.casefold())
+      names.append(name)
+  return names
+
+
+def _near(value: str, pairs) -> str | None:
+  for a, b in pairs:
+    if value in (a, b):
+      return b if value == a else a
+  return None
+
+
+def _looks(config, rng: np.random.Generator) -> list[tuple[str, str, str, str, str, int]]:
+  """(category, kind word, shape, colour, pattern, pair index or -1) of every visual
+  entity: distinct looks, then the look-alike pairs' second members."""
   combos = [(cat, word, shape, colour, pattern)
             for cat, shapes in CATEGORIES.items() for word, shape in shapes
             for colour in si.COLOURS for pattern in si.PATTERNS]
   if not 1 <= config.num_entities <= len(combos):
     raise ConfigError(f"world.num_entities must be in [1, {len(combos)}], got "
                       f"{config.num_entities}")
-  picked = sorted(rng.choice(len(combos), config.num_entities, replace=False))
+  pairs = int(config.lookalike_fraction * config.num_entities) // 2
+  distinct = config.num_entities - pairs
+  picked = [combos[k] for k in sorted(rng.choice(len(combos), distinct, replace=False))]
+  out = [(*c, -1) for c in picked]
+  used = set(picked)
+  for j in rng.choice(distinct, pairs, replace=False):
+    cat, word, shape, colour, pattern = picked[j]
+    if rng.random() < config.lookalike_detail:  # A detail the pixels show weakly.
+      options = [(cat, word, shape, c, pattern) for c in [_near(colour, si.SIMILAR_COLOURS)]
+                 if c] + [(cat, word, shape, colour, p)
+                          for p in [_near(pattern, si.SIMILAR_PATTERNS)] if p]
+      options = [o for o in options if o not in used]
+      if options:
+        twin = options[int(rng.integers(len(options)))]
+        used.add(twin)
+        out.append((*twin, int(j)))
+        continue
+    out.append((cat, word, shape, colour, pattern, int(j)))  # The same look: only the place.
+  return out
+
+
+def make_entities(config) -> list[Entity]:
+  """All KB entities: specific visual ones, generic ones (one per kind word), then concepts.
+  Deterministic in the seed."""
+  rng = np.random.default_rng([config.seed, 0])
+  looks = _looks(config, rng)
+  n = len(looks)
   shared_words = collections.Counter(w for shapes in CATEGORIES.values() for w, _ in shapes)
-  ids = rng.choice(np.arange(1000, 10_000_000), config.num_entities + len(CONCEPTS),
+  generics = ([(cat, word, shape) for cat, shapes in CATEGORIES.items() for word, shape in shapes]
+              if config.generic_concepts else [])
+  ids = rng.choice(np.arange(1000, 10_000_000), n + len(generics) + len(CONCEPTS),
                    replace=False)
-  num_unseen = int(round(config.unseen_fraction * config.num_entities))
-  unseen_order = rng.choice(config.num_entities, num_unseen, replace=False).tolist()
+  proper = _proper_names(rng, n) if config.names == "proper" else []
+  places = rng.choice(len(PLACES), n).tolist()
+  # Web frequency: a power law over a random ranking.
+  rank = rng.permutation(n)
+  weight = (rank + 1.0) ** -config.zipf_exponent
+  weight /= weight.sum()
+  num_unseen = int(round(config.unseen_fraction * n))
+  rarity = 1.0 / weight
+  unseen_order = rng.choice(n, num_unseen, replace=False, p=rarity / rarity.sum()).tolist()
   unseen = set(unseen_order)
-  zero_shot = set(unseen_order[:int(round(config.zero_shot_fraction * config.num_entities))])
+  zero_shot = set(unseen_order[:int(round(config.zero_shot_fraction * n))])
+  web_weight = np.where([i in zero_shot for i in range(n)], 0.0, weight)
+  web_weight /= max(web_weight.sum(), 1e-12)
   entities = []
-  for i, k in enumerate(picked):
-    cat, word, shape, colour, pattern = combos[k]
-    title = f"{colour.capitalize()} {ADJ[pattern]} {word}"
-    if shared_words[word] > 1:
-      title += f" ({cat})"
-    entities.append(Entity(f"Q{ids[i]}", title, cat, shape, colour, pattern,
-                           seen=i not in unseen, on_web=i not in zero_shot))
+  for i, (cat, word, shape, colour, pattern, pair) in enumerate(looks):
+    if pair >= 0:  # A look-alike lives elsewhere than its pair.
+      places[i] = (places[pair] + 1 + places[i] % (len(PLACES) - 1)) % len(PLACES)
+    place = PLACES[places[i]] if config.names == "proper" or config.lookalike_fraction else ""
+    if config.names == "proper":
+      title = f"{proper[i]} {word}"
+    else:
+      title = f"{colour.capitalize()} {ADJ[pattern]} {word}"
+      if shared_words[word] > 1:
+        title += f" ({cat})"
+      if pair >= 0 and looks[pair][3:5] == (colour, pattern):
+        title += f" of {place}"  # Descriptive titles of identical looks need the place.
+    entities.append(Entity(
+        f"Q{ids[i]}", title, cat, shape, colour, pattern, seen=i not in unseen,
+        on_web=i not in zero_shot, place=place, web_weight=float(web_weight[i]),
+        lookalike_of=f"Q{ids[pair]}" if pair >= 0 else ""))
+  entities = [dataclasses.replace(e, lookalike_of=e.lookalike_of or next(
+      (o.entity_id for o in entities if o.lookalike_of == e.entity_id), "")) for e in entities]
+  for k, (cat, word, shape) in enumerate(generics):
+    title = word + (f" ({cat})" if shared_words[word] > 1 else "")
+    entities.append(Entity(f"Q{ids[n + k]}", title, cat, shape, generic=True))
   for j, (title, _) in enumerate(CONCEPTS):
-    entities.append(Entity(f"Q{ids[config.num_entities + j]}", title, "concept"))
+    entities.append(Entity(f"Q{ids[n + len(generics) + j]}", title, "concept"))
   return entities
 
 
 def similar_entities(entity: Entity, pool: Sequence[Entity]) -> list[Entity]:
-  """Same category, one attribute off; deliberately confusable ones (near colours or
-  patterns) first."""
+  """Look-alikes of `entity` in `pool`, most confusable first: its pair, then those of the
+  same category one attribute off (near colours or patterns before the others)."""
   near = {frozenset(p) for p in si.SIMILAR_COLOURS + si.SIMILAR_PATTERNS}
-  close, other = [], []
+  pair, close, other = [], [], []
   for e in pool:
-    if e.category != entity.category or e.entity_id == entity.entity_id:
+    if not e.specific or e.category != entity.category or e.entity_id == entity.entity_id:
+      continue
+    if e.entity_id == entity.lookalike_of:
+      pair.append(e)
       continue
     diffs = [(a, b) for a, b in zip(entity.look, e.look) if a != b]
     if len(diffs) == 1:
       (close if frozenset(diffs[0]) in near else other).append(e)
-  return close + other
+  return pair + close + other
 
 
-def _kb_line(e: Entity, rng: np.random.Generator) -> dict:
+def _kb_line(e: Entity, rng: np.random.Generator, num_web_images: int) -> dict:
   summary = _summary(e)
-  extra = (f" It was first documented in {int(rng.integers(1850, 2020))}."
-           f" Records list {int(rng.integers(2, 400))} known sightings."
-           if e.category != "concept" else " It is discussed widely in the press.")
+  if e.category == "concept":
+    extra = " It is discussed widely in the press."
+  elif e.generic:
+    extra = " The term covers many named examples."
+  else:
+    # A public popularity figure, correlated with the web frequency (as page views are).
+    photos = max(1, int(round(e.web_weight * num_web_images * 20 * rng.lognormal(0.0, 0.3))))
+    extra = (f" It was first documented in {int(rng.integers(1850, 2020))}."
+             f" Wikimedia Commons holds {photos} photographs of it.")
   return {"wikidata_id": e.entity_id, "wikipedia_title": e.title,
           "wikipedia_summary": summary, "wikipedia_content": summary + extra}
 
@@ -229,7 +363,8 @@ def image_relpath(image_id: str) -> str:
 
 
 def _caption(entity: Entity, kind: str, rng: np.random.Generator, pool: Sequence[Entity],
-             concepts: Sequence[Entity]) -> tuple[str, str | None]:
+             concepts: Sequence[Entity], generics: dict, place_rate: float
+             ) -> tuple[str, str | None]:
   """A web caption of the given noise kind → (text, id of the entity it mentions)."""
   if kind == "irrelevant":
     if rng.random() < 0.3:
@@ -237,15 +372,20 @@ def _caption(entity: Entity, kind: str, rng: np.random.Generator, pool: Sequence
     concept = concepts[int(rng.integers(len(concepts)))]
     name = concept.title if rng.random() < 0.5 else concept.title.lower()
     return str(rng.choice(IRRELEVANT_TEMPLATES)).format(c=name), concept.entity_id
+  if kind == "generic":
+    g = generics[entity.shape]
+    return str(rng.choice(GENERIC_TEMPLATES)).format(g=g.mention.lower()), g.entity_id
   mentioned = entity
   if kind == "similar_wrong":
     options = similar_entities(entity, pool)
-    near = [e for e in options[:3]]
-    if not options:  # No one-attribute neighbour: any other entity of the category.
+    near = options[:3]
+    if not options:  # No look-alike: any other entity of the category.
       options = [e for e in pool if e.category == entity.category and e != entity]
     mentioned = (near[int(rng.integers(len(near)))] if near and rng.random() < 0.7
                  else options[int(rng.integers(len(options)))])
   name = mentioned.mention.lower() if rng.random() < 0.3 else mentioned.mention
+  if entity.place and rng.random() < place_rate:  # Where the photo was taken: the truth's.
+    return str(rng.choice(PLACE_TEMPLATES)).format(n=name, p=entity.place), mentioned.entity_id
   return str(rng.choice(MENTION_TEMPLATES)).format(n=name), mentioned.entity_id
 
 
@@ -322,6 +462,16 @@ def _validate(config) -> None:
   if not 0 <= config.zero_shot_fraction <= config.unseen_fraction:
     raise ConfigError("world.zero_shot_fraction must be in [0, unseen_fraction], got "
                       f"{config.zero_shot_fraction}")
+  if config.names not in ("proper", "descriptive"):
+    raise ConfigError(f"world.names must be 'proper' or 'descriptive', got {config.names!r}")
+  for key in ("lookalike_fraction", "lookalike_detail", "place_in_caption"):
+    if not 0 <= config[key] <= 1:
+      raise ConfigError(f"world.{key} must be in [0, 1], got {config[key]}")
+  if config.zipf_exponent < 0:
+    raise ConfigError(f"world.zipf_exponent must be >= 0, got {config.zipf_exponent}")
+  if rates["generic"] > 0 and not config.generic_concepts:
+    raise ConfigError("world.caption_rates.generic > 0 needs world.generic_concepts=True: "
+                      "generic captions name the generic entities")
   if not 16 <= config.min_image_size <= config.max_image_size:
     raise ConfigError("world needs 16 <= min_image_size <= max_image_size")
 
@@ -331,9 +481,10 @@ def generate(config, out_dir: str) -> dict:
   _validate(config)
   start = time.time()
   entities = make_entities(config)
-  visual = [e for e in entities if e.category != "concept"]
+  visual = [e for e in entities if e.specific]
   seen = [e for e in visual if e.seen]
   on_web = [e for e in visual if e.on_web]
+  generics = {e.shape: e for e in entities if e.generic}
   concepts = [e for e in entities if e.category == "concept"]
   for sub in ("kb", "web", "oven", "truth", "images"):
     os.makedirs(os.path.join(out_dir, sub), exist_ok=True)
@@ -343,21 +494,25 @@ def generate(config, out_dir: str) -> dict:
   with open(workdir_lib.world_kb_file(out_dir), "wb") as raw:
     with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz:
       for e in entities:
-        gz.write((json.dumps(_kb_line(e, kb_rng), ensure_ascii=False) + "\n").encode())
+        line = _kb_line(e, kb_rng, config.num_web_images)
+        gz.write((json.dumps(line, ensure_ascii=False) + "\n").encode())
   _write_jsonl(os.path.join(out_dir, "kb", "Wiki6M_ver_1_0_title_only.jsonl"),
                ({"wikidata_id": e.entity_id, "wikipedia_title": e.title} for e in entities))
   _write_jsonl(os.path.join(out_dir, "truth", "entities.jsonl"),
                (dataclasses.asdict(e) for e in entities))
 
   # ---- Web image–caption pairs; truth goes to a separate file.
-  kinds = list(config.caption_rates.keys())
+  kinds = list(CAPTION_KINDS)
   probs = np.array([config.caption_rates[k] for k in kinds])
+  web_p = np.array([e.web_weight for e in on_web])
+  web_p /= web_p.sum()
   web_rows, truth_rows = [], []
   for i in range(config.num_web_images):
     rng = np.random.default_rng([config.seed, _STREAM["web"], i])
-    entity = on_web[int(rng.integers(len(on_web)))]
+    entity = on_web[int(rng.choice(len(on_web), p=web_p))]
     kind = kinds[int(rng.choice(len(kinds), p=probs))]
-    caption, mentioned = _caption(entity, kind, rng, on_web, concepts)
+    caption, mentioned = _caption(entity, kind, rng, on_web, concepts, generics,
+                                  config.place_in_caption)
     image_id = f"web_{i:08d}"
     pixels = si.draw([entity.look], rng, min_size=config.min_image_size,
                      max_size=config.max_image_size)
@@ -384,9 +539,11 @@ def generate(config, out_dir: str) -> dict:
       "seed": config.seed,
       "entities": {"visual": len(visual), "seen": len(seen), "unseen": len(visual) - len(seen),
                    "on_web": len(on_web), "zero_shot": len(visual) - len(on_web),
-                   "concepts": len(concepts),
+                   "concepts": len(concepts), "generic": len(generics),
+                   "lookalike_pairs": sum(bool(e.lookalike_of) for e in visual) // 2,
                    "per_category": dict(collections.Counter(e.category for e in visual))},
       "web_images": config.num_web_images,
+      "web_images_per_entity": _frequency_summary(truth_rows, on_web),
       "caption_rates": {"configured": dict(config.caption_rates),
                         "realised": {k: realised[k] / max(1, len(truth_rows))
                                      for k in CAPTION_KINDS}},
@@ -399,6 +556,13 @@ def generate(config, out_dir: str) -> dict:
     contact_sheet(out_dir, os.path.join(out_dir, "contact_sheet.png"))
   summary["seconds"] = round(time.time() - start, 2)
   return summary
+
+
+def _frequency_summary(truth_rows, on_web) -> dict:
+  counts = collections.Counter(r["entity_id"] for r in truth_rows)
+  n = np.array(sorted((counts[e.entity_id] for e in on_web), reverse=True))
+  return {"max": int(n[0]), "median": float(np.median(n)), "min": int(n[-1]),
+          "under_10": int((n < 10).sum())} if len(n) else {}
 
 
 # ----------------------------------------------------------------------------- reading back
@@ -423,7 +587,8 @@ def contact_sheet(world_dir: str, path: str, cols: int = 6, rows: int = 4) -> No
   sheet = Image.new("RGB", (cols * cell_w, rows * (img_h + text_h)), "white")
   draw = ImageDraw.Draw(sheet)
   font = ImageFont.load_default(size=11)
-  colours = {"correct": (20, 120, 40), "similar_wrong": (190, 90, 0), "irrelevant": (170, 20, 20)}
+  colours = {"correct": (20, 120, 40), "similar_wrong": (190, 90, 0), "irrelevant": (170, 20, 20),
+             "generic": (120, 60, 160)}
   for k, t in enumerate(truth):
     x, y = (k % cols) * cell_w, (k // cols) * (img_h + text_h)
     img = Image.open(os.path.join(world_dir, image_relpath(t["image_id"]))).convert("RGB")
@@ -450,9 +615,12 @@ def format_summary(summary: dict) -> str:
   lines = [
       f"embedded world (seed {summary['seed']}): {e['visual']} visual entities "
       f"({e['seen']} in OVEN train, {e['unseen']} unseen there; {e.get('zero_shot', 0)} "
-      f"absent from the web data too) + {e['concepts']} concepts; "
+      f"absent from the web data too; {e.get('lookalike_pairs', 0)} look-alike pairs) + "
+      f"{e.get('generic', 0)} generic + {e['concepts']} concepts; "
       f"per category {e['per_category']}",
-      f"web images: {summary['web_images']}; caption noise (configured → realised): " +
+      f"web images: {summary['web_images']} (per entity: " +
+      ", ".join(f"{k} {v:g}" for k, v in summary.get("web_images_per_entity", {}).items()) +
+      "); caption noise (configured → realised): " +
       ", ".join(f"{k} {rates['configured'][k]:.2f}→{rates['realised'][k]:.3f}"
                 for k in CAPTION_KINDS),
       "OVEN examples: " + ", ".join(f"{k} {v}" for k, v in summary["oven_examples"].items()),

@@ -91,6 +91,7 @@ class Entity:
   title: str
   summary: str
   line: int  # 1-based line in the source file.
+  content: str = ""  # wikipedia_content, when read with `with_content=True`.
 
 
 @contextlib.contextmanager
@@ -101,7 +102,7 @@ def _open_text(path: str) -> Iterator[io.TextIOBase]:
 
 
 def read_wiki6m(path: str, *, skip_bad: bool = False, max_summary_chars: int = 2000,
-                stats: dict | None = None) -> Iterator[Entity]:
+                stats: dict | None = None, with_content: bool = False) -> Iterator[Entity]:
   """Streams the entities of a Wiki6M jsonl(.gz) file (full or title-only variant).
 
   Bad lines (unparsable JSON, a missing/empty id or title) raise `KBFormatError` naming the
@@ -122,7 +123,7 @@ def read_wiki6m(path: str, *, skip_bad: bool = False, max_summary_chars: int = 2
           record = json.loads(line)
           if not isinstance(record, dict):
             raise ValueError("a line must hold a JSON object")
-          entity = _entity(record, lineno, max_summary_chars)
+          entity = _entity(record, lineno, max_summary_chars, with_content)
         except (ValueError, TypeError) as e:
           if skip_bad:
             stats["skipped"] += 1
@@ -137,7 +138,8 @@ def read_wiki6m(path: str, *, skip_bad: bool = False, max_summary_chars: int = 2
     raise KBFormatError(f"{path}:{lineno + 1}: not UTF-8 text ({e})") from None
 
 
-def _entity(record: dict, lineno: int, max_summary_chars: int) -> Entity:
+def _entity(record: dict, lineno: int, max_summary_chars: int,
+            with_content: bool = False) -> Entity:
   qid = record.get("wikidata_id")
   if not isinstance(qid, str) or not qid.strip():
     raise ValueError(f"missing or empty 'wikidata_id' (got {qid!r})")
@@ -147,7 +149,9 @@ def _entity(record: dict, lineno: int, max_summary_chars: int) -> Entity:
   summary = record.get("wikipedia_summary") or record.get("wikipedia_content") or ""
   if not isinstance(summary, str):
     raise ValueError(f"entity {qid}: 'wikipedia_summary' is not a string")
-  return Entity(qid.strip(), title.strip(), summary[:max_summary_chars], lineno)
+  content = record.get("wikipedia_content") if with_content else ""
+  return Entity(qid.strip(), title.strip(), summary[:max_summary_chars], lineno,
+                content if isinstance(content, str) else "")
 
 
 # ----------------------------------------------------------------------------------------

@@ -81,15 +81,21 @@ def test_captions_are_consistent_with_their_noise_kind(world):
   for t in synthetic.read_jsonl(os.path.join(root, "truth", "web_truth.jsonl")):
     caption = captions[t["image_id"]].lower()
     truth = entities[t["entity_id"]]
+    assert "(" not in caption  # Disambiguation never appears in web text.
+    if truth.place.lower() in caption:  # Where the photo was taken: the truth's place.
+      assert t["caption_kind"] in ("correct", "similar_wrong")
     if t["caption_kind"] == "correct":
       assert t["mentioned_entity_id"] == t["entity_id"]
       assert truth.mention.lower() in caption
-      assert "(" not in caption  # Disambiguation never appears in web text.
     elif t["caption_kind"] == "similar_wrong":
       wrong = entities[t["mentioned_entity_id"]]
       assert wrong.entity_id != truth.entity_id and wrong.category == truth.category
       assert wrong.mention.lower() in caption
       assert wrong.on_web
+    elif t["caption_kind"] == "generic":
+      kind = entities[t["mentioned_entity_id"]]
+      assert kind.generic and kind.shape == truth.shape
+      assert kind.mention.lower() in caption and truth.mention.lower() not in caption
     else:
       mentioned = t["mentioned_entity_id"]
       assert mentioned is None or entities[mentioned].category == "concept"
@@ -113,9 +119,11 @@ def test_unseen_entities_are_on_the_web_but_not_in_oven_train(world):
   unseen = {e.entity_id for e in entities if not e.seen}
   assert len(unseen) == summary["entities"]["unseen"] == 60
   assert summary["entities"]["zero_shot"] == 0
+  assert all(e.web_weight > 0 for e in entities if e.specific)
   on_web = {t["entity_id"] for t in synthetic.read_jsonl(
       os.path.join(root, "truth", "web_truth.jsonl"))}
-  assert len(unseen & on_web) > 0.9 * len(unseen)  # 4000 images over 300 entities.
+  # 1500 images over 300 entities under the power law: the rare ones may show no image.
+  assert len(unseen & on_web) > 0.6 * len(unseen)
   for kind in ("entity", "query"):
     for row in synthetic.read_jsonl(os.path.join(root, "oven", f"oven_{kind}_train.jsonl")):
       assert row["entity_id"] not in unseen
@@ -151,13 +159,12 @@ def test_files_are_plain_json_in_official_formats(world):
   root, _, summary = world
   with gzip.open(os.path.join(root, "kb", "Wiki6M_ver_1_0.jsonl.gz"), "rt") as f:
     kb = [json.loads(line) for line in f]
-  assert len(kb) == 320
+  assert len(kb) == 300 + 14 + 20  # Specific entities, one generic per kind word, concepts.
   assert set(kb[0]) == {"wikidata_id", "wikipedia_title", "wikipedia_summary",
                         "wikipedia_content"}
   assert len({r["wikidata_id"] for r in kb}) == len(kb)
   assert len({r["wikipedia_title"] for r in kb}) == len(kb)
-  assert any(r["wikipedia_title"].endswith(" (bird)") for r in kb)
-  assert any(r["wikipedia_title"].endswith(" (aircraft)") for r in kb)
+  assert {"Falcon (bird)", "Falcon (aircraft)", "Tower"} <= {r["wikipedia_title"] for r in kb}
   assert "Negative equity" in {r["wikipedia_title"] for r in kb}
   with open(os.path.join(root, "kb", "Wiki6M_ver_1_0_title_only.jsonl")) as f:
     titles = [json.loads(line) for line in f]
@@ -205,6 +212,81 @@ def test_object_colour_is_recoverable_from_pixels():
 def test_bad_config_is_a_clear_error(tmp_path):
   with pytest.raises(ConfigError, match="sum to 1"):
     synthetic.generate(_small(caption_rates=synthetic.config_lib.ConfigDict(
-        dict(correct=0.5, similar_wrong=0.1, irrelevant=0.1))), str(tmp_path))
+        dict(correct=0.5, similar_wrong=0.1, irrelevant=0.1, generic=0.1))), str(tmp_path))
+  with pytest.raises(ConfigError, match="generic_concepts"):
+    synthetic.generate(_small(generic_concepts=False), str(tmp_path))
+  with pytest.raises(ConfigError, match="world.names"):
+    synthetic.generate(_small(names="latin"), str(tmp_path))
   with pytest.raises(ConfigError, match="num_entities"):
     synthetic.generate(_small(num_entities=10_000), str(tmp_path))
+
+
+# ------------------------------------------------------------------------- world v2's knobs
+
+
+def test_proper_names_do_not_describe_the_look_only_the_summary_does(world):
+  root, _, _ = world
+  entities = [e for e in synthetic.load_entities(root) if e.specific]
+  look_words = set(si.COLOURS) | {a.lower() for a in synthetic.ADJ.values()}
+  for e in entities:
+    words = set(e.title.lower().split())
+    assert not words & look_words, e.title
+    summary = synthetic._summary(e)  # pylint: disable=protected-access
+    assert e.colour in summary and e.place in summary
+  assert len({e.title.split()[0] for e in entities}) == len(entities)  # Proper names differ.
+
+
+def test_lookalike_pairs_share_shape_and_colour_and_differ_in_place(world):
+  root, config, summary = world
+  entities = {e.entity_id: e for e in synthetic.load_entities(root)}
+  pairs = {frozenset((e.entity_id, e.lookalike_of)) for e in entities.values() if e.lookalike_of}
+  assert len(pairs) == summary["entities"]["lookalike_pairs"] == int(
+      config.lookalike_fraction * config.num_entities) // 2
+  same_look = 0
+  for pair in pairs:
+    a, b = (entities[i] for i in pair)
+    assert a.lookalike_of == b.entity_id and b.lookalike_of == a.entity_id
+    assert (a.category, a.shape) == (b.category, b.shape) and a.place != b.place
+    diffs = [(x, y) for x, y in zip(a.look, b.look) if x != y]
+    same_look += not diffs
+    assert len(diffs) <= 1
+    if diffs:  # A detail the pixels show weakly: a near colour or pattern.
+      assert frozenset(diffs[0]) in {frozenset(p)
+                                     for p in si.SIMILAR_COLOURS + si.SIMILAR_PATTERNS}
+  assert 0 < same_look < len(pairs)
+
+
+def test_web_frequency_follows_the_power_law_and_unseen_entities_are_rarer(world):
+  root, _, summary = world
+  entities = {e.entity_id: e for e in synthetic.load_entities(root)}
+  counts = collections.Counter(t["entity_id"] for t in synthetic.read_jsonl(
+      os.path.join(root, "truth", "web_truth.jsonl")))
+  n = np.array(sorted(counts.values(), reverse=True))
+  # Zipf (s = 1) over 300 entities: the first holds ~1/H(300) ≈ 16 % of the images.
+  assert 0.11 < n[0] / n.sum() < 0.21 and summary["web_images_per_entity"]["max"] == n[0]
+  seen = [counts[i] for i, e in entities.items() if e.specific and e.seen]
+  unseen = [counts[i] for i, e in entities.items() if e.specific and not e.seen]
+  assert np.median(unseen) < 0.75 * np.median(seen)
+  # The KB's popularity figure follows the web frequency (a public, noisy signal).
+  with gzip.open(os.path.join(root, "kb", "Wiki6M_ver_1_0.jsonl.gz"), "rt") as f:
+    photos = {r["wikidata_id"]: int(r["wikipedia_content"].split(" holds ")[1].split()[0])
+              for r in map(json.loads, f) if " holds " in r["wikipedia_content"]}
+  ids = sorted(photos)
+  rho = np.corrcoef(np.log([photos[i] for i in ids]),
+                    np.log([entities[i].web_weight for i in ids]))[0, 1]
+  assert rho > 0.9
+
+
+def test_the_v1_world_is_a_setting_of_the_knobs(tmp_path):
+  config = _small(names="descriptive", lookalike_fraction=0.0, generic_concepts=False,
+                  zipf_exponent=0.0, place_in_caption=0.0)
+  config.caption_rates = synthetic.config_lib.ConfigDict(
+      dict(correct=0.55, similar_wrong=0.25, irrelevant=0.2, generic=0.0))
+  synthetic.generate(config, str(tmp_path))
+  entities = synthetic.load_entities(str(tmp_path))
+  assert not any(e.generic or e.place or e.lookalike_of for e in entities)
+  for e in entities:
+    if e.specific:
+      assert e.title.split(" (")[0] == (f"{e.colour.capitalize()} {synthetic.ADJ[e.pattern]} "
+                                        f"{e.title.split()[2]}")
+  assert len({e.web_weight for e in entities if e.specific}) == 1

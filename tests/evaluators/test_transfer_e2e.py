@@ -200,7 +200,8 @@ def test_zeroshot_all_sets_from_a_trained_checkpoint(setup, capsys):
   sets = ("flowers102", "sun397", "food101", "aircraft", "sports100")
   assert printed["zeroshot/mean_top1"] == pytest.approx(
       np.mean([printed[f"zeroshot/{s}/top1"] for s in sets]))
-  assert printed["zeroshot/flowers102/unmapped_classes"] == 100
+  # Two classes mapped by hand; the resolver maps "lotus" onto the KB's generic Lotus.
+  assert printed["zeroshot/flowers102/unmapped_classes"] == 99
   assert printed["zeroshot/aircraft/unmapped_classes"] == 1
   assert printed["zeroshot/sports100/unmapped_classes"] == 1
   assert printed["zeroshot/sports100/unmapped_examples"] == 2
@@ -217,6 +218,8 @@ def test_zeroshot_all_sets_from_a_trained_checkpoint(setup, capsys):
     assert len(metrics["unmapped_classes"]) == printed[f"zeroshot/{name}/unmapped_classes"]
   flowers = [json.loads(line) for line in open(os.path.join(maps, "flowers102.jsonl"))]
   assert len(flowers) == 102 and flowers[0]["source"] == "manual"
+  lotus = next(r for r in flowers if r["class_name"] == "lotus")
+  assert (lotus["source"], kb.titles[kb.row_of(lotus["entity_id"])]) == ("resolver", "Lotus")
 
 
 def test_frozen_evaluation_needs_a_loader_in_init_from(tmp_path, capsys):

@@ -1,27 +1,34 @@
 """`simulated`: a stand-in multimodal LLM for the embedded world that looks at the image.
 
 It sees what a real model sees: the image bytes and the prompt text (the caption, and the
-candidates with their Wikipedia-style summaries, as far as the prompt's context shows them:
-without summaries it reads a candidate's look from its name alone, without a caption it has
-no caption to lean on). It never reads the world's ground truth
-and is never given the world directory. Its answer is a mechanism, not a rate:
+candidates with their Wikipedia-style summaries, as far as the prompt's context shows them).
+It never reads the world's ground truth and is never given the world directory. Its answer
+is a mechanism, not a rate:
 
   1. perceive  `rew_jax.curation.perceiver` estimates the object's shape, colour and
                pattern from the pixels, as distributions over the named words;
-  2. read      each candidate's summary (and name) is parsed into the look it describes;
-  3. weigh     score = log p(described look | image) + a prior for being a candidate
-               + a prior for being the entity the caption names (captions are often right);
-               entities outside the candidates compete too: those of the knowledge base
-               (`kb_path`, the world's public Wiki6M file; the curation's KB unless given)
-               or, with `kb_path="none"`, names composed from the perceived words (the
-               world's titles are compositional);
-  4. answer    the best-scoring entity, or "none" when its share of the posterior is small
-               (nothing matches well, or nothing was seen).
+  2. recall    what it knows from "pretraining" (`kb_path`, the world's public Wiki6M file):
+               the look and place of a share `knows` of the KB's specific entities, drawn
+               toward the popular ones (the KB's "Wikimedia Commons holds N photographs"),
+               and every generic concept ("Tower"). Of the others it knows nothing, not even
+               that they exist;
+  3. read      each candidate's look and place from its summary when the prompt shows it;
+               else from memory when it knows the entity; else only the kind word of its
+               name ("... Tower": a tower);
+  4. weigh     score = log p(described look | image) + a prior for being a candidate + a
+               prior for the entity the caption names + a prior for an entity whose place
+               the caption names − a penalty for a generic answer (the prompt asks for the
+               most specific entity); every known entity outside the candidates competes;
+  5. answer    the best-scoring entity, or "none" when its share of the posterior is small.
 
-`direct` prompts (the ablation) carry no caption and no candidates: the perceived look is
-matched against everything the model knows, so an uncertain perception has a wider choice to
-go wrong in and no caption to lean on. Rationales and QA pairs state what was perceived,
-right or wrong.
+So the paper's failure modes arise from knowledge and context, never from a configured error
+rate: `direct` prompts (no caption, no candidates) can only name what the model knows, so
+an unknown entity comes out as a known look-alike (hallucinated), the generic concept
+(overly generic) or "none"; correction without context can keep a candidate it cannot check
+but cannot read an unknown one's look; with the summaries and the caption it reads every
+candidate's look and place. With `kb_path="none"` it knows nothing beyond the prompt and
+names entities outside the candidates by composing the world's v1 descriptive titles.
+Rationales and QA pairs state what was perceived, right or wrong.
 
 What stays seeded per request (a hash of seed, image id, prompt kind and attempt) is only the
 reply's form, which exercises the parser: `malformed` (truncated or mistyped JSON) and
@@ -53,6 +60,10 @@ from rew_jax.data import synthetic_images as si
 
 CANDIDATE_PRIOR = 3.0  # Log-odds for an entity the retrieval proposed over one it did not.
 CAPTION_PRIOR = 2.0    # Log-odds for the entity the caption names.
+PLACE_PRIOR = 2.5      # Log-odds for an entity whose place the caption names (where a photo
+#                        was taken outweighs a name the page may have got wrong).
+GENERIC_PENALTY = 1.0  # Log-odds against a generic concept ("Tower"): the prompt asks for
+#                        the most specific entity.
 MIN_POSTERIOR = 0.3    # Below this share of the posterior the model answers "none".
 
 _QUOTED = r'"(?:[^"\\]|\\.)*"'
@@ -60,7 +71,7 @@ _CANDIDATE_LINE = re.compile(rf"^\d+\. ({_QUOTED})(?:: ({_QUOTED}))?\s*$", re.MU
 _CAPTION = re.compile(rf"^Caption: ({_QUOTED})\s*$", re.MULTILINE)
 _NUM_QA = re.compile(r"\b(\d+) question")
 # "The image shows NAME (SUMMARY)." or, when the prompt's context hides summaries, "... NAME.".
-_SHOWN = re.compile(r"The image shows (.+?)(?: \(((?:The .*)?)\))?\.?\s*$", re.MULTILINE)
+_SHOWN = re.compile(r"The image shows (.+?)(?: \(((?:(?:The|An?) .*)?)\))?\.?\s*$", re.MULTILINE)
 
 # The words the knowledge base describes looks with, read back from text.
 _SHAPE_BY_TEXT = {text: shape for shape, text in synthetic.SHAPE_TEXT.items()}
@@ -71,6 +82,8 @@ _PATTERN_WORDS = (("checkered", "checkered"), ("stripes", "striped"), ("bands", 
                   ("spots", "spotted"), ("uniform", "plain"))
 _ADJ_TO_PATTERN = {adj.lower(): p for p, adj in synthetic.ADJ.items()}
 _SECOND_WORD = {"white": "white", "black": "dark"}
+_PLACE = re.compile(r"\bin ([A-Z][a-z]+(?: [A-Z][a-z]+)?) recognisable by")
+_PHOTOS = re.compile(r"holds (\d+) photographs")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,6 +93,8 @@ class Described:
   shape: str | None = None
   colour: str | None = None
   pattern: str | None = None
+  place: str | None = None
+  generic: bool = False  # Its text describes a kind ("A tower is ..."), not one entity.
 
   @property
   def visual(self) -> bool:
@@ -89,7 +104,11 @@ class Described:
 def describe(name: str, summary: str = "") -> Described:
   """The look a name and summary describe: shape, colour and pattern words (None where the
   text names none). Summaries are read first; the name's words fill what they lack."""
-  full = " ".join(summary.split()).casefold()
+  flat = " ".join(summary.split())
+  full = flat.casefold()
+  m = _PLACE.search(flat)
+  place = m.group(1) if m else None
+  generic = bool(re.match(r"an? [a-z]+ is an? ", full))  # "A tower is a building ..."
   text = full.split("recognisable by", 1)[-1]  # The look, not the name it repeats.
   shape = next((s for t, s in _SHAPE_BY_TEXT.items() if t in text), None)
   colour = next((c for c in si.COLOURS if re.search(rf"\b{c}\b", text)), None)
@@ -104,7 +123,7 @@ def describe(name: str, summary: str = "") -> Described:
     if len(options_) > 1:  # "Falcon": the "(bird)" / "(aircraft)" or the summary decides.
       options_ = [s for s in options_ if _CATEGORY_OF[s] in words + full.split()] or options_
     shape = options_[0] if len(options_) == 1 else None
-  return Described(name, shape, colour, pattern)
+  return Described(name, shape, colour, pattern, place, generic)
 
 
 def compose_title(shape: str, colour: str, pattern: str) -> str:
@@ -139,6 +158,13 @@ def _mentioned(name: str, caption: str) -> bool:
   return bool(mention) and mention in caption.casefold()
 
 
+def _prior(d: Described, caption: str) -> tuple[float, bool]:
+  """(log-odds from the caption and the answer's specificity, whether the caption names it)."""
+  named = bool(caption) and not d.generic and _mentioned(d.name, caption)
+  placed = bool(caption and d.place) and d.place.casefold() in caption.casefold()
+  return (CAPTION_PRIOR * named + PLACE_PRIOR * placed - GENERIC_PENALTY * d.generic), named
+
+
 def choose(p: perceiver.Perception, candidates: Sequence[Described], caption: str,
            known: Iterable[tuple[Described, str]]) -> Choice:
   """The entity a model that perceived `p` picks from the candidates (in prompt order) and
@@ -151,15 +177,16 @@ def choose(p: perceiver.Perception, candidates: Sequence[Described], caption: st
     if not d.visual:  # A concept ("Negative equity") never describes an object.
       continue
     seen.add(d.name.casefold())
-    is_named = _mentioned(d.name, caption)
+    prior, is_named = _prior(d, caption)
     pool.append(d)
-    scores.append(look_log_prob(p, d) + CANDIDATE_PRIOR + CAPTION_PRIOR * is_named)
+    scores.append(look_log_prob(p, d) + CANDIDATE_PRIOR + prior)
     sources.append("candidate")
     named.append(is_named)
   for d, source in known:
     if d.visual and d.name.casefold() not in seen:
+      prior, _ = _prior(d, caption)
       pool.append(d)
-      scores.append(look_log_prob(p, d))
+      scores.append(look_log_prob(p, d) + prior)
       sources.append(source)
       named.append(False)
   if not pool:
@@ -246,34 +273,60 @@ class SimulatedLLM(Backend):
         # The Wiki6M file it knows. "" in a config: the curation's KB (filled in by
         # `section.backend_options`); "" or "none" here: none, names are composed.
         kb_path="",
+        # Share of the KB's specific entities whose look and place it knows, drawn toward
+        # the popular ones (1.0: all; generic concepts are always known).
+        knows=0.5,
         malformed=0.04,  # Share of replies with truncated or mistyped JSON, per attempt.
         refusal=0.01,    # Share of refusals, per attempt.
         latency_s=0.0))  # Sleep per call.
 
   def __init__(self, **kwargs):
     self.cfg = self.options(kwargs)
-    for key in ("malformed", "refusal"):
+    for key in ("malformed", "refusal", "knows"):
       if not 0.0 <= self.cfg[key] <= 1.0:
         raise BackendError(f"curation backend 'simulated': {key} must be in [0, 1]")
     self._known = None
+    self._by_name: dict[str, Described] = {}
     self._lock = threading.Lock()
 
   def known(self) -> list[tuple[Described, str]]:
-    """What the model can name beyond the prompt: the KB's visual entities (read once),
-    else every composable title."""
+    """What the model can name beyond the prompt (read once): the generic concepts and a
+    popularity-weighted share `knows` of the KB's specific visual entities; without a KB,
+    every composable title."""
     with self._lock:
       if self._known is None:
         if self.cfg["kb_path"] not in ("", "none"):
-          from rew_jax.kb import wiki6m  # pylint: disable=g-import-not-at-top
-          try:
-            described = [describe(e.title, e.summary)
-                         for e in wiki6m.read_wiki6m(self.cfg["kb_path"], skip_bad=True)]
-          except wiki6m.KBFormatError as e:
-            raise BackendError(f"curation backend 'simulated': kb_path: {e}") from None
-          self._known = [(d, "knowledge") for d in described if d.visual]
+          self._known = self._recall()
         else:
           self._known = composed_vocabulary()
+        self._by_name = {d.name.casefold(): d for d, _ in self._known}
       return self._known
+
+  def _recall(self) -> list[tuple[Described, str]]:
+    from rew_jax.kb import wiki6m  # pylint: disable=g-import-not-at-top
+    try:
+      entries = [(describe(e.title, e.summary), e.content) for e in wiki6m.read_wiki6m(
+          self.cfg["kb_path"], skip_bad=True, with_content=True)]
+    except wiki6m.KBFormatError as e:
+      raise BackendError(f"curation backend 'simulated': kb_path: {e}") from None
+    generic = [d for d, _ in entries if d.visual and d.generic]
+    specific = [(d, c) for d, c in entries if d.visual and not d.generic]
+    # Popularity from the KB's public text (1 where it states none): the web's frequent
+    # entities are what a model learns in pretraining.
+    weight = np.array([float(m.group(1)) if (m := _PHOTOS.search(c)) else 1.0
+                       for _, c in specific]) + 1e-9
+    count = int(round(self.cfg["knows"] * len(specific)))
+    picked = _rng(self.cfg["seed"], "knowledge").choice(
+        len(specific), count, replace=False, p=weight / weight.sum()) if count else []
+    return [(specific[i][0], "knowledge") for i in sorted(picked)] + [
+        (d, "knowledge") for d in generic]
+
+  def _candidate(self, name: str, summary: str) -> Described:
+    """A listed candidate as the model reads it: from its summary when shown, else from
+    memory when it knows it, else from the name alone."""
+    if summary:
+      return describe(name, summary)
+    return self._by_name.get(name.casefold()) or describe(name)
 
   # -- The answer.
 
@@ -290,11 +343,12 @@ class SimulatedLLM(Backend):
       return {"qa": qa_for(p, num_qa, rng)}
     # Only what the prompt text holds: a direct prompt lists no candidates and no caption,
     # and a prompt whose context hides the summaries or the caption lists none of them.
-    candidates = [describe(json.loads(n), json.loads(s) if s else "")
+    known = self.known()
+    candidates = [self._candidate(json.loads(n), json.loads(s) if s else "")
                   for n, s in _CANDIDATE_LINE.findall(prompt.text)]
     m = _CAPTION.search(prompt.text)
     caption = json.loads(m.group(1)) if m else ""
-    choice = choose(p, candidates, caption, self.known())
+    choice = choose(p, candidates, caption, known)
     payload = {"entity_name": self._written(choice, prompt, [d.name for d in candidates]),
                "justification": justification_for(p, choice)}
     if prompt.kind == "one_call":
