@@ -88,3 +88,33 @@ def test_a_changed_config_retrains_and_never_reports_old_figures(tmp_path, monke
   assert not os.path.isdir(os.path.join(run, "eval", "oven_val", "step_3"))  # Not mixed.
   demo.train_one(config, run, "inputs-2", progress, "t")  # New records: retrained too.
   assert calls == [3, 4, 4]
+
+
+def test_the_ablations_curate_and_train_the_arms_they_name():
+  """table4: one record set per curation variant, entity-only models, compared with direct
+  annotation; table5: one record set, the tasks differ; arms that curate one set two ways
+  are refused."""
+  t4 = config_lib.load_config("configs/demo.py:ablation=table4")
+  assert demo.record_sets(t4) == {
+      "direct": ("simulated", "direct", ""), "no_context": ("simulated", "one_call", "none"),
+      "rew": ("simulated", "one_call", "full"), "separate": ("simulated", "multi_call", "full")}
+  assert list(demo.arms(t4)) == ["direct", "no_context", "context", "separate"]
+  assert t4.demo.reference == "direct" and t4.demo.finetune.total_steps == 0
+  wd = workdir_lib.Workdir("/w")
+  for name in demo.arms(t4):
+    c = demo.train_config(t4, wd, name)
+    assert dict(c.input.tasks.weights) == dict(entity=1.0, rationale=0.0, qa=0.0, caption=0.0)
+  assert demo.train_config(t4, wd, "context").input.data_dir == wd.records("rew")
+  t5 = config_lib.load_config("configs/demo.py:ablation=table5,finetune_steps=50")
+  assert list(demo.record_sets(t5)) == ["rew"] and t5.demo.finetune.total_steps == 50
+  weights = [dict(demo.train_config(t5, wd, n).input.tasks.weights) for n in demo.arms(t5)]
+  assert [sorted(t for t, w in ws.items() if w) for ws in weights] == [
+      ["entity"], ["entity", "rationale"], ["entity", "qa", "rationale"]]
+  main = config_lib.load_config("configs/demo.py")
+  assert main.demo.reference == "entity_webli" and main.demo.finetune.total_steps == 100
+  t5.demo.arms.entity.mode = "direct"  # "rew" curated two ways.
+  with pytest.raises(demo.ConfigError, match="give it its own `records` name"):
+    demo.record_sets(t5)
+  t5.demo.reference = "nope"
+  with pytest.raises(demo.ConfigError, match="demo.reference 'nope'"):
+    demo.arms(t5)

@@ -81,9 +81,10 @@ class ReportBuilder:
   """Accumulates the report one (item, outcome) at a time: memory stays O(truth + examples),
   so the report of a web-scale run costs no more than a pass over its journals."""
 
-  def __init__(self, *, backend: str, mode: str, truth_path: str = "", price_in: float = 0.0,
+  def __init__(self, *, backend: str, mode: str, context: str = "", truth_path: str = "",
+               price_in: float = 0.0,
                price_out: float = 0.0, num_examples: int = 6, eval_images: int = 0):
-    self.backend, self.mode = backend, mode
+    self.backend, self.mode, self.context = backend, mode, context
     self.price_in, self.price_out = price_in, price_out
     self.truth = _read_truth(truth_path)
     self.entities = _read_entities(truth_path) if self.truth else {}
@@ -188,7 +189,7 @@ class ReportBuilder:
     s, status = self.sums, self.status
     tin, tout = s["input_tokens"], s["output_tokens"]
     report = {
-        "backend": self.backend, "mode": self.mode,
+        "backend": self.backend, "mode": self.mode, "context": self.context,
         "records": manifest.total, "shards": len(manifest.shards),
         "config_hash": manifest.curation_config_hash,
         "counts_by_status": dict(sorted(manifest.counts_by_status.items())),

@@ -442,8 +442,9 @@ def report(plan_: Plan, seconds: float) -> dict:
         f"(first: {first_failed}; all: {plan_.dead_letter_dir}); the others are saved: rerun "
         "the same command to retry them")
   manifest = records_lib.Manifest.load(plan_.paths["out"])
+  settings = core.Settings.from_config(c)
   builder = report_lib.ReportBuilder(
-      backend=c.backend, mode=core.Settings.from_config(c).mode,
+      backend=c.backend, mode=settings.mode, context=settings.prompt_context,
       truth_path=plan_.paths["truth"],
       eval_images=len(plan_.dedup) if plan_.dedup is not None else 0,
       price_in=c.price_per_mtok_in, price_out=c.price_per_mtok_out,

@@ -37,26 +37,60 @@ from rew_jax import records as records_lib
 from rew_jax.data import oven_records
 from rew_jax.data import tokenizers
 from rew_jax.data import vocab
+from rew_jax.errors import ConfigError
 from rew_jax.models import trie as trie_lib
 from rew_jax.stages import base
 from rew_jax.stages import curate as curate_stage
 from rew_jax.stages import demo_report
 from rew_jax.stages import world as world_stage
 
-# (name in the report, curation backend; None: the config's LLM backend).
-DATASETS = (("entity_webli", "top1_candidate"), ("rew", None))
 RESULT_NAME = "demo_result.json"
+ARM_KEYS = ("records", "backend", "mode", "context", "tasks")
 
 
 def default_config_path() -> str:
   return config_lib.packaged_config_path("demo.py")
 
 
-def curation_config(config, wd: workdir_lib.Workdir, name: str, backend: str | None):
-  """The pipeline config of one curation of the demo: its backend and its records dir."""
+def arms(config) -> dict[str, config_lib.ConfigDict]:
+  """The demo's models in `demo.order`: name → its arm (`records`: the record set it trains
+  on, W/records_<records>; `backend`, `mode`, `context`: how that set is curated, "" for the
+  curation section's own; `tasks`: its task-mixture weights)."""
+  out = {}
+  for name in config.demo.order:
+    if name not in config.demo.arms:
+      raise ConfigError(f"demo.order names {name!r}, which demo.arms lacks "
+                        f"(arms: {sorted(config.demo.arms)})")
+    arm = config.demo.arms[name]
+    if sorted(arm) != sorted(ARM_KEYS):
+      raise ConfigError(f"demo.arms.{name} needs exactly the keys {ARM_KEYS}, got {sorted(arm)}")
+    out[name] = arm
+  if config.demo.reference not in out:
+    raise ConfigError(f"demo.reference {config.demo.reference!r} is not one of demo.order "
+                      f"{tuple(out)}")
+  return out
+
+
+def record_sets(config) -> dict[str, tuple[str, str, str]]:
+  """records name → (backend, mode, context) of its curation; arms sharing a record set must
+  curate it alike."""
+  c = config.curation
+  sets: dict[str, tuple[str, str, str]] = {}
+  for name, arm in arms(config).items():
+    how = (arm.backend or c.backend, arm.mode or c.mode, arm.context or c.context)
+    if sets.setdefault(arm.records, how) != how:
+      raise ConfigError(f"demo.arms.{name} curates records {arm.records!r} as {how}, another "
+                        f"arm as {sets[arm.records]}: give it its own `records` name")
+  return sets
+
+
+def curation_config(config, wd: workdir_lib.Workdir, records: str,
+                    how: tuple[str, str, str]) -> config_lib.ConfigDict:
+  """The pipeline config of one curation of the demo: its backend, mode, context and its
+  records dir."""
   c = copy.deepcopy(config)
-  c.curation.backend = backend or config.curation.backend
-  c.curation.out_dir = wd.records(name)
+  c.curation.backend, c.curation.mode, c.curation.context = how
+  c.curation.out_dir = wd.records(records)
   return c
 
 
@@ -75,16 +109,16 @@ def oven_eval_blocks(config, wd: workdir_lib.Workdir) -> tuple[dict, dict]:
 
 def train_config(config, wd: workdir_lib.Workdir, name: str, seed: int = 0
                  ) -> config_lib.ConfigDict:
-  """The `train` section for one of the demo's models: its records, tasks and evaluators.
-  `seed` counts from the config's seed (0: the config's own)."""
+  """The `train` section for one of the demo's models (an arm): its records, tasks and
+  evaluators. `seed` counts from the config's seed (0: the config's own)."""
+  arm = arms(config)[name]
   c = copy.deepcopy(config.train)
   c.seed += seed
   c.input.seed += seed
-  c.input.data_dir = wd.records(name)
+  c.input.data_dir = wd.records(arm.records)
   if config.demo.trim_vocab:
     c.model.vocab_ids = vocab_path(wd)
-  if name == "rew":
-    c.input.tasks.weights = config.demo.rew_task_weights
+  c.input.tasks.weights = config_lib.ConfigDict(dict(arm.tasks))
   evals, predict = oven_eval_blocks(config, wd)
   c.evals, c.predict = config_lib.ConfigDict(evals), config_lib.ConfigDict(predict)
   return c
@@ -189,69 +223,82 @@ def run(config, wd: workdir_lib.Workdir) -> dict:
   progress = base.Progress()
   os.makedirs(wd.root, exist_ok=True)
   if config.demo.compilation_cache and not jax.config.jax_compilation_cache_dir:
-    # Both models' train steps and every evaluation compile to the same programs: later
-    # runs (and reruns of the demo) load them from W/jax_cache instead of compiling again.
+    # Every model's train step and evaluation compile to the same programs: later runs
+    # (and reruns of the demo) load them from W/jax_cache instead of compiling again.
     # Takes effect when nothing has compiled yet in this process (a fresh CLI run).
     jax.config.update("jax_compilation_cache_dir", os.path.join(wd.root, "jax_cache"))
+  models, sets = arms(config), record_sets(config)
   progress.header("world")
   summary = world_stage.ensure(config, wd, progress=progress)
   curation = {}  # Each curation makes (or reuses) the candidates it reads.
-  for name, backend in DATASETS:
-    curation[name] = curate_stage.run(curation_config(config, wd, name, backend), wd,
-                                      redo_changed=True, progress=progress, verbose=False)
+  for records, how in sets.items():
+    curation[records] = curate_stage.run(curation_config(config, wd, records, how), wd,
+                                         redo_changed=True, progress=progress, verbose=False)
   finetune = config.demo.finetune.total_steps > 0
   if finetune:
     ensure_oven_records(wd, progress)
   if config.demo.trim_vocab:
-    ensure_vocab(config, wd, [wd.records(n) for n, _ in DATASETS] +
+    ensure_vocab(config, wd, [wd.records(n) for n in sets] +
                  ([wd.oven_records] if finetune else []), progress)
   seeds = list(range(config.demo.seeds))  # Offsets from the config's training seed.
-  results = {name: {"before": [], "after": []} for name, _ in DATASETS}
+  phases = (("before", "train"),) + ((("after", "finetune"),) if finetune else ())
+  results = {name: {"before": [], "after": []} for name in models}
   for seed in seeds:
-    for name, _ in DATASETS:
+    for name, arm in models.items():
       pre_dir = run_dir(wd, "train", name, seed)
       results[name]["before"].append(train_one(
           train_config(config, wd, name, seed), pre_dir,
-          workdir_lib.stamp_of(wd.records(name)) + workdir_lib.stamp_of(wd.vocab),
+          workdir_lib.stamp_of(wd.records(arm.records)) + workdir_lib.stamp_of(wd.vocab),
           progress, f"pretrain {name}, seed +{seed}"))
       if finetune:
         results[name]["after"].append(train_one(
             finetune_config(config, wd, name, seed), run_dir(wd, "finetune", name, seed),
             workdir_lib.stamp_of(pre_dir) + workdir_lib.stamp_of(wd.oven_records), progress,
             f"fine-tune {name} on OVEN train, seed +{seed}"))
-  differences = {phase: [demo_report.paired_difference(
-      run_dir(wd, directory, "rew", seed), run_dir(wd, directory, "entity_webli", seed),
-      wd.world_oven("entity_val")) for seed in seeds]
-                 for phase, directory in (("before", "train"), ("after", "finetune"))
-                 if phase == "before" or finetune}
+  reference = config.demo.reference
+  differences = {
+      name: {task: {phase: [demo_report.paired_difference(
+          run_dir(wd, directory, name, seed), run_dir(wd, directory, reference, seed),
+          wd.world_oven(f"{task}_val"), task=task) for seed in seeds]
+                    for phase, directory in phases}
+             for task in ("entity", "query")}
+      for name in models if name != reference}
+  labels = {name: curation[arm.records].get("accuracy_vs_truth", {})
+            for name, arm in models.items()}
   text = demo_report.markdown(summary, curation, results,
-                              [config.train.seed + s for s in seeds], differences)
-  png = plot.plot_runs({f"{name} ({phase})": run_dir(wd, phase, name, 0)
-                        for name, _ in DATASETS for phase in ("train", "finetune")
-                        if phase == "train" or finetune}, wd.curves)
+                              [config.train.seed + s for s in seeds], differences, reference,
+                              labels=labels,
+                              arms={n: dict(a) for n, a in models.items()})
+  png = plot.plot_runs({f"{name} ({phase})": run_dir(wd, directory, name, 0)
+                        for name in models for phase, directory in phases}, wd.curves)
   text += f"\nLoss curves: {png}. Total demo time {progress.elapsed():.0f} s.\n"
   with open(wd.report_md, "w") as f:
     f.write(text)
   as_json = {name: {phase: [{k: v._asdict() for k, v in cells.items()} for cells in runs]
-                    for phase, runs in phases.items()} for name, phases in results.items()}
+                    for phase, runs in phases_.items()} for name, phases_ in results.items()}
   with open(wd.report_json, "w") as f:
     json.dump({"world": summary, "curation": curation, "results": as_json, "seeds": seeds,
-               "rew_minus_entity_webli_entity_hm": {
-                   phase: [d._asdict() if d else None for d in ds]
-                   for phase, ds in differences.items()},
+               "arms": {n: a.to_dict() for n, a in models.items()}, "reference": reference,
+               "differences_hm": {
+                   name: {task: {phase: [d._asdict() if d else None for d in ds]
+                                 for phase, ds in by_phase.items()}
+                          for task, by_phase in by_task.items()}
+                   for name, by_task in differences.items()},
                "chance_pct": demo_report.chance(summary),
                "seconds": round(progress.elapsed(), 1)}, f, indent=1,
               default=lambda x: x.item() if isinstance(x, np.generic) else str(x))
   progress.line("\n" + text)
-  return {"curation": curation, "results": results, "report": text}
+  return {"curation": curation, "results": results, "report": text,
+          "differences": differences}
 
 
 def check(config, source: str) -> None:
   """Checks the demo's own sections (the stages check theirs when they run)."""
   config_lib.section(config, "demo", config_lib.ConfigDict(dict(
-      rew_task_weights=config_lib.ConfigDict(), seeds=1, trim_vocab=False,
+      arms=config_lib.ConfigDict(), order=(), reference="", seeds=1, trim_vocab=False,
       compilation_cache=False, finetune=config_lib.ConfigDict(dict(
           total_steps=0, lr=0.0, warmup_steps=0)))), source)
+  record_sets(config)
   config_lib.section(config, "eval", config_lib.ConfigDict(dict(
       splits=(), batch_size=0, num_beams=0, max_examples=0, pp="")), source)
   config_lib.section(config, "train", train_lib.default_config(), source=source)

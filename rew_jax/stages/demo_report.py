@@ -39,17 +39,18 @@ def eval_result(run_dir: str, evaluator: str = "oven_val") -> dict:
     return json.load(f)
 
 
-def paired_difference(run_a: str, run_b: str, references: str, evaluator: str = "oven_val"
-                      ) -> intervals.Interval | None:
-  """Entity HM of run_a minus run_b's on the entity questions both predicted, with its 95 %
-  paired-bootstrap interval; None when a bucket has no such question."""
+def paired_difference(run_a: str, run_b: str, references: str, evaluator: str = "oven_val",
+                      task: str = "entity") -> intervals.Interval | None:
+  """The `task` split's HM (entity or query) of run_a minus run_b's on the questions both
+  predicted, with its 95 % paired-bootstrap interval; None when a bucket has no such
+  question."""
   preds = [{p["data_id"]: p["pred_entity_id"] for p in oven_files.read_predictions(
-      os.path.join(_last_eval(r, evaluator), "predictions_entity.jsonl"))}
+      os.path.join(_last_eval(r, evaluator), f"predictions_{task}.jsonl"))}
            for r in (run_a, run_b)]
   right: dict[str, list[list[bool]]] = {"seen": [[], []], "unseen": [[], []]}
   for ref in oven_files.read_references(references):
     bucket = oven_metric.bucket_of(ref["data_split"])
-    if (bucket is None or oven_metric.task_of(ref["data_split"]) != "entity" or
+    if (bucket is None or oven_metric.task_of(ref["data_split"]) != task or
         not all(ref["data_id"] in p for p in preds)):
       continue
     for k, p in enumerate(preds):
@@ -93,61 +94,84 @@ def _cell(values: Sequence[intervals.Interval]) -> str:
   return f"{mean:.1f} ± {std:.1f}"
 
 
-def verdict(differences: Sequence[intervals.Interval | None], phase: str) -> str:
-  """Whether REW is ahead of Entity-WebLI on the entity HM in every seed, beyond the 95 %
-  interval of their paired difference (`paired_difference`, one per seed)."""
+def verdict(differences: Sequence[intervals.Interval | None], phase: str, name: str,
+            reference: str, task: str = "entity") -> str:
+  """Whether arm `name` is ahead of `reference` on the `task` HM in every seed, beyond the
+  95 % interval of their paired difference (`paired_difference`, one per seed)."""
   where = f"{phase} fine-tuning"
   known = [d for d in differences if d is not None]
   per_seed = ", ".join(f"{d.value:+.1f} [{d.low:+.1f}, {d.high:+.1f}]" for d in known)
-  head = (f"{where}: entity HM, REW minus Entity-WebLI (95 % paired-bootstrap interval over "
-          f"the questions), per seed: {per_seed or 'not measured'}; ")
+  head = (f"{where}: {task} HM, {name} minus {reference} (95 % paired-bootstrap interval "
+          f"over the questions), per seed: {per_seed or 'not measured'}; ")
   if known and len(known) == len(differences) and all(d.low > 0 for d in known):
-    return head + f"REW is ahead in every seed ({len(known)})."
+    return head + f"{name} is ahead in every seed ({len(known)})."
   if known and len(known) == len(differences) and all(d.high < 0 for d in known):
-    return head + f"REW is behind in every seed ({len(known)})."
+    return head + f"{name} is behind in every seed ({len(known)})."
   return head + "an interval includes zero (or the seeds disagree): no difference is claimed."
+
+
+def _label_cell(acc: Mapping[str, Any]) -> str:
+  """Label accuracy over all images with its Wilson interval."""
+  n = acc.get("images_with_truth", 0)
+  if not n:
+    return "—"
+  return str(intervals.wilson(round(acc["records_pct"] * n / 100), n))
 
 
 def markdown(summary: Mapping[str, Any], curation: Mapping[str, Mapping[str, Any]],
              results: Mapping[str, Mapping[str, list[dict]]], seeds: Sequence[int],
-             differences: Mapping[str, Sequence[intervals.Interval | None]]) -> str:
-  """results: name → phase → one dict of Intervals per seed; differences: phase → REW's
-  paired entity-HM difference from Entity-WebLI per seed."""
+             differences: Mapping[str, Mapping[str, Mapping[str, Sequence]]], reference: str,
+             labels: Mapping[str, Mapping[str, Any]], arms: Mapping[str, Mapping[str, Any]]
+             ) -> str:
+  """results: arm → phase → one dict of Intervals per seed; differences: arm → task → phase
+  → its paired HM difference from the `reference` arm per seed; labels: arm → the label
+  accuracy of its records (the curation report's `accuracy_vs_truth`)."""
   odds = chance(summary)
   lines = ["# rew_jax demo report", "",
            synthetic.format_summary(summary).replace("\n", "  \n"), "",
            "## Curation (label accuracy against the world's truth, measured)", "",
-           "| records | backend | labelled | label accuracy (all images) | precision of "
-           "labelled | fixed similar_wrong captions | fixed irrelevant captions |",
-           "|---|---|---:|---:|---:|---:|---:|"]
+           "| records | backend, mode, context | labelled | label accuracy (all images) | "
+           "precision of labelled | generic / lookalike / abstained / concept / "
+           "hallucinated (% of images) |", "|---|---|---:|---:|---:|---|"]
   for name, rep in curation.items():
     acc = rep.get("accuracy_vs_truth", {})
-    kinds = acc.get("by_caption_kind", {})
+    modes = acc.get("failure_modes_pct", {}).get("records", {})
+    how = (f"{rep['backend']} (no LLM)" if not rep["llm_calls"] else
+           f"{rep['backend']}, {rep['mode']}, {rep.get('context') or 'default'}")
     lines.append(
-        f"| {name} | {rep['backend']} | {acc.get('records_labelled_pct')}% | "
-        f"{acc.get('records_pct')}% | {acc.get('records_labelled_precision_pct')}% | "
-        f"{kinds.get('similar_wrong', {}).get('records_pct', '—')}% | "
-        f"{kinds.get('irrelevant', {}).get('records_pct', '—')}% |")
+        f"| {name} | {how} | {acc.get('records_labelled_pct')}% | {_label_cell(acc)} | "
+        f"{acc.get('records_labelled_precision_pct')}% | " +
+        (" / ".join(f"{modes.get(m, 0):.1f}" for m in (
+            "generic", "lookalike", "abstained", "concept", "hallucinated")) or "—") + " |")
   first = next(iter(curation.values())).get("accuracy_vs_truth", {})
   lines += ["", f"Top-1 candidate accuracy {first.get('candidates_top1_pct')}%, recall@k "
             f"{first.get('candidates_recall_at_k_pct')}%.", "",
-            "## OVEN validation: top-1 % before and after fine-tuning on OVEN train", "",
+            "## OVEN validation: top-1 %" + (" before and after fine-tuning on OVEN train"
+                                              if any(p.get("after") for p in results.values())
+                                              else ""), "",
             ("Each cell: value [95 % interval]." if len(seeds) == 1 else
              f"Each cell: mean ± std over seeds {list(seeds)}.") +
             f" Chance: {odds['uniform']:.1f} % (a uniform guess over the KB's "
             f"{summary['entities']['visual']} visual entities), {odds['within_category']:.1f} % "
             "within the category the question names.", "",
-            "| trained on | fine-tuned | entity seen | entity unseen | entity HM | query seen | "
-            "query unseen | query HM | final HM |", "|---|---|" + "---:|" * len(CELLS)]
+            "| model (records; tasks) | label accuracy | fine-tuned | entity seen | "
+            "entity unseen | entity HM | query seen | query unseen | query HM | final HM |",
+            "|---|---:|---|" + "---:|" * len(CELLS)]
   for name, phases in results.items():
+    arm = arms[name]
+    tasks = "+".join(t for t, w in sorted(dict(arm["tasks"]).items()) if w)
     for phase in PHASES:
       per_seed = phases.get(phase, [])
       if not per_seed:
         continue
       cells = [_cell([s[f"{t}_{b}"] for s in per_seed]) if f"{t}_{b}" in per_seed[0] else "—"
                for t, b in CELLS]
-      lines.append(f"| {name} | {'yes' if phase == 'after' else 'no'} | " + " | ".join(cells) +
-                   " |")
-  lines += [""] + [verdict(differences[phase], phase) for phase in PHASES
-                   if phase in differences]
+      lines.append(f"| {name} ({arm['records']}; {tasks}) | "
+                   f"{_label_cell(labels.get(name, {}))} | "
+                   f"{'yes' if phase == 'after' else 'no'} | " + " | ".join(cells) + " |")
+  lines += ["", f"Paired differences from {reference} (both answer the same questions):", ""]
+  for name, by_task in differences.items():
+    for task, by_phase in by_task.items():
+      lines += [f"- {verdict(ds, phase, name, reference, task)}"
+                for phase, ds in by_phase.items()]
   return "\n".join(lines) + "\n"
