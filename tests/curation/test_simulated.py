@@ -66,7 +66,7 @@ def test_summaries_and_names_are_read_back_into_looks(names):
   config.update(num_entities=600, names=names)
   kinds = collections.Counter(w for shapes in synthetic.CATEGORIES.values() for w, _ in shapes)
   for e in synthetic.make_entities(config):
-    got = simulated.describe(e.title, synthetic._summary(e))  # pylint: disable=protected-access
+    got = simulated.describe(e.title, synthetic.summary(e))
     if e.category == "concept":
       assert not got.visual
       continue

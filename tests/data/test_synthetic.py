@@ -231,7 +231,7 @@ def test_proper_names_do_not_describe_the_look_only_the_summary_does(world):
   for e in entities:
     words = set(e.title.lower().split())
     assert not words & look_words, e.title
-    summary = synthetic._summary(e)  # pylint: disable=protected-access
+    summary = synthetic.summary(e)
     assert e.colour in summary and e.place in summary
   assert len({e.title.split()[0] for e in entities}) == len(entities)  # Proper names differ.
 
