@@ -44,9 +44,12 @@ def paired_difference(run_a: str, run_b: str, references: str, evaluator: str = 
   """The `task` split's HM (entity or query) of run_a minus run_b's on the questions both
   predicted, with its 95 % paired-bootstrap interval; None when a bucket has no such
   question."""
-  preds = [{p["data_id"]: p["pred_entity_id"] for p in oven_files.read_predictions(
-      os.path.join(_last_eval(r, evaluator), f"predictions_{task}.jsonl"))}
+  paths = [os.path.join(_last_eval(r, evaluator), f"predictions_{task}.jsonl")
            for r in (run_a, run_b)]
+  if not all(os.path.isfile(p) for p in paths):  # No question of this split was evaluated.
+    return None
+  preds = [{p["data_id"]: p["pred_entity_id"] for p in oven_files.read_predictions(path)}
+           for path in paths]
   right: dict[str, list[list[bool]]] = {"seen": [[], []], "unseen": [[], []]}
   for ref in oven_files.read_references(references):
     bucket = oven_metric.bucket_of(ref["data_split"])
@@ -100,9 +103,11 @@ def verdict(differences: Sequence[intervals.Interval | None], phase: str, name: 
   95 % interval of their paired difference (`paired_difference`, one per seed)."""
   where = f"{phase} fine-tuning"
   known = [d for d in differences if d is not None]
+  if not known:
+    return f"{where}: {task} HM, {name} minus {reference}: not measured (no question asked)."
   per_seed = ", ".join(f"{d.value:+.1f} [{d.low:+.1f}, {d.high:+.1f}]" for d in known)
   head = (f"{where}: {task} HM, {name} minus {reference} (95 % paired-bootstrap interval "
-          f"over the questions), per seed: {per_seed or 'not measured'}; ")
+          f"over the questions), per seed: {per_seed}; ")
   if known and len(known) == len(differences) and all(d.low > 0 for d in known):
     return head + f"{name} is ahead in every seed ({len(known)})."
   if known and len(known) == len(differences) and all(d.high < 0 for d in known):
