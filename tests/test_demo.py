@@ -118,3 +118,30 @@ def test_the_ablations_curate_and_train_the_arms_they_name():
   t5.demo.reference = "nope"
   with pytest.raises(demo.ConfigError, match="demo.reference 'nope'"):
     demo.arms(t5)
+
+
+@pytest.mark.slow
+def test_table4_runlocal_curates_each_variant_and_compares_with_direct(tmp_path, capsys):
+  workdir = str(tmp_path / "t4")
+  assert cli.main(["demo", "--workdir", workdir, "--config",
+                   "configs/demo.py:ablation=table4,runlocal"]) == 0
+  out = capsys.readouterr().out
+  assert "Paired differences from direct" in out
+  with open(os.path.join(workdir, "report.json")) as f:
+    report = json.load(f)
+  assert list(report["curation"]) == ["direct", "no_context", "rew", "separate"]
+  assert [report["curation"][r]["mode"] for r in report["curation"]] == [
+      "direct", "one_call", "one_call", "multi_call"]
+  assert report["curation"]["no_context"]["context"] == "none"
+  assert set(report["differences_hm"]) == {"no_context", "context", "separate"}
+  for name, by_task in report["differences_hm"].items():
+    [d] = by_task["entity"]["before"]
+    assert d["low"] <= d["value"] <= d["high"] and "after" not in by_task["entity"], name
+  for name in ("direct", "no_context", "context", "separate"):
+    assert list(report["results"][name]["before"]) and not report["results"][name]["after"]
+  # Each variant's records carry what its audit counts.
+  for rep in report["curation"].values():
+    modes = rep["accuracy_vs_truth"]["failure_modes_pct"]["records"]
+    assert set(modes) == {"abstained", "generic", "lookalike", "concept", "hallucinated"}
+    assert sum(modes.values()) == pytest.approx(100 - rep["accuracy_vs_truth"]["records_pct"],
+                                                abs=0.05)
