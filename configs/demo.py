@@ -174,7 +174,8 @@ def get_config(arg=None):
       # train holds only the seen entities, and a high rate forgets the unseen ones (measured
       # on the demo, REW unseen top-1 after fine-tuning: 10.0 % at 2e-5, 28.5 % at 5e-6).
       finetune=config_lib.ConfigDict(dict(
-          total_steps=2 if arg.runlocal else arg.finetune_steps, lr=5e-6, warmup_steps=10))))
+          total_steps=min(2, arg.finetune_steps) if arg.runlocal else arg.finetune_steps,
+          lr=5e-6, warmup_steps=10))))
   config.eval = config_lib.ConfigDict(dict(
       splits=("entity_val", "query_val"),  # oven_<split>.jsonl of the world.
       batch_size=64, num_beams=4, max_examples=0,

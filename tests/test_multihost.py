@@ -159,9 +159,11 @@ def test_two_processes_write_the_candidates_of_one(world_runs):
   assert [r["image_id"] for r in rows1] == [r["image_id"] for r in rows2]
   for a, b in zip(rows1, rows2):
     assert [c["entity_id"] for c in a["candidates"]] == [c["entity_id"] for c in b["candidates"]]
-    # Encoded on 4 devices instead of 8: the same scores up to float rounding.
+    # Encoded on 4 devices instead of 8: the same scores up to float rounding (float32
+    # through 6 MiniLM layers, batched otherwise, then written with 6 decimals: measured
+    # differences reach 4e-6 on scores of ~0.3).
     np.testing.assert_allclose([c["score"] for c in a["candidates"]],
-                               [c["score"] for c in b["candidates"]], atol=3e-6)
+                               [c["score"] for c in b["candidates"]], atol=1e-5)
   # The entity embeddings were built once, their shards split over the hosts.
   emb = os.path.join(world_runs["two"], "kb", "embeddings-title-float16")
   assert sorted(os.listdir(emb)) == sorted(
