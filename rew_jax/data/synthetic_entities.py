@@ -198,8 +198,10 @@ def make_entities(config) -> list[Entity]:
   zero_shot = set(unseen_order[:int(round(config.zero_shot_fraction * n))])
   web_weight = np.where([i in zero_shot for i in range(n)], 0.0, weight)
   web_weight /= max(web_weight.sum(), 1e-12)
+  second_of = {pair: i for i, (*_, pair) in enumerate(looks) if pair >= 0}
   entities = []
   for i, (cat, word, shape, colour, pattern, pair) in enumerate(looks):
+    mate = pair if pair >= 0 else second_of.get(i, -1)  # Its look-alike pair's index.
     if pair >= 0:  # A look-alike lives elsewhere than its pair.
       places[i] = (places[pair] + 1 + places[i] % (len(PLACES) - 1)) % len(PLACES)
     place = PLACES[places[i]] if config.names == "proper" or config.lookalike_fraction else ""
@@ -214,9 +216,7 @@ def make_entities(config) -> list[Entity]:
     entities.append(Entity(
         f"Q{ids[i]}", title, cat, shape, colour, pattern, seen=i not in unseen,
         on_web=i not in zero_shot, place=place, web_weight=float(web_weight[i]),
-        lookalike_of=f"Q{ids[pair]}" if pair >= 0 else ""))
-  entities = [dataclasses.replace(e, lookalike_of=e.lookalike_of or next(
-      (o.entity_id for o in entities if o.lookalike_of == e.entity_id), "")) for e in entities]
+        lookalike_of=f"Q{ids[mate]}" if mate >= 0 else ""))
   for k, (cat, word, shape) in enumerate(generics):
     title = word + (f" ({cat})" if shared_words[word] > 1 else "")
     entities.append(Entity(f"Q{ids[n + k]}", title, cat, shape, generic=True))

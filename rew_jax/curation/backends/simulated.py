@@ -326,6 +326,7 @@ class SimulatedLLM(Backend):
     memory when it knows it, else from the name alone."""
     if summary:
       return describe(name, summary)
+    self.known()  # Fills `_by_name` on first use.
     return self._by_name.get(name.casefold()) or describe(name)
 
   # -- The answer.
@@ -343,12 +344,11 @@ class SimulatedLLM(Backend):
       return {"qa": qa_for(p, num_qa, rng)}
     # Only what the prompt text holds: a direct prompt lists no candidates and no caption,
     # and a prompt whose context hides the summaries or the caption lists none of them.
-    known = self.known()
     candidates = [self._candidate(json.loads(n), json.loads(s) if s else "")
                   for n, s in _CANDIDATE_LINE.findall(prompt.text)]
     m = _CAPTION.search(prompt.text)
     caption = json.loads(m.group(1)) if m else ""
-    choice = choose(p, candidates, caption, known)
+    choice = choose(p, candidates, caption, self.known())
     payload = {"entity_name": self._written(choice, prompt, [d.name for d in candidates]),
                "justification": justification_for(p, choice)}
     if prompt.kind == "one_call":
