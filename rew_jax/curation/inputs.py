@@ -124,6 +124,8 @@ def load_image(item: Item, image_root: str, check: bool = False) -> tuple[bytes,
     path = os.path.join(image_root, path)
   try:
     data = sources.read_image_bytes(path)
+  except sources.FetchError as e:  # A dead link: web data, a counted skip like a bad image.
+    raise BadImageError(f"{item.shard}:{item.index + 1} ({item.image_id}): {e}") from None
   except sources.DataFormatError as e:
     raise InputError(f"{item.shard}:{item.index + 1} ({item.image_id}): {e}") from None
   except OSError as e:

@@ -176,7 +176,7 @@ def dedup_config(c, image_root: str):
   return d
 
 
-def _candidates_manifest(paths: dict[str, str]) -> dict:
+def candidates_manifest(paths: dict[str, str]) -> dict:
   path = os.path.join(paths["candidates"], "manifest.json")
   return json.loads(storage.read_text(path)) if storage.isfile(path) else {}
 
@@ -184,6 +184,6 @@ def _candidates_manifest(paths: dict[str, str]) -> dict:
 def kb_paths(c, paths: dict[str, str], *, read_manifest: bool = True) -> tuple[str, str]:
   """(Wiki6M file, index dir): from the config, else the ones the candidates step used
   (its manifest; `read_manifest=False`, as a dry run does: the workdir's defaults)."""
-  kb = _candidates_manifest(paths).get("kb", {}) if read_manifest else {}
+  kb = candidates_manifest(paths).get("kb", {}) if read_manifest else {}
   return (c.kb_source or kb.get("path") or paths["kb_source"],
           c.kb_index_dir or kb.get("index_dir") or paths["kb_index"])

@@ -456,6 +456,11 @@ def report(plan_: Plan, seconds: float) -> dict:
       if item.index in done:
         builder.add(item, done[item.index])
   result = builder.finish(manifest, skipped=skipped, seconds=seconds)
+  upstream = section.candidates_manifest(plan_.paths)
+  # What the candidates step left out before curation: bad input records, and samples the
+  # downloader could not fetch (img2dataset's sidecars), so the report covers every input.
+  result["candidates_inputs"] = {"skipped": upstream.get("skipped", 0),
+                                 "upstream_failed": upstream.get("upstream_failed", {})}
   result["dead_letters"] = {"dir": plan_.dead_letter_dir, "by_kind": kinds}
   report_lib.write(result, plan_.paths["curation"], builder.chosen_examples(),
                    plan_.image_root)

@@ -21,6 +21,7 @@ next to the index (`kb.index_dir`, default W/kb) and reused afterwards.
 
 from __future__ import annotations
 
+import collections
 import copy
 import json
 import os
@@ -55,8 +56,11 @@ def default_config() -> config_lib.ConfigDict:
                                            recall_target=0.95, query_batch=4096,
                                            backend="auto"))
   # path empty with format=world → W/world (where `python -m rew_jax world` writes).
-  c.data = config_lib.ConfigDict(dict(format="world", path="", caption_key="caption",
-                                      image_key="image_path", id_key="image_id",
+  # columns: a url list's spelling (sources.COLUMNS: laion, coyo, cc12m, datacomp), which
+  # replaces the three keys.
+  c.data = config_lib.ConfigDict(dict(format="world", path="", columns="",
+                                      caption_key="caption", image_key="image_path",
+                                      id_key="image_id",
                                       skip_bad_records=False, records_per_shard=10000))
   c.artifacts = config_lib.ConfigDict(dict(codes=True, code_length=3, seed=0))
   return c
@@ -171,15 +175,20 @@ def _manifest(out_dir: str, names: list[str], config, paths: _Paths, kb_count: i
     with storage.path(f"{out_dir}/{name}").open("rb") as f:
       records = sum(1 for _ in f)
     stats_path = f"{out_dir}/{os.path.splitext(name)[0]}.stats.json"
-    skipped = 0
-    if storage.isfile(stats_path):
-      skipped = json.loads(storage.read_text(stats_path)).get("skipped", 0)
-    shards.append({"path": name, "records": records, "skipped": skipped})
+    stats = json.loads(storage.read_text(stats_path)) if storage.isfile(stats_path) else {}
+    shards.append({"path": name, "records": records, "skipped": stats.get("skipped", 0),
+                   "upstream": stats.get("upstream", {})})
+  upstream = collections.Counter()
+  for s in shards:
+    upstream.update(s["upstream"])
   manifest = {
       "format": "rew_jax.candidates/1",
       "num_shards": len(names),
       "records": sum(s["records"] for s in shards),
       "skipped": sum(s["skipped"] for s in shards),
+      # Samples the downloader listed but could not fetch (img2dataset's sidecar), by status;
+      # the shards' .stats.json name each with its key.
+      "upstream_failed": dict(sorted(upstream.items())),
       "k": config.retrieval.k, "method": config.retrieval.method,
       "source": {"format": paths.format, "path": storage.absolute(paths.data)},
       "kb": {"path": storage.absolute(paths.kb), "index_dir": storage.absolute(paths.index),
@@ -232,7 +241,8 @@ def run_candidates(config, workdir: str, *, host_index: int | None = None,
   if todo:
     retriever = CandidateRetriever(config, kb, mirrors.local_paths.embeddings,
                                    sync=mirrors.sync)
-    keys = sources.Keys(config.data.caption_key, config.data.image_key, config.data.id_key)
+    keys = sources.keys_for(config.data.columns, config.data.caption_key,
+                            config.data.image_key, config.data.id_key)
     for i in todo:
       start = time.time()
       stats = {"skipped": 0}
@@ -240,7 +250,9 @@ def run_candidates(config, workdir: str, *, host_index: int | None = None,
                                        stats=stats))
       cands = retriever.search([r["caption"] for r in records])
       _write_shard(f"{paths.out}/{names[i]}", records, cands, stats)
+      failed = sum(stats.get("upstream", {}).values())
       log(f"  {names[i]}: {len(records)} images, {stats['skipped']} skipped, "
+          + (f"{failed} failed upstream, " if failed else "") +
           f"{time.time() - start:.1f} s")
   distributed.barrier("candidates-shards")
   if distributed.process_index() == 0 and all(

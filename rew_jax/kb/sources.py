@@ -4,14 +4,17 @@ Formats (`data.format`):
   world       the embedded world's directory: web/captions.jsonl, image paths relative to it
   jsonl       one object per line with a caption and an image path (relative to the file's
               directory unless absolute), e.g. {"image_id", "caption", "image_path"}
-  webdataset  img2dataset-style tar shards: per sample `KEY.jpg|png|webp` + `KEY.txt` and/or
-              `KEY.json` (caption under "caption"); the image is referenced, not copied
-  parquet     a caption column plus either an image path column or an image column holding
+  webdataset  tar shards as img2dataset and webdataset write them (`rew_jax.kb.tar_shards`):
+              per sample `KEY.jpg|png|webp` + `KEY.txt` and/or `KEY.json`, failed downloads
+              counted from img2dataset's sidecar parquet; local or gs://
+  parquet     a caption column plus an image path or URL column, or an image column holding
               bytes (a binary column, or a {"bytes", "path"} struct as HF datasets write it)
   auto        chosen from the path (a directory with web/captions.jsonl is a world)
 
-Every record comes out as {"image_id", "caption", "image_path"}; `image_path` is an absolute
-path or a reference `tar://ABS.tar#MEMBER` / `parquet://ABS.parquet#row=N` that
+Column names (`data.columns`): the keys below, or the spelling of a public dataset's url
+list (`COLUMNS`: laion, coyo, cc12m, datacomp). Every record comes out as {"image_id",
+"caption", "image_path"}; `image_path` is an absolute path, an http(s) URL (fetched when
+curated: for millions of images, fetch them first with img2dataset) or a reference `tar://ABS.tar#MEMBER` / `parquet://ABS.parquet#row=N` that
 `read_image_bytes` opens. A unit is the work of one output shard: a line range of a jsonl
 file, one tar file, or one parquet row group.
 """
@@ -23,19 +26,23 @@ import functools
 import glob
 import json
 import os
-import tarfile
 from typing import Iterator
 
 from rew_jax import storage
 from rew_jax.errors import UserError
+from rew_jax.kb import tar_shards
 
 FORMATS = ("auto", "world", "jsonl", "webdataset", "parquet")
-IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+IMAGE_EXTS = tar_shards.IMAGE_EXTS
 _EXT = {"jsonl": (".jsonl", ".json"), "webdataset": (".tar",), "parquet": (".parquet",)}
 
 
 class DataFormatError(UserError):
   """An input record or file that cannot be read as image–caption data."""
+
+
+class FetchError(DataFormatError):
+  """An image URL that could not be fetched (a 404, a refused connection, a timeout)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,8 +61,36 @@ class Keys:
   image_id: str = "image_id"
 
 
+# The column spellings of the public url lists (and of img2dataset's per-sample JSON, whose
+# id is `key`, or a saved column such as DataComp's `uid`). An empty id: `<file>_<row>`.
+COLUMNS = {
+    "laion": Keys(caption="TEXT", image="URL", image_id=""),
+    "coyo": Keys(caption="text", image="url", image_id="id"),
+    "cc12m": Keys(caption="caption", image="url", image_id=""),
+    "datacomp": Keys(caption="text", image="url", image_id="uid"),
+}
+
+
+def keys_for(columns: str, caption: str, image: str, image_id: str) -> Keys:
+  """`data.columns` (a COLUMNS name) when set, else the configured keys."""
+  if not columns:
+    return Keys(caption, image, image_id)
+  if columns not in COLUMNS:
+    raise DataFormatError(f"unknown data.columns {columns!r}; choose one of "
+                          f"{', '.join(COLUMNS)}, or leave it empty and set caption_key, "
+                          "image_key, id_key")
+  return COLUMNS[columns]
+
+
+def _is_url(path: str) -> bool:
+  return path.startswith(("http://", "https://"))
+
+
 def _files(path: str, fmt: str) -> list[str]:
-  if os.path.isdir(path):
+  if storage.is_remote(path):  # A bucket: a folder of shards, or a glob.
+    directory, pattern = (path, "*") if storage.isdir(path) else os.path.split(path)
+    files = [f for f in storage.glob(directory, pattern) if f.endswith(_EXT[fmt])]
+  elif os.path.isdir(path):
     files = sorted(os.path.join(path, f) for f in os.listdir(path) if f.endswith(_EXT[fmt]))
   elif any(c in path for c in "*?["):
     files = sorted(glob.glob(path))
@@ -63,16 +98,18 @@ def _files(path: str, fmt: str) -> list[str]:
     files = [path] if os.path.isfile(path) else []
   if not files:
     raise DataFormatError(f"no {fmt} input found at {path!r}")
-  return [os.path.abspath(f) for f in files]
+  return sorted(storage.absolute(f) for f in files)
 
 
 def detect_format(path: str) -> str:
-  if os.path.isfile(os.path.join(path, "web", "captions.jsonl")):
+  if not storage.is_remote(path) and os.path.isfile(os.path.join(path, "web", "captions.jsonl")):
     return "world"
   probe = path
-  if os.path.isdir(path):
-    names = sorted(os.listdir(path))
-    probe = next((n for n in names if n.endswith((".tar", ".parquet", ".jsonl"))), "")
+  if storage.isdir(path):
+    names = sorted(storage.listdir(path))
+    # img2dataset writes a sidecar parquet beside each tar: the tars are the data.
+    probe = next((n for ext in (".tar", ".parquet", ".jsonl") for n in names
+                  if n.endswith(ext)), "")
   for fmt, exts in _EXT.items():
     if probe.endswith(exts):
       return fmt
@@ -97,11 +134,13 @@ def plan_units(fmt: str, path: str, records_per_shard: int) -> list[Unit]:
   if fmt == "webdataset":
     return [Unit("webdataset", f) for f in files]
   import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
+  storage.require_local(path, "parquet input")
   return [Unit("parquet", f, g) for f in files
           for g in range(pq.ParquetFile(f).metadata.num_row_groups)]
 
 
 def _jsonl_units(path: str, per_shard: int, base_dir: str) -> list[Unit]:
+  storage.require_local(path, "jsonl input")
   if not os.path.isfile(path):
     raise DataFormatError(f"caption file {path!r} does not exist")
   with open(path, "rb") as f:
@@ -114,16 +153,24 @@ def read_unit(unit: Unit, keys: Keys = Keys(), *, skip_bad: bool = False,
               stats: dict | None = None) -> Iterator[dict]:
   """Yields {"image_id", "caption", "image_path"} for every good record of the unit.
 
-  A bad record raises `DataFormatError` naming file and line/sample, or is counted in
-  `stats["skipped"]` when `skip_bad`.
+  A bad record raises `DataFormatError` naming file and line/sample, or, when `skip_bad`,
+  is counted in `stats["skipped"]` and listed in `stats["skips"]` ({"where", "reason"}). A
+  sample that img2dataset failed to fetch is no error: it is counted in
+  `stats["upstream"]` (by status) and listed in `stats["upstream_failed"]` with its key.
   """
   stats = stats if stats is not None else {}
   stats.setdefault("skipped", 0)
   reader = {"jsonl": _read_jsonl, "webdataset": _read_tar, "parquet": _read_parquet}
   for where, record in reader[unit.format](unit, keys):
+    if isinstance(record, tar_shards.Upstream):
+      by_status = stats.setdefault("upstream", {})
+      by_status[record.status] = by_status.get(record.status, 0) + 1
+      stats.setdefault("upstream_failed", []).append(dataclasses.asdict(record))
+      continue
     if isinstance(record, str):  # An error message for this record.
       if skip_bad:
         stats["skipped"] += 1
+        stats.setdefault("skips", []).append({"where": where, "reason": record})
         continue
       raise DataFormatError(f"{where}: {record}")
     yield record
@@ -160,52 +207,16 @@ def _read_jsonl(unit: Unit, keys: Keys):
         yield where, "a line must hold a JSON object"
         continue
       record = _check(raw, keys, f"{stem}_{i:08d}")
-      if isinstance(record, dict):
+      if isinstance(record, dict) and not storage.is_remote(record["image_path"]):
         record["image_path"] = os.path.normpath(os.path.join(unit.base_dir, record["image_path"]))
       yield where, record
 
 
 def _read_tar(unit: Unit, keys: Keys):
-  samples: dict[str, dict] = {}
-  order = []
   try:
-    with tarfile.open(unit.path, "r|*") as tar:
-      for member in tar:
-        if not member.isfile():
-          continue
-        base = os.path.basename(member.name)
-        key, _, ext = base.partition(".")
-        key = os.path.join(os.path.dirname(member.name), key)
-        ext = ext.lower()
-        if key not in samples:
-          samples[key] = {}
-          order.append(key)
-        if ext in IMAGE_EXTS:
-          samples[key]["image"] = member.name
-        elif ext in ("txt", "json"):
-          samples[key][ext] = tar.extractfile(member).read()
-  except (tarfile.TarError, EOFError, OSError) as e:
-    raise DataFormatError(f"{unit.path}: not a readable tar shard ({e})") from None
-  for key in order:
-    s = samples[key]
-    where = f"{unit.path}#{key}"
-    meta = {}
-    if "json" in s:
-      try:
-        meta = json.loads(s["json"])
-      except ValueError as e:
-        yield where, f"sample json is not valid JSON ({e})"
-        continue
-    if "image" not in s:
-      yield where, f"sample has no image ({'/'.join(IMAGE_EXTS)})"
-      continue
-    caption = s["txt"].decode("utf-8", "replace") if "txt" in s else meta.get(keys.caption)
-    if not isinstance(caption, str):
-      yield where, "sample has neither a .txt caption nor a caption in its .json"
-      continue
-    image_id = meta.get(keys.image_id) or meta.get("key") or os.path.basename(key)
-    yield where, {"image_id": str(image_id), "caption": caption,
-                  "image_path": f"tar://{unit.path}#{s['image']}"}
+    yield from tar_shards.read_shard(unit.path, keys)
+  except ValueError as e:  # The whole shard is unreadable.
+    raise DataFormatError(str(e)) from None
 
 
 def _read_parquet(unit: Unit, keys: Keys):
@@ -217,12 +228,14 @@ def _read_parquet(unit: Unit, keys: Keys):
   if caption_col is None:
     raise DataFormatError(f"{unit.path}: no caption column ({keys.caption!r}, caption, text, "
                           f"TEXT); columns are {names}")
-  path_col = keys.image if keys.image in names else None
+  path_col = next((c for c in (keys.image, "url", "URL") if c in names), None)
   bytes_col = next((c for c in ("image", "jpg", "image_bytes") if c in names), None)
   if path_col is None and bytes_col is None:
-    raise DataFormatError(f"{unit.path}: no image column ({keys.image!r} with paths, or image/"
-                          f"jpg/image_bytes with bytes); columns are {names}")
-  id_col = next((c for c in (keys.image_id, "key", "id") if c in names), None)
+    raise DataFormatError(f"{unit.path}: no image column ({keys.image!r} with paths or URLs, "
+                          f"url/URL, or image/jpg/image_bytes with bytes); columns are {names}")
+  if bytes_col is not None and path_col in ("url", "URL"):
+    path_col = None  # Bytes beside their source URL: the bytes are the image.
+  id_col = next((c for c in (keys.image_id, "key", "id", "uid") if c and c in names), None)
   table = pf.read_row_group(unit.start, columns=[c for c in (caption_col, path_col, id_col)
                                                  if c])
   stem = os.path.splitext(os.path.basename(unit.path))[0]
@@ -240,7 +253,8 @@ def _read_parquet(unit: Unit, keys: Keys):
       if not image:
         yield where, f"image path column {path_col!r} is empty"
         continue
-      image = os.path.normpath(os.path.join(base, image))
+      if not storage.is_remote(image):
+        image = os.path.normpath(os.path.join(base, image))
     else:
       image = f"parquet://{unit.path}#row={row}"
     image_id = data[id_col][i] if id_col else f"{stem}_{row:08d}"
@@ -249,12 +263,6 @@ def _read_parquet(unit: Unit, keys: Keys):
 
 # ----------------------------------------------------------------------------------------
 # Opening image references.
-
-@functools.lru_cache(maxsize=4)
-def _tar_index(path: str) -> dict[str, tarfile.TarInfo]:
-  with tarfile.open(path) as tar:
-    return {m.name: m for m in tar.getmembers() if m.isfile()}
-
 
 @functools.lru_cache(maxsize=4)
 def _parquet_rows(path: str):
@@ -268,12 +276,10 @@ def read_image_bytes(ref: str) -> bytes:
   """The encoded image behind an `image_path` written by the candidates step."""
   if ref.startswith("tar://"):
     path, _, member = ref[len("tar://"):].partition("#")
-    info = _tar_index(path).get(member)
-    if info is None:
+    data = tar_shards.read_member(path, member)
+    if data is None:
       raise DataFormatError(f"{path}: no member {member!r}")
-    with open(path, "rb") as f:
-      f.seek(info.offset_data)
-      return f.read(info.size)
+    return data
   if ref.startswith("parquet://"):
     path, _, row = ref[len("parquet://"):].partition("#row=")
     value = _parquet_rows(path)[int(row)].as_py()
@@ -282,6 +288,13 @@ def read_image_bytes(ref: str) -> bytes:
     if not isinstance(value, (bytes, bytearray)):
       raise DataFormatError(f"{path}: row {row} holds no image bytes")
     return bytes(value)
+  if _is_url(ref):
+    import fsspec  # pylint: disable=g-import-not-at-top
+    try:  # fsspec's HTTP filesystem (aiohttp), which raises many types: web data fails often.
+      with fsspec.open(ref, "rb") as f:
+        return f.read()
+    except Exception as e:  # pylint: disable=broad-except
+      raise FetchError(f"cannot fetch {ref} ({type(e).__name__}: {e})") from None
   if storage.is_remote(ref):
     return storage.read_bytes(ref)
   with open(ref, "rb") as f:
