@@ -29,7 +29,10 @@ entity target: GER-ALD codes or names), `kb_dir=DIR` (the KB index: its ald_code
 code_trie.npz, name_trie.npz), `decode=lookup|trie` (ALD codes: GER-ALD's unconstrained beam
 search then code → entity lookup, or beam search constrained to the KB's codes; names are
 always decoded under the name trie), `early_stop=N` (opt-in: also stop when the validation
-HM has not improved for N evaluations; 0, the default, trains the 8.5k steps), `runlocal` (a
+HM has not improved for N evaluations; 0, the default, trains the 8.5k steps),
+`image_tars=GLOB` (the released image tar shards, e.g. OVEN/shard*.tar, read in place instead
+of OVEN/images), `image_mapping=CSV` (the released ovenid2impath.csv: where each image id
+lies under OVEN/images or in the tars), `runlocal` (a
 tiny model, 3 steps, evaluated on 8 validation examples and the whole test split: a CPU
 smoke test; needs train.input.data_dir).
 """
@@ -45,7 +48,7 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 def get_config(arg=None):
   arg = config_lib.parse_arg(arg, variant="L/14", mesh="fsdp", runlocal=False,
                              oven_dir="OVEN", target="ald", kb_dir="", decode="lookup",
-                             early_stop=0)
+                             early_stop=0, image_tars="", image_mapping="")
   base = (f"{os.path.join(_HERE, 'git_large_rew.py')}:variant={arg.variant},mesh={arg.mesh},"
           f"target={arg.target}" + (f",kb_dir={arg.kb_dir}" if arg.kb_dir else ""))
   c = config_lib.load_config(base + (",runlocal" if arg.runlocal else "")).train
@@ -88,7 +91,8 @@ def get_config(arg=None):
       type="oven", pred=pred, every=500,  # config.log_eval_steps = 500
       references=(os.path.join(arg.oven_dir, "oven_entity_val.jsonl"),
                   os.path.join(arg.oven_dir, "oven_query_val.jsonl")),
-      image_dir=os.path.join(arg.oven_dir, "images"),
+      image_dir="" if arg.image_tars else os.path.join(arg.oven_dir, "images"),
+      image_tars=arg.image_tars, image_mapping=arg.image_mapping,
       mapping=config_lib.ConfigDict(dict(mode="rows", kb_dir=arg.kb_dir)),
       pp=oven.DEFAULT_PP, batch_size=256, max_examples=0))
   # The test splits (no labels in OVEN: predicted, written as the submission files, scored

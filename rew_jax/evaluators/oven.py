@@ -13,8 +13,11 @@ ahead of the prediction. Batches hold `image` float32 [B, H, W, 3], `prompt` int
 {"image": bytes, "prompt": question}; the options are `Options`
 (`Evaluator.default_config()`). `predict_fn(params, batch, **predict_kwargs)` returns the
 keys that the mapping mode reads (see `mapping`). Images are found in the OVEN layout
-`<image_dir>/<id.split('_')[-1][:2]>/<id>.<ext>` (or flat `<image_dir>/<id>.<ext>`), or
-through an explicit `image_paths` {image_id: path} map.
+`<image_dir>/<id.split('_')[-1][:2]>/<id>.<ext>` (or flat `<image_dir>/<id>.<ext>`), under
+`image_dir` where `image_mapping` (the released ovenid2impath.csv) says, in the released
+tar shards `image_tars` (read in place), or through an explicit `image_paths` {image_id:
+path} map (`oven_files.open_images`). Mapping rows and tar members are checked for every
+reference when the evaluator is built.
 
 Files under `<workdir>/eval/<name>/[step_<step>/]`: `predictions_<task>.jsonl` (official
 format, one per task present: for a test split, the file to submit), `table.tsv` (one row per
@@ -39,7 +42,6 @@ from typing import Any, Iterator, Mapping, Sequence
 
 from rew_jax.data import oven_files
 from rew_jax.data.oven_files import OvenFormatError
-from rew_jax import storage
 from rew_jax.evaluators import common
 from rew_jax.evaluators import mapping as mapping_lib
 from rew_jax.evaluators import oven_metric
@@ -51,25 +53,29 @@ DEFAULT_PP = ("decode|resize_crop(224)|normalize('clip')|"
 
 class Questions:
   """OVEN references as a random-access source: [i] → {"image": the image's bytes, "prompt":
-  the question, "image_id"}, read when Grain's threads ask for it; picklable (workers)."""
+  the question, "image_id"}, read when Grain's threads ask for it; picklable (workers).
+
+  `images` is an `oven_files.open_images` source (folder, mapping csv, tar shards); without
+  it, `image_paths` or else the per-id layout under `image_dir`."""
 
   def __init__(self, references: Sequence[Mapping[str, Any]], image_dir: str = "",
-               image_paths: Mapping[str, str] | None = None):
-    self.references, self.image_dir, self.image_paths = references, image_dir, image_paths
+               image_paths: Mapping[str, str] | None = None, *, images: Any = None):
+    self.references = references
+    if images is None:
+      images = (oven_files.PathImages(dict(image_paths)) if image_paths is not None
+                else oven_files.FolderImages(image_dir))
+    self.images = images
 
   def __len__(self) -> int:
     return len(self.references)
 
   def path(self, image_id: str) -> str:
-    if self.image_paths is not None:
-      if image_id not in self.image_paths:
-        raise OvenFormatError(f"image {image_id!r} is not in the image_paths map")
-      return self.image_paths[image_id]
-    return oven_files.image_path(self.image_dir, image_id)
+    """Where the image is: a file, or `<tar>#<member>` for a tar shard's member."""
+    return self.images.locate(image_id)
 
   def __getitem__(self, index: int) -> dict[str, Any]:
     ref = self.references[index]
-    return {"image": storage.read_bytes(self.path(ref["image_id"])), "prompt": ref["question"],
+    return {"image": self.images.read(ref["image_id"]), "prompt": ref["question"],
             "image_id": ref["image_id"],
             "_where": f"OVEN {ref['data_id']} (image {ref['image_id']})"}
 
@@ -79,6 +85,8 @@ class Options(common.InputOptions):
   """The OVEN evaluator's options (a config block's keys besides type, pred and every)."""
   references: str | Sequence[str] = ()    # OVEN reference files (JSONL).
   image_dir: str = ""                     # Images in the OVEN layout (or flat).
+  image_mapping: str = ""                 # ovenid2impath.csv: id → path in image_dir/tars.
+  image_tars: str | Sequence[str] = ()    # Or the released tar shards (paths/globs/folder).
   image_paths: Mapping[str, str] | None = None  # Or an explicit {image_id: path} map.
   mapping: Mapping[str, Any] | None = None  # dict(mode=rows|codes|text, ...); None: rows.
   mapper: Any = None                      # Or a mapper object (mapping.py).
@@ -112,9 +120,12 @@ class Evaluator(common.Evaluator):
     # A test split (or any unlabeled reference) is for reporting only: the train loop refuses
     # to run this evaluator (evaluators/common.py), so it never drives early stopping.
     self.holds_test = "test" in kinds or not all(map(oven_files.is_labeled, self.references))
-    if not o.image_dir and o.image_paths is None:
-      raise OvenFormatError("the OVEN evaluator needs image_dir or image_paths")
-    self.questions = Questions(self.references, o.image_dir, o.image_paths)
+    if not o.image_dir and not o.image_tars and o.image_paths is None:
+      raise OvenFormatError("the OVEN evaluator needs image_dir, image_tars or image_paths")
+    images = oven_files.open_images(o.image_dir, mapping=o.image_mapping, tars=o.image_tars,
+                                    image_paths=o.image_paths,
+                                    ids={r["image_id"] for r in self.references})
+    self.questions = Questions(self.references, images=images)
     self.mapper = o.mapper
     if self.mapper is None:
       mapping = dict(o.mapping or {"mode": "rows"})

@@ -92,6 +92,7 @@ class Entity:
   summary: str
   line: int  # 1-based line in the source file.
   content: str = ""  # wikipedia_content, when read with `with_content=True`.
+  image_url: str = ""  # wikipedia_image_url; most entities have none.
 
 
 @contextlib.contextmanager
@@ -105,8 +106,11 @@ def read_wiki6m(path: str, *, skip_bad: bool = False, max_summary_chars: int = 2
                 stats: dict | None = None, with_content: bool = False) -> Iterator[Entity]:
   """Streams the entities of a Wiki6M jsonl(.gz) file (full or title-only variant).
 
-  Bad lines (unparsable JSON, a missing/empty id or title) raise `KBFormatError` naming the
-  file and line, or are counted in `stats["skipped"]` when `skip_bad`. A truncated or
+  `wikidata_id` and `wikipedia_title` are required; `wikipedia_summary`,
+  `wikipedia_content` and `wikipedia_image_url` are optional (absent or null: empty; the
+  summary falls back to the content). Bad lines (unparsable JSON, a missing/empty id or
+  title, a summary that is neither text nor null) raise `KBFormatError` naming the file and
+  line, or are counted in `stats["skipped"]` when `skip_bad`. A truncated or
   corrupt .gz always raises: silently losing the tail of the KB is never what one wants.
   """
   if not storage.isfile(path):
@@ -146,12 +150,22 @@ def _entity(record: dict, lineno: int, max_summary_chars: int,
   title = record.get("wikipedia_title")
   if not isinstance(title, str) or not title.strip():
     raise ValueError(f"entity {qid}: missing or empty 'wikipedia_title' (got {title!r})")
-  summary = record.get("wikipedia_summary") or record.get("wikipedia_content") or ""
-  if not isinstance(summary, str):
-    raise ValueError(f"entity {qid}: 'wikipedia_summary' is not a string")
-  content = record.get("wikipedia_content") if with_content else ""
+  summary = record.get("wikipedia_summary")
+  if summary and not isinstance(summary, str):
+    raise ValueError(f"entity {qid}: 'wikipedia_summary' is {type(summary).__name__}, "
+                     "expected text or null")
+  content = _optional_text(record, "wikipedia_content")
+  summary = summary or content  # A summary that is absent, null or "" reads as the content.
   return Entity(qid.strip(), title.strip(), summary[:max_summary_chars], lineno,
-                content if isinstance(content, str) else "")
+                content if with_content else "",
+                _optional_text(record, "wikipedia_image_url").strip())
+
+
+def _optional_text(record: dict, key: str) -> str:
+  """A field only some entities have, and that no reader depends on: anything but text
+  reads as absent."""
+  value = record.get(key)
+  return value if isinstance(value, str) else ""
 
 
 # ----------------------------------------------------------------------------------------
