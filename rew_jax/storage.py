@@ -21,17 +21,27 @@ the old object or the new one), so remote writes go straight to their name, wher
 ones go through a temporary name and a rename; objects cannot be appended to, so callers
 that append (metrics) rewrite the object; and libraries that open files by path themselves
 (ArrayRecord's reader and writer) get a local file staged by `local_input`/`local_output`.
+
+Faults on the way (503s, 429s, resets, stalls) are retried by each client's own policy,
+configured in one place here (`RetryPolicy`, from $REW_JAX_STORAGE_RETRIES or
+`configure_retries`); a request that still fails raises `StorageError` naming the object.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
 import hashlib
+import importlib.abc
+import importlib.util
 import json
 import os
 import shutil
+import sys
 import tempfile
-from typing import Iterator
+from typing import Callable, Iterator
+import warnings
 
 from etils import epath
 import fsspec.config
@@ -46,6 +56,204 @@ CACHE_ENV = "REW_JAX_CACHE_DIR"
 # fsspec applies these defaults when epath first makes its gcsfs instance.
 for _protocol in ("gs", "gcs"):
   fsspec.config.conf.setdefault(_protocol, {}).setdefault("use_listings_cache", False)
+
+
+# ---------------------------------------------------------------------------------------
+# Retries: each client retries by its own policy; this section only sets that policy's
+# options, for all of them at once. Nothing here retries anything itself.
+
+RETRY_ENV = "REW_JAX_STORAGE_RETRIES"
+
+
+@dataclasses.dataclass(frozen=True)
+class RetryPolicy:
+  """The options of the clients' own retry policies (defaults: tensorstore's, plus a read
+  timeout that neither gcsfs nor tensorstore has by default, where a stalled reply hangs).
+
+  Who reads what:
+  - tensorstore, i.e. orbax's checkpoint arrays and OCDBT manifests: the context resources
+    `gcs_request_retries` {max_retries, initial_delay_s, max_delay_s} (exponential backoff;
+    429, 408, 5xx and dropped connections are retried) and `gcs_request_concurrency`
+    {concurrency}, added to the context orbax builds; `read_timeout_s` as curl's low-speed
+    abort (TENSORSTORE_CURL_LOW_SPEED_TIME_SECONDS, < 1 byte/s), an aborted request being
+    retried (curl averages speed over its last 5 s: a stall after a transfer is cut about
+    6 s + read_timeout_s in). tensorstore reads that variable once per process, at its
+    first request, so it is set when this module is imported, and `configure_retries`
+    cannot change it; one set by hand wins, unless $REW_JAX_STORAGE_RETRIES names
+    read_timeout_s.
+  - gcsfs (epath: every other gs:// read and write, orbax's metadata files included):
+    `read_timeout_s` as its `requests_timeout` (aiohttp's connect and between-reads
+    timeouts; a timed-out request is retried). Its retries are gcsfs's fixed policy: 6
+    attempts, 1, 2, 4, 8 and 16 s apart (+ up to 1 s jitter), on 408, 429, 5xx and
+    connection errors; gcsfs binds them when it is imported and offers no option for them.
+  - google-cloud-storage: orbax's one bucket lookup per process (is it a hierarchical-
+    namespace bucket?) runs with that library's DEFAULT_RETRY (1 s doubling to 60 s, for
+    120 s), which orbax passes no option for.
+
+  Change them with REW_JAX_STORAGE_RETRIES="max_retries=8,read_timeout_s=30" (read when
+  rew_jax.storage is imported) or `storage.configure_retries(max_retries=8)`.
+  """
+  max_retries: int = 32
+  initial_delay_s: float = 1.0
+  max_delay_s: float = 32.0
+  concurrency: int = 32
+  read_timeout_s: float = 60.0
+
+  def tensorstore_context(self) -> dict:
+    """The tensorstore context resources (JSON) of this policy."""
+    return {"gcs_request_retries": {"max_retries": self.max_retries,
+                                    "initial_delay": f"{self.initial_delay_s:g}s",
+                                    "max_delay": f"{self.max_delay_s:g}s"},
+            "gcs_request_concurrency": {"limit": self.concurrency}}
+
+
+def parse_retry_policy(text: str, base: RetryPolicy = RetryPolicy()) -> RetryPolicy:
+  """`base` with the "key=value,key=value" changes of `text` (the form of $RETRY_ENV)."""
+  fields = {f.name: f.type for f in dataclasses.fields(RetryPolicy)}
+  changes = {}
+  for item in filter(None, (part.strip() for part in text.split(","))):
+    key, _, value = item.partition("=")
+    key = key.strip()
+    if key not in fields:
+      raise UserError(f"{RETRY_ENV}: unknown key {key!r} in {text!r}; known keys: "
+                      f"{', '.join(fields)}")
+    try:
+      changes[key] = (int if fields[key] in (int, "int") else float)(value)
+    except ValueError:
+      raise UserError(f"{RETRY_ENV}: {key}={value!r} is not a number") from None
+  return dataclasses.replace(base, **changes)
+
+
+_policy = parse_retry_policy(os.environ.get(RETRY_ENV, ""))
+
+
+def retry_policy() -> RetryPolicy:
+  return _policy
+
+
+def configure_retries(policy: RetryPolicy | None = None, **changes) -> RetryPolicy:
+  """Makes `policy` (or the current one with `changes`) the clients' retry options from now
+  on: in gcsfs instances already made too, in orbax for its next checkpoint operation."""
+  global _policy
+  _policy = dataclasses.replace(policy or _policy, **changes)
+  for module, configure in _CLIENTS.items():
+    if module in sys.modules:
+      configure(sys.modules[module])
+  return _policy
+
+
+def _configure_gcsfs(gcsfs) -> None:
+  import aiohttp  # pylint: disable=g-import-not-at-top  # Loaded with gcsfs.
+  timeout = aiohttp.ClientTimeout(total=None, sock_connect=_policy.read_timeout_s,
+                                  sock_read=_policy.read_timeout_s)
+  for protocol in ("gs", "gcs"):
+    fsspec.config.conf.setdefault(protocol, {})["requests_timeout"] = timeout
+  # fsspec's instance cache: epath keeps the instance it made first for the process.
+  for fs in list(gcsfs.GCSFileSystem._cache.values()):  # pylint: disable=protected-access
+    fs.requests_timeout = timeout
+
+
+def _configure_orbax(ts_utils) -> None:
+  # orbax 0.12 builds every TensorStore context from these dicts and offers no option for
+  # them; tests/test_gcs_faults.py checks that its contexts carry the policy.
+  names = ("_BASE_TS_CONTEXT", "_DEFAULT_OCDBT_TS_CONTEXT")
+  if not all(isinstance(getattr(ts_utils, n, None), dict) for n in names):
+    warnings.warn(f"{ts_utils.__name__} has no {' or '.join(names)}: checkpoints use "
+                  "tensorstore's default retries, not rew_jax.storage.RetryPolicy")
+    return
+  for name in names:
+    getattr(ts_utils, name).update(_policy.tensorstore_context())
+
+
+def _configure_tensorstore_env(explicit: bool) -> None:
+  # An explicit read_timeout_s beats the value a parent process set (and passed down).
+  seconds = str(max(1, round(_policy.read_timeout_s)))
+  if explicit:
+    os.environ["TENSORSTORE_CURL_LOW_SPEED_TIME_SECONDS"] = seconds
+  os.environ.setdefault("TENSORSTORE_CURL_LOW_SPEED_TIME_SECONDS", seconds)
+  os.environ.setdefault("TENSORSTORE_CURL_LOW_SPEED_LIMIT_BYTES", "1")
+
+
+_CLIENTS: dict[str, Callable] = {
+    "gcsfs": _configure_gcsfs,
+    "orbax.checkpoint._src.serialization.tensorstore_utils": _configure_orbax,
+}
+
+
+class _WhenImported(importlib.abc.MetaPathFinder):
+  """Runs `configure(module)` as soon as `name` has been imported, by whoever imports it:
+  rew_jax configures the clients without importing them (orbax alone takes over 1 s)."""
+
+  def __init__(self, name: str, configure: Callable):
+    self.name, self.configure = name, configure
+
+  def find_spec(self, fullname, path=None, target=None):
+    if fullname != self.name:
+      return None
+    sys.meta_path.remove(self)
+    spec = importlib.util.find_spec(fullname)
+    if spec is None or spec.loader is None:
+      return spec
+    exec_module = spec.loader.exec_module
+
+    def exec_and_configure(module):
+      exec_module(module)
+      self.configure(module)
+
+    spec.loader.exec_module = exec_and_configure
+    return spec
+
+
+_configure_tensorstore_env(explicit="read_timeout_s" in os.environ.get(RETRY_ENV, ""))
+for _module, _configure in _CLIENTS.items():
+  if _module in sys.modules:
+    _configure(sys.modules[_module])
+  else:
+    sys.meta_path.insert(0, _WhenImported(_module, _configure))
+
+
+# ---------------------------------------------------------------------------------------
+# Errors: a request that failed after its client's retries names its object.
+
+class StorageError(Exception):
+  """A storage request that failed after the client's retries; the message names the object.
+
+  Not an OSError on purpose: callers take an OSError for a file that is missing or bad and
+  say so ("cannot read image", "rebuild it"), which a store that did not answer is not."""
+
+
+# The clients' transport errors: gcsfs (HttpError, ChecksumError), aiohttp, requests and
+# google-auth; their messages name no object ("Service Unavailable, 503").
+_CLIENT_MODULES = ("gcsfs.", "aiohttp.", "requests.", "google.auth.", "google.api_core.")
+
+
+def _is_transport_failure(error: BaseException) -> bool:
+  if isinstance(error, (FileNotFoundError, FileExistsError, PermissionError)):
+    return False  # Answers, not failures; they carry the path.
+  if isinstance(error, (TimeoutError, ConnectionError)):
+    return True
+  return any(f"{c.__module__}.".startswith(_CLIENT_MODULES) for c in type(error).__mro__)
+
+
+@contextlib.contextmanager
+def naming(p) -> Iterator[None]:
+  """Re-raises a client's transport failure inside the block as StorageError naming `p`."""
+  try:
+    yield
+  except StorageError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except  # Filtered just below.
+    if not (is_remote(p) and _is_transport_failure(e)):
+      raise
+    raise StorageError(f"{os.fspath(p)}: {type(e).__name__}: {e}") from e
+
+
+def _names_its_path(fn):
+  @functools.wraps(fn)
+  def wrapper(p, *args, **kwargs):
+    with naming(p):
+      return fn(p, *args, **kwargs)
+  return wrapper
 
 
 def is_remote(path) -> bool:
@@ -75,19 +283,23 @@ def path(p) -> epath.Path:
   return epath.Path(p)
 
 
+@_names_its_path
 def exists(p) -> bool:
   return epath.Path(p).exists()
 
 
+@_names_its_path
 def isfile(p) -> bool:
   p = epath.Path(p)
   return p.exists() and not p.is_dir()
 
 
+@_names_its_path
 def isdir(p) -> bool:
   return epath.Path(p).is_dir()
 
 
+@_names_its_path
 def getsize(p) -> int:
   return epath.Path(p).stat().length
 
@@ -97,20 +309,24 @@ def makedirs(p) -> None:
   epath.Path(p).mkdir(parents=True, exist_ok=True)
 
 
+@_names_its_path
 def listdir(p) -> list[str]:
   """Names (not paths) in a directory, sorted."""
   return sorted(child.name for child in epath.Path(p).iterdir())
 
 
+@_names_its_path
 def glob(directory, pattern: str) -> list[str]:
   """Paths in `directory` whose names match `pattern`, sorted."""
   return sorted(os.fspath(c) for c in epath.Path(directory).glob(pattern))
 
 
+@_names_its_path
 def remove(p) -> None:
   epath.Path(p).unlink()
 
 
+@_names_its_path
 def rmtree(p) -> None:
   """Removes a directory tree; nothing when it does not exist."""
   p = epath.Path(p)
@@ -118,14 +334,17 @@ def rmtree(p) -> None:
     p.rmtree()
 
 
+@_names_its_path
 def read_text(p) -> str:
   return epath.Path(p).read_text(encoding="utf-8")
 
 
+@_names_its_path
 def read_bytes(p) -> bytes:
   return epath.Path(p).read_bytes()
 
 
+@_names_its_path
 def write_bytes(p, data: bytes) -> str:
   """Writes `data` to `p` whole: readers never see a part of it."""
   p = os.fspath(p)
@@ -158,7 +377,8 @@ def local_output(p) -> Iterator[str]:
     tmp = os.path.join(folder, os.path.basename(p))
     try:
       yield tmp
-      epath.Path(tmp).copy(p, overwrite=True)
+      with naming(p):
+        epath.Path(tmp).copy(p, overwrite=True)
     finally:
       shutil.rmtree(folder, ignore_errors=True)
     return
@@ -177,6 +397,7 @@ def cache_dir() -> str:
   return os.environ.get(CACHE_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "rew_jax")
 
 
+@_names_its_path
 def local_input(p) -> str:
   """A local path holding the bytes of `p`: `p` itself when local, else a cached copy.
 
@@ -257,6 +478,10 @@ class Mirror:
     return out
 
   def _remote_files(self) -> dict[str, list[float]]:
+    with naming(self.remote):
+      return self._walk_remote()
+
+  def _walk_remote(self) -> dict[str, list[float]]:
     root = epath.Path(self.remote)
     if not root.exists():
       return {}
@@ -282,7 +507,7 @@ class Mirror:
         continue
       dest = os.path.join(self.local, rel)
       os.makedirs(os.path.dirname(dest), exist_ok=True)
-      with local_output(dest) as tmp:
+      with local_output(dest) as tmp, naming(f"{self.remote}/{rel}"):
         epath.Path(self.remote, rel).copy(tmp, overwrite=True)
       st = os.stat(dest)
       state[rel] = {"remote": stat, "local": [st.st_size, st.st_mtime_ns]}
@@ -304,15 +529,16 @@ class Mirror:
     gone = sorted(set(state) - set(local))
     markers = [rel for rel in changed + gone if os.path.basename(rel) in self.last]
     for rel in markers + [r for r in gone if r not in markers]:
-      target = epath.Path(self.remote, rel)
-      if target.exists():
-        target.unlink()
+      if exists(f"{self.remote}/{rel}"):
+        remove(f"{self.remote}/{rel}")
       if rel in gone:
         del state[rel]
     ordered = [r for r in changed if r not in markers] + [r for r in changed if r in markers]
     for rel in ordered:
       target = epath.Path(self.remote, rel)
-      epath.Path(self.local, rel).copy(target, overwrite=True)
-      state[rel] = {"remote": [target.stat().length, target.stat().mtime], "local": local[rel]}
+      with naming(target):
+        epath.Path(self.local, rel).copy(target, overwrite=True)
+        stat = target.stat()
+      state[rel] = {"remote": [stat.length, stat.mtime], "local": local[rel]}
     self._save(state)
     return len(ordered)

@@ -78,6 +78,11 @@ class Emulator:
   def apply(self, environ=os.environ) -> None:
     environ.update(self.env)
 
+  def env_via(self, url: str) -> dict[str, str]:
+    """`env` with the emulator's URL replaced by `url` (a proxy in front of it)."""
+    own = f"http://127.0.0.1:{self.port}"
+    return {k: url if v == own else v for k, v in self.env.items()}
+
 
 def _serve_with_generation_headers() -> None:
   from gcp_storage_emulator import __main__ as emulator_main  # pylint: disable=g-import-not-at-top
