@@ -350,3 +350,25 @@ def write(report: dict, directory: str, examples: Sequence[tuple[Item, Outcome]]
       lines.append(f"- Q: {_md_escape(qa['question'])} A: {_md_escape(qa['answer'])}")
     lines.append("")
   storage.write_text(os.path.join(directory, "report.md"), "\n".join(lines) + "\n")
+
+
+def add_batch(report: dict, directory: str) -> None:
+  """Adds a batch run's figures (`report["batch"]`: tokens, cost at the batch and the
+  online price, the job timeline) to report.json and report.md in `directory`."""
+  b = report["batch"]
+  path = os.path.join(directory, "report.json")
+  saved = json.loads(storage.read_text(path))
+  saved["batch"] = b
+  storage.write_text(path, json.dumps(saved, indent=1, ensure_ascii=False))
+  lines = ["", "## Batch jobs", "",
+           f"- tokens in/out: {b['input_tokens']}/{b['output_tokens']}; estimated cost "
+           f"${b['cost_usd_batch']} at the batch price (${b['price_per_mtok_in']}/"
+           f"${b['price_per_mtok_out']} per Mtok), ${b['cost_usd_online']} online",
+           f"- {b['jobs']} jobs, {b['resubmitted_requests']} requests re-submitted", "",
+           "| shard | job | batch id | status | requests | submitted | completed |",
+           "|---|---:|---|---|---:|---|---|"]
+  for j in b["timeline"]:
+    lines.append(f"| {j['shard']} | {j['job']} | {j['batch_id']} | {j['status']} | "
+                 f"{j['requests']} | {j['submitted_at']} | {j['completed_at']} |")
+  md = os.path.join(directory, "report.md")
+  storage.write_text(md, storage.read_text(md) + "\n".join(lines) + "\n")

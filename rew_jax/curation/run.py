@@ -32,8 +32,13 @@ def curate(config, workdir: str, *, restart: bool = False, backend: Backend | No
 
   `backend`: an object to use instead of the one `config.curation` names (it must name
   the same one: the records carry its name). `restart` discards an earlier run's records.
+  With `curation.mode_of_calls="batch"` the calls go through the service's batch jobs
+  (`rew_jax.curation.batch`): the same records.
   """
   c = config.curation
+  if c.get("mode_of_calls", "online") != "online":
+    from rew_jax.curation import batch  # pylint: disable=g-import-not-at-top
+    return batch.curate(config, workdir, restart=restart, backend=backend, verbose=verbose)
   plan = shards.plan(config, workdir, restart)
   if backend is None:
     backend = section.backend_from_config(config, plan.paths)

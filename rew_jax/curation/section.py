@@ -68,6 +68,16 @@ def _runner_config() -> config_lib.ConfigDict:
   c.price_per_mtok_out = 0.0
   c.report_examples = 6
   c.source = "webli"             # Written into the manifest.
+  # online: one HTTP call per prompt; batch: the service's batch jobs (backend openai:
+  # the OpenAI Batch API, also served by vLLM; rew_jax/curation/batch.py). Same records.
+  c.mode_of_calls = "online"
+  c.batch_price_per_mtok_in = -1.0   # USD per million tokens in batch; < 0: half online.
+  c.batch_price_per_mtok_out = -1.0
+  c.batch_completion_window = "24h"
+  c.batch_max_requests = 50000     # Per job input file (the service's limits) ...
+  c.batch_max_bytes = 190_000_000  # ... more pending requests make several jobs.
+  c.batch_poll_initial_s = 5.0     # Job status polls back off from this ...
+  c.batch_poll_max_s = 300.0       # ... to this.
   return c
 
 
@@ -136,7 +146,11 @@ def backend_from_config(config, paths: dict[str, str] | None = None) -> Backend:
 
 # Keys that do not change a record: how fast and how observably it is made.
 _NOT_HASHED = ("concurrency", "rate_limit_per_s", "report_examples", "timeout_s",
-               "max_attempts", "backoff_initial_s", "backoff_max_s")
+               "max_attempts", "backoff_initial_s", "backoff_max_s",
+               # How the calls are made, not what they answer: the same records.
+               "mode_of_calls", "batch_price_per_mtok_in", "batch_price_per_mtok_out",
+               "batch_completion_window", "batch_poll_initial_s", "batch_poll_max_s",
+               "batch_max_requests", "batch_max_bytes")
 
 
 def hashed(config) -> dict:
