@@ -3,6 +3,7 @@
     python benchmarks/curation.py --quick      # < 60 s on 2 cores
     python benchmarks/curation.py --records 4000 --latency 0.2 --concurrency 1,8,32,128
     python benchmarks/curation.py --quick --dask --dask-shard-records 120   # + DaskRunner, 1 and 2 workers
+    python benchmarks/curation.py --quick --batch --batch-records 400     # + batch jobs vs online
 
 1. Overhead: `rew_jax.curation.run.curate` end to end (read candidates, image bytes, prompt,
    "LLM" call, parse + validate, name resolution, journal line, ArrayRecord shard, manifest,
@@ -17,6 +18,15 @@
    worker) and the runner's overhead: a fixed cost per run (pipeline submission, graph,
    manifest, report) and a cost per record beyond waiting for the endpoint (latency /
    (workers × concurrency)), from two run sizes (goal: < 2 ms per record).
+
+4. With `--batch`: the same records through `curation.mode_of_calls="batch"` (the OpenAI
+   Batch API) beside the online path, both against one stub (tests/curation/batchstub.py:
+   online calls wait `--latency`, batch jobs finish at their second poll): records/s of
+   each, and the cost per 1k records from each run's report at `--price-in/--price-out`
+   USD per Mtok online (batch: half, the services' list discount). The stub counts tokens
+   as a service would bill them, roughly: prompt characters / 4 plus 258 per image, reply
+   characters / 4. The batch figure is the driver's own speed (request files, uploads,
+   polls, replays); a real job adds the service's turnaround, up to the completion window.
 
 The world and its BM25 candidates are built in a temporary directory first (not timed).
 The last stdout line is one JSON object: {"benchmark": "curation", ...}.
@@ -193,6 +203,73 @@ def _dask(root: str, url: str, latency: float, concurrency: int, num_shards: int
   return out
 
 
+def _billed_answer(body) -> tuple[int, dict]:
+  """The stub's reply to a chat request: the first candidate, with the tokens a service
+  would bill, roughly (characters / 4, and 258 per image)."""
+  parts = body["messages"][-1]["content"]
+  text = next(p["text"] for p in parts if p["type"] == "text")
+  images = sum(p["type"] == "image_url" for p in parts)
+  reply = _answer(text)
+  return 200, {"choices": [{"message": {"content": reply}, "finish_reason": "stop"}],
+               "usage": {"prompt_tokens": len(text) // 4 + 258 * images,
+                         "completion_tokens": len(reply) // 4}}
+
+
+def _batch(root: str, num: int, latency: float, concurrency: int, price_in: float,
+           price_out: float) -> dict:
+  """records/s and USD per 1k records, online and through batch jobs, on one stub."""
+  import sys  # pylint: disable=g-import-not-at-top
+  # The tests' stub of the Batch API, so the benchmark measures the path the tests check.
+  sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
+      __file__))), "tests", "curation"))
+  import batchstub  # pylint: disable=g-import-not-at-top
+  stub = batchstub.BatchStub(_billed_answer, online_latency_s=latency)
+  cand = _subset(root, num, os.path.join(root, "cand_batch"))
+  out = {}
+  try:
+    for mode in ("online", "batch"):
+      cfg = _config("openai", concurrency, cand, root)
+      cfg.curation.openai = dict(base_url=stub.url + "/v1", model="stub")
+      cfg.curation.update(mode_of_calls=mode, price_per_mtok_in=price_in,
+                          price_per_mtok_out=price_out, batch_poll_initial_s=0.02,
+                          batch_poll_max_s=0.05)
+      workdir = os.path.join(root, f"w_{mode}")
+      shutil.rmtree(workdir, ignore_errors=True)
+      start = time.perf_counter()
+      report = run.curate(cfg, workdir, verbose=False)
+      seconds = time.perf_counter() - start
+      usage = report["usage"]
+      pin, pout = ((report["batch"]["price_per_mtok_in"], report["batch"]["price_per_mtok_out"])
+                   if mode == "batch" else (price_in, price_out))
+      cost = (usage["input_tokens"] * pin + usage["output_tokens"] * pout) / 1e6
+      out[mode] = {"records": num, "seconds": round(seconds, 3),
+                   "records_per_s": round(num / seconds, 2),
+                   "input_tokens": usage["input_tokens"],
+                   "output_tokens": usage["output_tokens"],
+                   "usd_per_1k_records": round(1000 * cost / num, 5)}
+      if mode == "batch":
+        out[mode]["jobs"] = report["batch"]["jobs"]
+      r = out[mode]
+      how = (f"concurrency {concurrency}, {latency * 1000:.0f} ms endpoint" if mode == "online"
+             else f"{r['jobs']} job(s), the stub's instant turnaround")
+      print(f"{mode:>6}: {num} records in {seconds:.2f} s → {r['records_per_s']:.1f} records/s"
+            f" ({how}); ${r['usd_per_1k_records']:.4f} per 1k records")
+  finally:
+    stub.close()
+  out["online_calls_in_batch_mode"] = stub.online_calls - out["online"]["records"]
+  out["cost_ratio_batch_vs_online"] = round(out["batch"]["usd_per_1k_records"] /
+                                            max(out["online"]["usd_per_1k_records"], 1e-12), 3)
+  out["records_equal"] = _same_records(os.path.join(root, "w_online"),
+                                       os.path.join(root, "w_batch"))
+  return out
+
+
+def _same_records(a: str, b: str) -> bool:
+  from rew_jax import records  # pylint: disable=g-import-not-at-top
+  read = lambda w: [records.encode(r) for r in records.read_records(os.path.join(w, "records"))]
+  return read(a) == read(b)
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -205,12 +282,18 @@ def main() -> None:
   parser.add_argument("--dask-concurrency", type=int, default=4)
   parser.add_argument("--dask-shards", type=int, default=8)
   parser.add_argument("--dask-shard-records", type=int, default=40)
+  parser.add_argument("--batch", action="store_true",
+                      help="also curation through batch jobs beside online calls, one stub")
+  parser.add_argument("--batch-records", type=int, default=1000)
+  parser.add_argument("--batch-concurrency", type=int, default=32)
+  parser.add_argument("--price-in", type=float, default=2.5, help="USD per Mtok, online")
+  parser.add_argument("--price-out", type=float, default=10.0, help="USD per Mtok, online")
   args = parser.parse_args()
   num = 1000 if args.quick else args.records
   levels = [int(x) for x in args.concurrency.split(",")]
   root = tempfile.mkdtemp(prefix="bench_curation_")
   try:
-    _make_world(root, max(num, 40 * max(levels)))
+    _make_world(root, max(num, 40 * max(levels), args.batch_records if args.batch else 0))
     # 1. Overhead with a zero-latency backend (second run: the first pays KB/BM25 opening).
     cand = _subset(root, num, os.path.join(root, "cand_overhead"))
     cfg = _config("simulated", 1, cand, root)
@@ -238,6 +321,8 @@ def main() -> None:
     dask = (_dask(root, url, args.latency, args.dask_concurrency, args.dask_shards,
                   args.dask_shard_records) if args.dask else None)
     server.shutdown()
+    batch = (_batch(root, args.batch_records, args.latency, args.batch_concurrency,
+                    args.price_in, args.price_out) if args.batch else None)
   finally:
     shutil.rmtree(root, ignore_errors=True)
   best = min(overhead.values())
@@ -250,6 +335,7 @@ def main() -> None:
       "ideal_records_per_s": {str(k): round(k / args.latency, 2) for k in rps},
       "scaling_efficiency": {str(k): round(v * args.latency / k, 3) for k, v in rps.items()},
       **({"dask": {str(k): v for k, v in dask.items()}} if dask else {}),
+      **({"batch": batch} if batch else {}),
   }))
 
 

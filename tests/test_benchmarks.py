@@ -47,3 +47,24 @@ def test_eval_benchmark_prints_the_ratio_to_the_serial_loader():
     assert s["ours"] > 0 and s["serial"] > 0 and s["predict_only_qps"] > 0
     assert s["speedup"] == pytest.approx(s["ours"] / s["serial"], abs=0.01)
   assert result["settings"]["224"]["questions"] == 32
+
+
+@pytest.mark.slow
+def test_curation_benchmark_prints_batch_beside_online():
+  """benchmarks/curation.py --batch at toy size: both paths give the same records, the
+  batch path makes no online call, and the JSON line holds records/s and the cost per 1k
+  records of each (batch at half the online price by default)."""
+  proc = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "curation.py"),
+                         "--records", "60", "--concurrency", "2", "--latency", "0.05",
+                         "--batch", "--batch-records", "60", "--batch-concurrency", "8"],
+                        capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=REPO),
+                        timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  b = json.loads(proc.stdout.strip().splitlines()[-1])["batch"]
+  assert b["records_equal"] is True and b["online_calls_in_batch_mode"] == 0
+  for mode in ("online", "batch"):
+    assert b[mode]["records"] == 60 and b[mode]["records_per_s"] > 0
+    assert b[mode]["usd_per_1k_records"] > 0
+  assert b["batch"]["input_tokens"] == b["online"]["input_tokens"]
+  assert b["cost_ratio_batch_vs_online"] == pytest.approx(0.5, abs=0.01)
+  assert b["batch"]["jobs"] >= 1

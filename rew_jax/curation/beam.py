@@ -257,6 +257,12 @@ def curate(config, workdir: str, *, runner: str = "direct", pipeline_args: Seque
   beam = _import_beam()
   from apache_beam.options.pipeline_options import PipelineOptions  # pylint: disable=g-import-not-at-top
   c = config.curation
+  if c.get("mode_of_calls", "online") != "online":
+    # A batch job is the service's own parallelism: one driver submits and polls it, and
+    # workers each submitting would break the journal's one-job-per-request guarantee.
+    raise ConfigError(f"curation.mode_of_calls {c.mode_of_calls!r} runs in one driver "
+                      f"(the service does the parallel work): use --runner local, not "
+                      f"--runner {runner}")
   if runner == "dataflow":
     paths = section.paths_of(c, workdir)
     # Workers copy it from the bucket. A dry run touches no storage.

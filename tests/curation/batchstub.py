@@ -8,6 +8,7 @@ Faults, per job (by creation order, 0-based):
   malformed[job] = n      the first n lines of the output are not JSON
   expire = {job, ...}     the job expires: half its lines answered, the rest in the errors
   hold = True             jobs stay in_progress until it is set back to False
+Online calls wait `online_latency_s` before their reply (the benchmark's slow endpoint).
 """
 
 import email.parser
@@ -15,13 +16,15 @@ import email.policy
 import http.server
 import json
 import threading
+import time
 import urllib.parse
 
 
 class BatchStub:
 
-  def __init__(self, answer):
+  def __init__(self, answer, online_latency_s: float = 0.0):
     self.answer = answer  # chat request body -> (status, reply body)
+    self.online_latency_s = online_latency_s  # An online call's wait before its reply.
     self.files = {}       # id -> bytes
     self.batches = {}     # id -> dict
     self.created = []     # (batch id, custom ids of its input)
@@ -51,6 +54,7 @@ class BatchStub:
         if path == "/v1/chat/completions":
           with stub._lock:
             stub.online_calls += 1
+          time.sleep(stub.online_latency_s)
           self._send(*stub.answer(json.loads(raw)))
         elif path == "/v1/files":
           self._send(200, stub._upload(self.headers["Content-Type"], raw))

@@ -259,6 +259,9 @@ def test_dry_run_prints_the_dataflow_submission(tmp_path, capsys):
   assert "beam.project" in capsys.readouterr().err
   assert cli.main([a for a in argv if "wheel" not in a]) == 2
   assert "sdk_container_image" in capsys.readouterr().err
+  # Batch jobs are submitted by one driver, not by every worker.
+  assert cli.main(argv + ["--config.curation.mode_of_calls=batch"]) == 2
+  assert "use --runner local" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("wire", ["openai", "gemini"])
