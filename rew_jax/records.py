@@ -240,7 +240,7 @@ class ShardInfo:
 
 def _sha256(path: str) -> str:
   h = hashlib.sha256()
-  with storage.path(path).open("rb") as f:
+  with storage.open_file(path, "rb") as f:
     for block in iter(lambda: f.read(1 << 20), b""):
       h.update(block)
   return h.hexdigest()

@@ -256,6 +256,14 @@ def _names_its_path(fn):
   return wrapper
 
 
+@contextlib.contextmanager
+def open_file(p, mode: str = "r", **kwargs) -> Iterator:
+  """`epath.Path(p).open(...)` whose transport failures, while opening or reading, raise
+  StorageError naming `p` (a stream's read may be the request that fails)."""
+  with naming(p), epath.Path(p).open(mode, **kwargs) as f:
+    yield f
+
+
 def is_remote(path) -> bool:
   """True for object-store URLs (gs://, s3://): paths that never touch the local disk."""
   return "://" in os.fspath(path)

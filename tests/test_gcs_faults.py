@@ -10,6 +10,7 @@ really injected its faults, and into which client.
 """
 
 import json
+import io
 import os
 import re
 import subprocess
@@ -121,6 +122,19 @@ def test_a_transport_failure_is_a_storage_error_naming_the_object(monkeypatch):
   monkeypatch.setattr(gs_path, "read_bytes", missing)
   with pytest.raises(FileNotFoundError):
     storage.read_bytes("gs://b/images/a.jpg")
+
+  # A stream read (a KB file, a candidates shard) that fails midway names its object too.
+  class CutOff(io.RawIOBase):
+    def readable(self):
+      return True
+
+    def readinto(self, b):
+      raise aiohttp.ClientPayloadError("Response payload is not completed")
+
+  monkeypatch.setattr(gs_path, "open", lambda self, mode="r", **kw: io.BufferedReader(CutOff()))
+  with pytest.raises(storage.StorageError, match=r"^gs://b/kb\.jsonl: ClientPayloadError"):
+    with storage.open_file("gs://b/kb.jsonl", "rb") as f:
+      f.read()
 
 
 # ---------------------------------------------------------------------------------------

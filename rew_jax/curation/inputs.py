@@ -100,7 +100,7 @@ def read_items(path: str, skipped: SkipCounter | None = None) -> list[Item]:
   """All items of one shard, in line order; `skipped` given → bad lines are counted skips."""
   shard = os.path.basename(path)
   items = []
-  with storage.path(path).open(encoding="utf-8") as f:  # Local or gs://.
+  with storage.open_file(path, encoding="utf-8") as f:  # Local or gs://.
     for lineno, line in enumerate(f):
       if not line.strip():
         continue

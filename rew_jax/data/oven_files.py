@@ -56,7 +56,7 @@ class OvenFormatError(UserError):
 def _read_jsonl(path: str) -> Iterable[tuple[int, dict]]:
   if not storage.isfile(path):
     raise OvenFormatError(f"{path}: no such file")
-  with storage.path(path).open(encoding="utf-8") as f:
+  with storage.open_file(path, encoding="utf-8") as f:
     for lineno, line in enumerate(f, 1):
       if not line.strip():
         continue
@@ -164,7 +164,7 @@ def read_image_mapping(path: str, ids: Collection[str] | None = None) -> dict[st
     raise OvenFormatError(f"{path}: no such image mapping file")
   out: dict[str, str] = {}
   line_of: dict[str, int] = {}
-  with storage.path(path).open("rb") as raw:  # Local or a bucket's object, streamed.
+  with storage.open_file(path, "rb") as raw:  # Local or a bucket's object, streamed.
     f = io.TextIOWrapper(raw, encoding="utf-8", newline="")
     for lineno, row in enumerate(csv.reader(f), 1):
       if not row or not "".join(row).strip():

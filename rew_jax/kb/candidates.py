@@ -172,7 +172,7 @@ def _write_shard(path: str, records: list[dict], candidates: list[list[dict]],
 def _manifest(out_dir: str, names: list[str], config, paths: _Paths, kb_count: int) -> dict:
   shards = []
   for name in names:
-    with storage.path(f"{out_dir}/{name}").open("rb") as f:
+    with storage.open_file(f"{out_dir}/{name}", "rb") as f:
       records = sum(1 for _ in f)
     stats_path = f"{out_dir}/{os.path.splitext(name)[0]}.stats.json"
     stats = json.loads(storage.read_text(stats_path)) if storage.isfile(stats_path) else {}
@@ -266,6 +266,6 @@ def read_candidates(out_dir: str):
   """Yields the records of all candidate shards listed in the manifest, in order."""
   manifest = json.loads(storage.read_text(f"{out_dir}/manifest.json"))
   for shard in manifest["shards"]:
-    with storage.path(f"{out_dir}/{shard['path']}").open("r", encoding="utf-8") as f:
+    with storage.open_file(f"{out_dir}/{shard['path']}", "r", encoding="utf-8") as f:
       for line in f:
         yield json.loads(line)

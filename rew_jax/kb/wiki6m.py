@@ -97,7 +97,7 @@ class Entity:
 
 @contextlib.contextmanager
 def _open_text(path: str) -> Iterator[io.TextIOBase]:
-  with storage.path(path).open("rb") as raw:  # Local or a bucket's object, streamed.
+  with storage.open_file(path, "rb") as raw:  # Local or a bucket's object, streamed.
     binary = gzip.GzipFile(fileobj=raw) if path.endswith(".gz") else raw
     yield io.TextIOWrapper(binary, encoding="utf-8")
 
