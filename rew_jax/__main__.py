@@ -3,7 +3,9 @@
 Stage NAME lives in `rew_jax/stages/NAME.py` and exposes `main(argv) -> int`; this file
 only dispatches (the `rew-jax` console command is the same). A stage whose module is not
 part of this installation exits with a one-line message.
-User errors (`rew_jax.errors.UserError`) print one line, never a traceback.
+User errors (`rew_jax.errors.UserError`) print one line, never a traceback; so does a
+storage request that failed past its retries (`rew_jax.storage.StorageError`, exit 3: the
+same command resumes).
 
 absl flags are marked parsed here, as `absl.app` would: Grain reads one when it starts
 worker processes (`input.num_workers > 0`) and raises on unparsed flags. The stages have
@@ -19,6 +21,7 @@ from typing import Sequence
 
 from absl import flags
 
+from rew_jax import storage
 from rew_jax import xla_cpu
 from rew_jax.errors import StageUnavailableError, UserError
 
@@ -83,6 +86,10 @@ def main(argv: Sequence[str] | None = None) -> int:
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
+  except storage.StorageError as e:
+    print(f"error: storage did not answer after its retries: {e}; rerun the same command "
+          "to resume", file=sys.stderr)
+    return 3
 
 
 if __name__ == "__main__":

@@ -35,6 +35,10 @@ from rew_jax import sharding
 from rew_jax import storage
 from rew_jax.errors import ConfigError, UserError
 
+# tensorstore's words for a request it gave up on after its retries (orbax passes the error
+# on as a ValueError, like a mismatched tree); the message goes on to name the object.
+_RETRIES_EXHAUSTED = "retry attempts failed"
+
 
 class Manager:
   """A thin orbax CheckpointManager: the items are `state`, `data` and `config`.
@@ -122,6 +126,8 @@ class Manager:
     try:
       restored = self._manager.restore(step, args=ocp.args.Composite(**items))
     except (ValueError, KeyError, FileNotFoundError) as e:
+      if _RETRIES_EXHAUSTED in str(e):  # The store did not answer; the checkpoint may be fine.
+        raise storage.StorageError(f"checkpoint {self.directory}/{step}: {e}") from e
       raise UserError(f"checkpoint {self.directory}/{step} cannot be restored into this "
                       f"config's state: {e}") from None
     return restored["state"]

@@ -46,6 +46,20 @@ def test_missing_dependency_inside_a_stage_keeps_its_traceback(monkeypatch, tmp_
     cli.main(["bad"])
 
 
+def test_storage_that_does_not_answer_is_one_line_and_exit_3(monkeypatch, tmp_path, capsys):
+  (tmp_path / "stage_storage_down.py").write_text(
+      "from rew_jax import storage\n"
+      "def main(argv):\n"
+      "  raise storage.StorageError('gs://b/W/records/rew-00001.array_record: HttpError: 503')\n")
+  monkeypatch.syspath_prepend(str(tmp_path))
+  monkeypatch.setitem(cli.STAGES, "down", "h")
+  monkeypatch.setattr(cli, "stage_module", lambda name: "stage_storage_down")
+  assert cli.main(["down"]) == 3
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1 and "gs://b/W/records/rew-00001.array_record" in err
+  assert "rerun the same command" in err
+
+
 def test_unknown_stage_and_config_errors_are_one_line():
   out = _run("trian")
   assert out.returncode == 2 and "unknown stage 'trian'" in out.stderr
