@@ -1,5 +1,6 @@
 """Curation through a service's batch path (`curation.mode_of_calls = "batch"`): the OpenAI
-Batch API, which vLLM also serves.
+Batch API (backend `openai`), or Gemini batch prediction through google-genai (backend
+`gemini`, `rew_jax.curation.batch_gemini`).
 
     report = batch.curate(config, workdir)   # what run.curate does in batch mode
 
@@ -124,10 +125,10 @@ def read_results(text: str) -> dict[str, object]:
 class ReplayBackend(base.Backend):
   """Answers from the replies batch jobs returned; raises `Pending` for the others and
   TransientError for prompts submitted `max_attempts` times without a reply."""
-  name = "openai"
 
-  def __init__(self, index: int, replies: dict, exhausted: set):
+  def __init__(self, index: int, replies: dict, exhausted: set, name: str = "openai"):
     self.index, self.replies, self.exhausted = index, replies, exhausted
+    self.name = name
 
   def generate(self, prompt, timeout_s):
     key = prompt_key(self.index, prompt)
@@ -146,7 +147,13 @@ class ReplayBackend(base.Backend):
 
 @dataclasses.dataclass
 class Client:
-  """The OpenAI Batch API at `base_url` (…/v1). Transient HTTP faults are retried."""
+  """The OpenAI Batch API at `base_url` (…/v1). Transient HTTP faults are retried.
+
+  A batch service is what this class provides: `line(custom id, request body)` and
+  `read_results(file text)` for its file formats; `upload`, `create`, `get` (a job state
+  with the OpenAI names: status in TERMINAL when done, output_file_id, error_file_id,
+  request_counts), `find` (the job made from a journaled job's input) and `content` (a file's text).
+  """
   base_url: str
   headers: dict
   timeout_s: float = 60.0
@@ -186,8 +193,10 @@ class Client:
   def get(self, batch_id: str) -> dict:
     return self._request("GET", f"/batches/{batch_id}").json()
 
-  def find(self, input_file_id: str, pages: int = 20) -> dict | None:
-    """The batch made from this input file, if the service lists one (newest first)."""
+  def find(self, job: dict, pages: int = 20) -> dict | None:
+    """The batch made from the journaled job's input file, if the service lists one
+    (newest first)."""
+    input_file_id = job["input_file_id"]
     params = {"limit": 100}
     for _ in range(pages):
       try:
@@ -204,8 +213,19 @@ class Client:
   def content(self, file_id: str) -> str:
     return self._request("GET", f"/files/{file_id}/content").text
 
+  @staticmethod
+  def line(cid: str, body: dict) -> str:
+    return json.dumps({"custom_id": cid, "method": "POST", "url": ENDPOINT, "body": body},
+                      ensure_ascii=False) + "\n"
 
-def client_from_config(c, backend) -> Client:
+  read_results = staticmethod(read_results)
+
+
+def client_from_config(c, backend):
+  """The batch service of the backend: the OpenAI Batch API, or Gemini's."""
+  if backend.name == "gemini":
+    from rew_jax.curation import batch_gemini  # pylint: disable=g-import-not-at-top
+    return batch_gemini.Service(backend, c)
   headers = {}
   key = base.api_key(backend.cfg["api_key_env"], "openai", required=False)
   if key:
@@ -248,13 +268,13 @@ class ShardJobs:
   def file(self, n: int, what: str) -> str:
     return os.path.join(self.dir, f"{self.stem}-job{n}.{what}.jsonl")
 
-  def replies(self) -> dict:
+  def replies(self, client) -> dict:
     """prompt key → Reply or RequestRejected, from every finished job's saved files."""
     out = {}
     for n, job in enumerate(self.jobs):
       for what in ("output", "errors"):
         if job.get("status") in TERMINAL and storage.exists(self.file(n, what)):
-          for cid, got in read_results(storage.read_text(self.file(n, what))).items():
+          for cid, got in client.read_results(storage.read_text(self.file(n, what))).items():
             if got is not None:
               out.setdefault(key_of(cid), got)
     return out
@@ -269,7 +289,7 @@ class ShardJobs:
 
 
 def request_files(shard: int, keys, bodies: dict, counts: dict, max_requests: int,
-                  max_bytes: int) -> list[tuple[list[str], list[str]]]:
+                  max_bytes: int, line=Client.line) -> list[tuple[list[str], list[str]]]:
   """The pending prompts as request lines, in record order, cut into files of at most
   `max_requests` lines and `max_bytes` bytes (the service's limits); → [(custom ids,
   lines)]."""
@@ -277,14 +297,13 @@ def request_files(shard: int, keys, bodies: dict, counts: dict, max_requests: in
   size = 0
   for key in sorted(keys, key=lambda k: [int(p) if p.isdigit() else p for p in k.split("-")]):
     cid = custom_id(shard, key, counts.get(key, 0))
-    line = json.dumps({"custom_id": cid, "method": "POST", "url": ENDPOINT,
-                       "body": bodies[key]}, ensure_ascii=False) + "\n"
-    n = len(line.encode())
+    text = line(cid, bodies[key])
+    n = len(text.encode())
     if not files or len(files[-1][0]) >= max_requests or size + n > max_bytes:
       files.append(([], []))
       size = 0
     files[-1][0].append(cid)
-    files[-1][1].append(line)
+    files[-1][1].append(text)
     size += n
   return files
 
@@ -324,7 +343,7 @@ def finish_jobs(jobs: ShardJobs, client: Client, c, window: str, sleep=time.slee
       job["status"] = "creating"
       jobs.save()
     if job["status"] == "creating":
-      found = client.find(job["input_file_id"])
+      found = client.find(job)
       if found is not None:
         job.update(batch_id=found["id"], status=found.get("status", "validating"),
                    submitted_at=_now())
@@ -350,7 +369,7 @@ def curate_round(items, screened: dict, curator: core.Curator, replies: dict,
   finished, pending, bodies = {}, {}, {}
   for item in items:
     image, mime = screened[item.index]
-    curator.backend = ReplayBackend(item.index, replies, exhausted)
+    curator.backend = ReplayBackend(item.index, replies, exhausted, backend.name)
     try:
       finished[item.index] = curator.curate(item, image, mime)
     except Pending as p:
@@ -388,12 +407,12 @@ def curate_shard(plan_: shards.Plan, i: int, curator: core.Curator, client: Clie
     finish_jobs(jobs, client, c, window, sleep)
     counts = jobs.submissions(since)
     exhausted = {k for k, n in counts.items() if n >= c.max_attempts}
-    finished, pending, bodies = curate_round(todo, screened, curator, jobs.replies(),
+    finished, pending, bodies = curate_round(todo, screened, curator, jobs.replies(client),
                                              exhausted, backend)
     if not pending:
       break
     for cids, lines in request_files(i, pending, bodies, jobs.submissions(),
-                                     c.batch_max_requests, c.batch_max_bytes):
+                                     c.batch_max_requests, c.batch_max_bytes, client.line):
       submit(jobs, client, cids, lines, window)
   for index, out in finished.items():
     (failed if out.status == shards.FAILED else done)[index] = out
@@ -415,9 +434,10 @@ def check(config) -> None:
   if c.mode_of_calls not in MODES_OF_CALLS:
     raise ConfigError(f"curation.mode_of_calls {c.mode_of_calls!r} is not one of "
                       f"{MODES_OF_CALLS}")
-  if c.mode_of_calls == "batch" and c.backend != "openai":
-    raise ConfigError(f"curation.mode_of_calls 'batch' works with the backend 'openai' "
-                      f"(the OpenAI Batch API, also served by vLLM), not {c.backend!r}")
+  if c.mode_of_calls == "batch" and c.backend not in ("openai", "gemini"):
+    raise ConfigError(f"curation.mode_of_calls 'batch' works with the backends 'openai' "
+                      f"(the OpenAI Batch API) and 'gemini' (Gemini batch prediction), not "
+                      f"{c.backend!r}")
 
 
 def batch_prices(c) -> tuple[float, float]:

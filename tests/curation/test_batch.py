@@ -149,7 +149,7 @@ def test_multi_call_rounds_equal_the_online_records(world, tmp_path):
   assert any(r.rationale for r in records.read_records(os.path.join(work, "records")))
 
 
-def test_batch_needs_the_openai_backend(world, tmp_path):
+def test_batch_needs_a_backend_with_a_batch_service(world, tmp_path):
   work = link_inputs(world, tmp_path / "w")
   with pytest.raises(ConfigError, match="mode_of_calls"):
     run.curate(curate_config(mode_of_calls="batch"), work, verbose=False)

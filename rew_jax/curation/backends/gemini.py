@@ -51,43 +51,46 @@ class Gemini(base.Backend):
   def __init__(self, **kwargs):
     self.cfg = self.options(kwargs)
     try:
-      from google import genai  # pylint: disable=g-import-not-at-top
       from google.genai import errors, types  # pylint: disable=g-import-not-at-top
     except ImportError:
       raise base.BackendError("curation backend 'gemini' needs google-genai: "
                               "pip install 'rew_jax[gcp]'") from None
     self._types, self._errors = types, errors
-    http = {"retry_options": types.HttpRetryOptions(attempts=1)}
-    if self.cfg["base_url"]:
-      http["base_url"] = self.cfg["base_url"]
-    if self.cfg["api_version"]:
-      http["api_version"] = self.cfg["api_version"]
-    if bool(self.cfg["vertex_project"]) != bool(self.cfg["vertex_location"]):
-      raise base.BackendError("curation backend 'gemini': Vertex AI needs both vertex_project "
-                              "and vertex_location")
-    if self.cfg["vertex_project"]:  # Vertex AI, credentials from ADC; no key.
-      self.client = genai.Client(vertexai=True, project=self.cfg["vertex_project"],
-                                 location=self.cfg["vertex_location"],
-                                 http_options=types.HttpOptions(**http))
-    else:
-      self.client = genai.Client(api_key=base.api_key(self.cfg["api_key_env"], self.name),
-                                 http_options=types.HttpOptions(**http))
+    self.client = make_client(self.cfg, types.HttpRetryOptions(attempts=1))
 
-  def generate(self, prompt: Prompt, timeout_s: float) -> base.Reply:
-    types, errors = self._types, self._errors
+  def _contents_and_config(self, prompt: Prompt, timeout_s: float | None):
+    types = self._types
     config = dict(temperature=self.cfg["temperature"],
-                  max_output_tokens=self.cfg["max_output_tokens"],
-                  http_options=types.HttpOptions(timeout=int(timeout_s * 1000),
-                                                 retry_options=types.HttpRetryOptions(
-                                                     attempts=1)))
+                  max_output_tokens=self.cfg["max_output_tokens"])
+    if timeout_s is not None:
+      config["http_options"] = types.HttpOptions(
+          timeout=int(timeout_s * 1000), retry_options=types.HttpRetryOptions(attempts=1))
     if self.cfg["structured_output"]:
       config.update(response_mime_type="application/json", response_schema=prompt.schema)
     contents = [types.Part.from_bytes(data=prompt.image, mime_type=prompt.image_mime),
                 prompt.text]
+    return contents, types.GenerateContentConfig(**config)
+
+  def payload(self, prompt: Prompt) -> dict:
+    """The request body `generate` POSTs, as a batch request line's `request`."""
+    # The client has no public way to render a request without sending it; its own
+    # converter (the one generate_content calls) keeps batch requests equal to online ones.
+    from google.genai import _common, models  # pylint: disable=g-import-not-at-top
+    contents, config = self._contents_and_config(prompt, None)
+    params = self._types._GenerateContentParameters(  # pylint: disable=protected-access
+        model=self.cfg["model"], contents=contents, config=config)
+    body = models._GenerateContentParameters_to_mldev(  # pylint: disable=protected-access
+        self.client._api_client, params, None, params)  # pylint: disable=protected-access
+    for key in ("_url", "_query", "config"):
+      body.pop(key, None)
+    return _common.encode_unserializable_types(_common.convert_to_dict(body))
+
+  def generate(self, prompt: Prompt, timeout_s: float) -> base.Reply:
+    errors = self._errors
+    contents, config = self._contents_and_config(prompt, timeout_s)
     try:
       response = self.client.models.generate_content(
-          model=self.cfg["model"], contents=contents,
-          config=types.GenerateContentConfig(**config))
+          model=self.cfg["model"], contents=contents, config=config)
     except errors.APIError as e:
       retry_after = None
       headers = getattr(getattr(e, "response", None), "headers", None)
@@ -99,24 +102,50 @@ class Gemini(base.Backend):
     except Exception as e:  # Transport errors come from whichever HTTP library is in use.
       _classify_exception(e, timeout_s)
       raise
-    try:
-      text = response.text or ""
-    except (ValueError, AttributeError):
-      text = ""
-    if not text:
-      candidates = response.candidates or []
-      finish = str(candidates[0].finish_reason) if candidates else "no candidates"
-      block = getattr(response.prompt_feedback, "block_reason", None)
-      if block:
-        raise base.RequestRejected("blocked", f"prompt blocked: {block}")
-      text = "" if "STOP" in finish else f"(no text; finish reason {finish})"
-    usage = response.usage_metadata
-    return base.Reply(text,
-                      input_tokens=int(getattr(usage, "prompt_token_count", 0) or 0),
-                      output_tokens=int(getattr(usage, "candidates_token_count", 0) or 0))
+    return reply_from(response)
 
   def close(self) -> None:
     try:
       self.client.close()
     except Exception:  # Older clients have no close(); nothing to release then.
       pass
+
+
+def make_client(cfg, retry_options):
+  """A google-genai client for the backend's options (Developer API or Vertex AI) whose
+  requests retry as `retry_options` say."""
+  from google import genai  # pylint: disable=g-import-not-at-top
+  from google.genai import types  # pylint: disable=g-import-not-at-top
+  http = {"retry_options": retry_options}
+  if cfg["base_url"]:
+    http["base_url"] = cfg["base_url"]
+  if cfg["api_version"]:
+    http["api_version"] = cfg["api_version"]
+  if bool(cfg["vertex_project"]) != bool(cfg["vertex_location"]):
+    raise base.BackendError("curation backend 'gemini': Vertex AI needs both vertex_project "
+                            "and vertex_location")
+  if cfg["vertex_project"]:  # Vertex AI, credentials from ADC; no key.
+    return genai.Client(vertexai=True, project=cfg["vertex_project"],
+                        location=cfg["vertex_location"], http_options=types.HttpOptions(**http))
+  return genai.Client(api_key=base.api_key(cfg["api_key_env"], "gemini"),
+                      http_options=types.HttpOptions(**http))
+
+
+def reply_from(response) -> base.Reply:
+  """A GenerateContentResponse (online, or a batch result line's) as a Reply; a blocked
+  prompt is RequestRejected."""
+  try:
+    text = response.text or ""
+  except (ValueError, AttributeError):
+    text = ""
+  if not text:
+    candidates = response.candidates or []
+    finish = str(candidates[0].finish_reason) if candidates else "no candidates"
+    block = getattr(response.prompt_feedback, "block_reason", None)
+    if block:
+      raise base.RequestRejected("blocked", f"prompt blocked: {block}")
+    text = "" if "STOP" in finish else f"(no text; finish reason {finish})"
+  usage = response.usage_metadata
+  return base.Reply(text,
+                    input_tokens=int(getattr(usage, "prompt_token_count", 0) or 0),
+                    output_tokens=int(getattr(usage, "candidates_token_count", 0) or 0))
