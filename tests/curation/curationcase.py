@@ -1,6 +1,9 @@
 """Shared pieces of the curation tests: a tiny world with BM25 candidates, curate configs."""
 
+import json
 import os
+import re
+import zlib
 
 from rew_jax import config as config_lib
 from rew_jax.curation import section
@@ -54,3 +57,22 @@ def link_inputs(world_root, workdir):
   for name in ("world", "kb", "candidates"):
     os.symlink(os.path.join(world_root, name), os.path.join(workdir, name))
   return str(workdir)
+
+
+def nth_candidate(text, n):
+  m = re.search(rf'^{n}\. ("(?:[^"\\]|\\.)*")', text, re.MULTILINE)
+  return json.loads(m.group(1)) if m else None
+
+
+def scripted_reply(text) -> tuple[str, bool]:
+  """The batch tests' LLM, deterministic per prompt text: mostly the first candidate, some
+  the second, some replies cut off (parse failures, re-asked), "none" without candidates;
+  → (reply text, whether it is complete)."""
+  name = nth_candidate(text, 1) or "none"
+  h = zlib.crc32(name.encode()) % 5
+  if h == 0:
+    return '{"entity_name": "' + name[:3], False
+  if h == 1:
+    name = nth_candidate(text, 2) or name
+  return json.dumps({"entity_name": name, "justification": "j", "rationale": f"r {name}",
+                     "qa": [{"question": "q", "answer": "a"}]}), True

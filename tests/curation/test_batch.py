@@ -4,12 +4,10 @@ submitting a shard twice."""
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
 import time
-import zlib
 
 import pytest
 
@@ -18,31 +16,18 @@ from rew_jax.curation import batch, run
 from rew_jax.errors import ConfigError
 
 from batchstub import BatchStub
-from curationcase import NUM_IMAGES, curate_config, link_inputs
+from curationcase import NUM_IMAGES, curate_config, link_inputs, scripted_reply
 from stubserver import openai_body
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 
 
-def nth_candidate(text, n):
-  m = re.search(rf'^{n}\. ("(?:[^"\\]|\\.)*")', text, re.MULTILINE)
-  return json.loads(m.group(1)) if m else None
-
-
 def answer(body):
-  """Deterministic per prompt: mostly the first candidate, some the second, some replies
-  cut off (parse failures, re-asked), "none" without candidates."""
+  """The online and batch calls' stub LLM (curationcase.scripted_reply)."""
   text = next(p["text"] for p in body["messages"][-1]["content"] if p["type"] == "text")
-  name = nth_candidate(text, 1) or "none"
-  h = zlib.crc32(name.encode()) % 5
-  if h == 0:
-    return 200, openai_body('{"entity_name": "' + name[:3])
-  if h == 1:
-    name = nth_candidate(text, 2) or name
-  reply = json.dumps({"entity_name": name, "justification": "j", "rationale": f"r {name}",
-                      "qa": [{"question": "q", "answer": "a"}]})
-  return 200, openai_body(reply, prompt_tokens=100, completion_tokens=20)
+  reply, complete = scripted_reply(text)
+  return 200, (openai_body(reply, prompt_tokens=100, completion_tokens=20) if complete else openai_body(reply))
 
 
 def config_for(stub, calls="batch", **kw):

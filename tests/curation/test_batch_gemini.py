@@ -4,12 +4,10 @@ records as online calls, faults re-submitted, kill -9 resumes without a second j
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
 import time
-import zlib
 
 import pytest
 
@@ -17,7 +15,7 @@ from rew_jax import records
 from rew_jax.curation import batch, batch_gemini, run
 from rew_jax.errors import ConfigError
 
-from curationcase import NUM_IMAGES, curate_config, link_inputs
+from curationcase import NUM_IMAGES, curate_config, link_inputs, scripted_reply
 from genai_batchstub import GenaiBatchStub
 from stubserver import gemini_body
 
@@ -27,24 +25,11 @@ REPO = os.path.dirname(os.path.dirname(HERE))
 KEY_ENV = "STUB_GEMINI_BATCH_KEY"
 
 
-def nth_candidate(text, n):
-  m = re.search(rf'^{n}\. ("(?:[^"\\]|\\.)*")', text, re.MULTILINE)
-  return json.loads(m.group(1)) if m else None
-
-
 def answer(body):
-  """Deterministic per prompt: mostly the first candidate, some the second, some replies
-  cut off (parse failures, re-asked), "none" without candidates."""
+  """The online and batch calls' stub LLM (curationcase.scripted_reply)."""
   text = next(p["text"] for p in body["contents"][0]["parts"] if "text" in p)
-  name = nth_candidate(text, 1) or "none"
-  h = zlib.crc32(name.encode()) % 5
-  if h == 0:
-    return 200, gemini_body('{"entity_name": "' + name[:3])
-  if h == 1:
-    name = nth_candidate(text, 2) or name
-  reply = json.dumps({"entity_name": name, "justification": "j", "rationale": f"r {name}",
-                      "qa": [{"question": "q", "answer": "a"}]})
-  return 200, gemini_body(reply, prompt_tokens=90, completion_tokens=30)
+  reply, complete = scripted_reply(text)
+  return 200, (gemini_body(reply, prompt_tokens=90, completion_tokens=30) if complete else gemini_body(reply))
 
 
 def config_for(stub, calls="batch", **kw):
