@@ -499,9 +499,9 @@ def curate(config, workdir: str, *, restart: bool = False, backend=None,
   storage.makedirs(batch_dir)
   if backend is None:
     backend = section.backend_from_config(config, plan_.paths)
-  client = client_from_config(c, backend)
   start = time.time()
   try:
+    client = client_from_config(c, backend)
     todo = plan_.todo()
     if todo:
       # No sleeping between a Curator's retries: a retry here is a later job, not a call.
