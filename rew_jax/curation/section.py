@@ -68,8 +68,8 @@ def _runner_config() -> config_lib.ConfigDict:
   c.price_per_mtok_out = 0.0
   c.report_examples = 6
   c.source = "webli"             # Written into the manifest.
-  # online: one HTTP call per prompt; batch: the service's batch jobs (backend openai:
-  # the OpenAI Batch API, also served by vLLM; rew_jax/curation/batch.py). Same records.
+  # online: one HTTP call per prompt; batch: the service's batch jobs (backend openai: the
+  # OpenAI Batch API; gemini: Gemini batch prediction; rew_jax/curation/batch.py). Same records.
   c.mode_of_calls = "online"
   c.batch_price_per_mtok_in = -1.0   # USD per million tokens in batch; < 0: half online.
   c.batch_price_per_mtok_out = -1.0
